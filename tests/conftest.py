@@ -1,0 +1,82 @@
+"""Shared fixtures. Environment set here, before anything imports Keras.
+
+- ``KERAS_HOME`` points at a private copy of the shared Keras folder (it holds Keras's own
+  ImageNet class index), unless the caller set one already (``.ci/run`` does).
+- TensorFlow's C++ logging is quietened.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "KERAS_HOME" not in os.environ:
+    _home = Path(tempfile.mkdtemp(prefix="keras-home-"))
+    for candidate in (REPO.parent / "shared" / "keras", REPO.parent.parent / "shared" / "keras"):
+        if candidate.is_dir():
+            shutil.copytree(candidate, _home, dirs_exist_ok=True)
+            break
+    os.environ["KERAS_HOME"] = str(_home)
+sys.path.insert(0, str(REPO))
+
+from tl.config import RunConfig  # noqa: E402
+from tl.datasets import synthetic_image  # noqa: E402
+
+# Small, fast defaults for runs in tests: a tiny synthetic set at 16 pixels, and a batch
+# larger than any split, so each Keras function is traced once (tracing, not compute, is
+# what a tiny run spends its time on).
+TINY = dict(dataset="synthetic", backbone="small_cnn", weights="none", image_size=16,
+            batch_size=64, epochs=1, fine_tune_epochs=1, fine_tune_layers=2,
+            samples_per_class=8, synthetic_classes=2)
+
+
+def tiny_config(**changes) -> RunConfig:
+    return RunConfig(**{**TINY, **changes})
+
+
+def train_run(runs_dir, cfg, on_event=None):
+    """prepare + execute a run in this process; return the Run."""
+    from tl import training
+
+    run = training.prepare(cfg, runs_dir)
+    training.execute(run, runs_dir, on_event=on_event)
+    return run
+
+
+def write_image_folder(root, counts: dict, size: int = 20, fmt: str = "png"):
+    """A folder of class sub-folders with ``counts[name]`` generated images each."""
+    from PIL import Image
+
+    root = Path(root)
+    for label, (name, count) in enumerate(counts.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image = synthetic_image(7, label * 1000 + i, label % 10, size=size)
+            Image.fromarray(image).save(folder / f"{i:03d}.{fmt}")
+    return root
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    path = tmp_path / "runs"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Each test gets its own feature cache unless it shares a runs dir on purpose."""
+    monkeypatch.delenv("TL_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TL_RUNS_DIR", raising=False)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,105 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tl import cli, runs
+
+from conftest import REPO, TINY, write_image_folder
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "tl", *args], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def tiny_flags():
+    flags = []
+    for name, value in TINY.items():
+        flags += ["--" + name.replace("_", "-"), str(value)]
+    return flags
+
+
+def test_list_json_names_every_registry():
+    result = run_cli("list", "--json")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert "resnet50" in found["backbones"] and "fine_tune" in found["strategies"]
+    assert set(found) == {"datasets", "backbones", "heads", "strategies", "optimizers"}
+    assert found == {kind: list(entries) for kind, entries in cli.registries().items()}
+
+
+def test_train_json_on_two_mirrored_cpu_devices_then_runs(runs_dir):
+    result = run_cli("train", *tiny_flags(), "--strategy", "fine_tune", "--runs-dir", str(runs_dir),
+                     "--json", env={"TL_CPU_REPLICAS": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "done" and 0.0 <= summary["test_accuracy"] <= 1.0
+    assert summary["run_dir"] == str(runs_dir / summary["run_id"])
+    assert "Epoch 2 (fine_tune)" in result.stderr
+    run = runs.get(summary["run_id"], runs_dir)
+    device = next(e for e in run.events()[0] if e["type"] == "device")
+    assert device["kind"] == "cpu-mirrored" and device["replicas"] == 2
+
+    listed = run_cli("runs", "--runs-dir", str(runs_dir), "--json")
+    rows = json.loads(listed.stdout)
+    assert [r["run_id"] for r in rows] == [summary["run_id"]] and rows[0]["status"] == "done"
+    table = run_cli("runs", "--runs-dir", str(runs_dir))
+    assert summary["run_id"] in table.stdout and "done" in table.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--backbone", "resnet18"], "Expected `backbone` to be one of"),
+    (["--strategy", "finetune"], "Received: strategy='finetune'"),
+    (["--image-size", "0"], "Expected `image_size` to be at least 8"),
+    (["--dataset", "folder", "--data-dir", "/no/such/folder"], "Data folder '/no/such/folder' does not exist"),
+    (["--dataset", "folder", "--data-dir", "{one_class}"], "has only one class ('cats')"),
+    (["--dataset", "folder", "--data-dir", "{empty_class}"], "Class folder 'dogs' has no images"),
+])
+def test_bad_configs_fail_with_one_sentence_and_leave_no_run_folder(tmp_path, runs_dir, flags, message):
+    one = write_image_folder(tmp_path / "one", {"cats": 3})
+    empty = write_image_folder(tmp_path / "empty", {"cats": 3, "dogs": 0})
+    flags = [f.format(one_class=one, empty_class=empty) for f in flags]
+    result = run_cli("train", *tiny_flags(), *flags, "--runs-dir", str(runs_dir))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_config_file_with_flag_overrides(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({**TINY, "epochs": 3, "name": "from file"}))
+    args = cli._parser().parse_args(["train", "--config", str(path), "--epochs", "4", "--augment",
+                                     "--tag", "a", "--tag", "b"])
+    cfg = cli.config_from_args(args)
+    assert (cfg.epochs, cfg.name, cfg.augment, cfg.tags) == (4, "from file", True, ("a", "b"))
+    assert cfg.backbone == "small_cnn"
+
+
+def test_worker_trains_a_queued_run_in_process(runs_dir):
+    from conftest import tiny_config
+
+    run = runs.create(tiny_config(), runs_dir)
+    assert cli.main(["worker", run.id, "--runs-dir", str(runs_dir)]) == 0
+    assert run.status()["status"] == "done"
+    assert cli.main(["worker", "nope", "--runs-dir", str(runs_dir)]) == 2
+
+
+def test_format_event_covers_every_event_type():
+    samples = [
+        {"type": "device", "kind": "gpu", "gpus": ["H100"], "replicas": 1, "precision": "mixed_float16"},
+        {"type": "data", "classes": 2, "images": 10, "train": 6, "val": 2, "test": 2},
+        {"type": "phase", "phase": "head", "epochs": 1, "learning_rate": 0.001, "trainable_params": 10},
+        {"type": "features", "cache": "hit", "images": 10},
+        {"type": "batch", "epoch": 1, "step": 1, "steps": 2, "loss": 0.5, "accuracy": None},
+        {"type": "epoch", "epoch": 1, "phase": "head", "loss": 0.5, "accuracy": 0.5, "val_loss": 0.4,
+         "val_accuracy": 0.6, "seconds": 1.0},
+        {"type": "status", "status": "done", "test_accuracy": 0.9},
+        {"type": "log", "message": "hello"},
+    ]
+    lines = [cli.format_event(e) for e in samples]
+    assert all(lines)
+    assert lines[0] == "Device: gpu (H100), 1 replica(s), mixed_float16"

@@ -1,0 +1,87 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tl.config import RunConfig
+from tl.errors import ConfigError
+
+from conftest import REPO
+
+
+def test_defaults_are_valid_and_round_trip_through_json():
+    cfg = RunConfig()
+    assert cfg.backbone == "resnet50"
+    again = RunConfig.from_json(cfg.to_json())
+    assert again == cfg
+    assert json.loads(cfg.to_json())["tags"] == []
+
+
+def test_tags_from_json_lists_become_tuples():
+    cfg = RunConfig.from_dict({"tags": ["sweep:1", "x"]})
+    assert cfg.tags == ("sweep:1", "x")
+    assert hash(cfg)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("strategy", "finetune"), ("backbone", "resnet18"), ("head", "mlp"),
+    ("dataset", "imagenet"), ("optimizer", "adamw"), ("class_weight", "auto"),
+])
+def test_unknown_names_name_the_field_value_and_options(field, value):
+    with pytest.raises(ConfigError) as info:
+        RunConfig(**{field: value})
+    message = str(info.value)
+    assert message.startswith(f"Expected `{field}` to be one of [")
+    assert message.endswith(f"Received: {field}={value!r}.")
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"image_size": 0}, "Expected `image_size` to be at least 32 and at most 1024. Received: image_size=0."),
+    ({"backbone": "inception_v3", "image_size": 74}, "`image_size` to be at least 75"),
+    ({"epochs": 0}, "Received: epochs=0."),
+    ({"batch_size": "32"}, "Expected `batch_size` to be an integer"),
+    ({"learning_rate": 0}, "Expected `learning_rate` to be in (0.0, 10.0]"),
+    ({"learning_rate": float("nan")}, "Expected `learning_rate` to be a number"),
+    ({"dropout": 1.0}, "Expected `dropout` to be in [0.0, 1.0)"),
+    ({"val_fraction": 0.5, "test_fraction": 0.4}, "at least 20% of the images"),
+    ({"augment": "yes"}, "Expected `augment` to be true or false"),
+    ({"dataset": "folder"}, "set `data_dir`"),
+    ({"backbone": "perceptron", "weights": "none", "strategy": "earlier_layer"}, "no earlier layer"),
+    ({"backbone": "small_cnn"}, "has no ImageNet weights; use weights='none'"),
+    ({"weights": "/no/such/file.h5"}, "Weights file '/no/such/file.h5' does not exist"),
+    ({"weights": "run:"}, "run:<id>"),
+])
+def test_bad_values_raise_one_clear_sentence(changes, fragment):
+    with pytest.raises(ConfigError) as info:
+        RunConfig(**changes)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_fields_are_refused():
+    with pytest.raises(ConfigError, match="Unknown config field"):
+        RunConfig.from_dict({"epochz": 3})
+
+
+def test_invalid_json_is_a_config_error():
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        RunConfig.from_json("{nope")
+
+
+def test_scratch_ignores_imagenet_for_a_baseline():
+    assert RunConfig(backbone="small_cnn", strategy="scratch").weights == "imagenet"
+
+
+def test_fine_tune_learning_rate_defaults_to_ten_times_lower():
+    assert RunConfig(learning_rate=0.01).effective_fine_tune_learning_rate == pytest.approx(0.001)
+    assert RunConfig(fine_tune_learning_rate=0.005).effective_fine_tune_learning_rate == 0.005
+
+
+def test_importing_tl_and_its_registries_does_not_import_tensorflow():
+    code = ("import sys, tl, tl.config, tl.backbones, tl.heads, tl.strategies, tl.datasets, "
+            "tl.runs, tl.training, tl.cli; tl.config.RunConfig(); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'streamlit')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,224 @@
+"""The run configuration: one frozen dataclass, validated when it is made, JSON in and out.
+
+Importing this module does not import TensorFlow: the registries it checks names against
+hold only names, metadata and callables.
+"""
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from tl.errors import ConfigError
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run.
+
+    Defaults train in a few minutes on a CPU-only machine: a capped number of images per
+    class, a modest image size, and the cheapest transfer strategy.
+    """
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    strategy: str = "feature_extraction"
+    head: str = "gap_dropout_dense"
+    image_size: int = 128
+    batch_size: int = 32
+    epochs: int = 5
+    fine_tune_epochs: int = 5
+    fine_tune_layers: int = 10
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float | None = None
+    optimizer: str = "adam"
+    dropout: float = 0.3
+    augment: bool = False
+    class_weight: str = "none"
+    samples_per_class: int = 100
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    early_stopping: int = 0
+    seed: int = 0
+    synthetic_classes: int = 4
+    name: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        # JSON gives lists; keep the dataclass hashable and immutable.
+        object.__setattr__(self, "tags", tuple(self.tags))
+        _validate(self)
+
+    # -- derived values -------------------------------------------------------------
+    @property
+    def effective_fine_tune_learning_rate(self) -> float:
+        """The fine-tuning learning rate: as given, else 10x lower than ``learning_rate``."""
+        if self.fine_tune_learning_rate is not None:
+            return self.fine_tune_learning_rate
+        return self.learning_rate / 10
+
+    # -- JSON -----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Return the config as a plain JSON-able dict."""
+        data = dataclasses.asdict(self)
+        data["tags"] = list(self.tags)
+        return data
+
+    def to_json(self) -> str:
+        """Return the config as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        """Build a config from a dict; unknown keys raise :class:`ConfigError`.
+
+        Keys that are missing take their defaults, so configs written by an older version
+        still load.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"A run config must be a JSON object. Received: {type(data).__name__}.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"Unknown config field(s) {unknown}. Valid fields are: {sorted(known)}."
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        """Parse JSON text into a config."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"The config is not valid JSON ({exc}).") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path) -> "RunConfig":
+        """Read a JSON config file."""
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"Cannot read config file '{path}': {exc.strerror}.") from None
+        return cls.from_json(text)
+
+    def replace(self, **changes) -> "RunConfig":
+        """Return a copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+# -- validation ------------------------------------------------------------------------
+
+def _one_of(name, value, options):
+    if value not in options:
+        raise ConfigError(
+            f"Expected `{name}` to be one of {sorted(options)}. Received: {name}={value!r}."
+        )
+
+
+def _int_range(name, value, low, high=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"Expected `{name}` to be an integer. Received: {name}={value!r}.")
+    if value < low or (high is not None and value > high):
+        upper = f" and at most {high}" if high is not None else ""
+        raise ConfigError(
+            f"Expected `{name}` to be at least {low}{upper}. Received: {name}={value!r}."
+        )
+
+
+def _float_range(name, value, low, high, *, low_open=True, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"Expected `{name}` to be a number. Received: {name}={value!r}.")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        raise ConfigError(
+            f"Expected `{name}` to be in {left}{low}, {high}{right}. Received: {name}={value!r}."
+        )
+
+
+def _validate(cfg: RunConfig) -> None:
+    # Imported here to avoid an import cycle; these modules hold metadata only.
+    from tl.backbones import BACKBONES
+    from tl.datasets import DATASETS
+    from tl.heads import HEADS
+    from tl.strategies import STRATEGIES
+
+    _one_of("dataset", cfg.dataset, DATASETS)
+    _one_of("backbone", cfg.backbone, BACKBONES)
+    _one_of("strategy", cfg.strategy, STRATEGIES)
+    _one_of("head", cfg.head, HEADS)
+    _one_of("optimizer", cfg.optimizer, OPTIMIZERS)
+    _one_of("class_weight", cfg.class_weight, CLASS_WEIGHTS)
+    if not isinstance(cfg.augment, bool):
+        raise ConfigError(f"Expected `augment` to be true or false. Received: augment={cfg.augment!r}.")
+
+    spec = BACKBONES[cfg.backbone]
+    _int_range("image_size", cfg.image_size, spec.min_size, 1024)
+    _int_range("batch_size", cfg.batch_size, 1, 4096)
+    _int_range("epochs", cfg.epochs, 1, 1000)
+    _int_range("fine_tune_epochs", cfg.fine_tune_epochs, 0, 1000)
+    _int_range("fine_tune_layers", cfg.fine_tune_layers, 1)
+    _int_range("samples_per_class", cfg.samples_per_class, 0)
+    _int_range("early_stopping", cfg.early_stopping, 0, 1000)
+    _int_range("seed", cfg.seed, 0, 2**31 - 1)
+    _int_range("synthetic_classes", cfg.synthetic_classes, 2, 10)
+    _float_range("learning_rate", cfg.learning_rate, 0.0, 10.0)
+    if cfg.fine_tune_learning_rate is not None:
+        _float_range("fine_tune_learning_rate", cfg.fine_tune_learning_rate, 0.0, 10.0)
+    _float_range("dropout", cfg.dropout, 0.0, 1.0, low_open=False, high_open=True)
+    _float_range("val_fraction", cfg.val_fraction, 0.0, 0.5)
+    _float_range("test_fraction", cfg.test_fraction, 0.0, 0.5)
+    if cfg.val_fraction + cfg.test_fraction > 0.8:
+        raise ConfigError(
+            "Expected `val_fraction` + `test_fraction` to leave at least 20% of the images "
+            f"for training. Received: val_fraction={cfg.val_fraction}, "
+            f"test_fraction={cfg.test_fraction}."
+        )
+
+    needs_dir = DATASETS[cfg.dataset].needs_dir
+    if needs_dir and not cfg.data_dir:
+        raise ConfigError(
+            f"Dataset '{cfg.dataset}' reads images from a folder: set `data_dir` to a folder "
+            "with one sub-folder per class."
+        )
+    if cfg.strategy == "earlier_layer" and spec.earlier_cut is None:
+        raise ConfigError(
+            f"Backbone '{cfg.backbone}' has no earlier layer to cut at; choose strategy "
+            "'feature_extraction' or another backbone."
+        )
+    _validate_weights(cfg, spec)
+    for tag in cfg.tags:
+        if not isinstance(tag, str):
+            raise ConfigError(f"Expected `tags` to be strings. Received: tags={list(cfg.tags)!r}.")
+
+
+def _validate_weights(cfg, spec) -> None:
+    weights = cfg.weights
+    if not isinstance(weights, str) or not weights:
+        raise ConfigError(
+            "Expected `weights` to be 'imagenet', 'none', 'run:<id>' or the path of a weights "
+            f"file. Received: weights={weights!r}."
+        )
+    if weights == "imagenet" and not spec.pretrained and cfg.strategy != "scratch":
+        raise ConfigError(
+            f"Backbone '{cfg.backbone}' has no ImageNet weights; use weights='none' (or a "
+            "weights file, or run:<id>)."
+        )
+    if weights.startswith("run:") and len(weights) == 4:
+        raise ConfigError("Expected `weights` as run:<id>, with the id of a finished run. Received: weights='run:'.")
+    if weights not in ("imagenet", "none") and not weights.startswith("run:"):
+        if not Path(weights).expanduser().is_file():
+            raise ConfigError(
+                f"Weights file '{weights}' does not exist; give 'imagenet', 'none', 'run:<id>' "
+                "or the path of a weights file."
+            )

@@ -1,0 +1,140 @@
+"""The on-disk cache of pooled backbone features for the feature-extraction strategies.
+
+One ``.npy`` file per key, rows in item order. Writing streams chunk by chunk and
+reading uses ``pread`` of the requested rows, so memory stays flat however many images
+there are. A key covers everything that changes the features: backbone, weights, cut
+layer, image size, numeric precision and the data's fingerprint.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tl.files import atomic_write_json, read_json
+
+FEATURE_FORMAT = 1
+CHUNK_BATCHES = 32
+
+
+def cache_key(*, backbone: str, weights: str, cut: str | None, image_size: int,
+              precision: str, fingerprint: str) -> str:
+    """A short hash naming the cache entry for these inputs."""
+    parts = {
+        "format": FEATURE_FORMAT, "backbone": backbone, "weights": weights, "cut": cut or "last",
+        "image_size": image_size, "precision": precision, "data": fingerprint,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+class FeatureStore:
+    """Read rows of a cached feature file without mapping it into memory."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        with open(self.path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(handle)
+            self.offset = handle.tell()
+        if fortran or dtype != np.float32 or len(shape) != 2:
+            raise ValueError(f"Unexpected feature file layout in {self.path}.")
+        self.shape = shape
+        self.row_bytes = shape[1] * 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.shape[1]
+
+    def read(self, rows) -> np.ndarray:
+        """Return rows ``rows`` (any order, repeats allowed) as a float32 array."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i, row in enumerate(rows):
+                data = os.pread(fd, self.row_bytes, self.offset + int(row) * self.row_bytes)
+                out[i] = np.frombuffer(data, dtype=np.float32)
+        finally:
+            os.close(fd)
+        return out
+
+
+def lookup(root, key: str) -> FeatureStore | None:
+    """The cached store for ``key``, or ``None``."""
+    path = Path(root) / "features" / key / "features.npy"
+    if path.is_file() and read_json(path.parent / "meta.json"):
+        return FeatureStore(path)
+    return None
+
+
+def extract(root, key: str, extractor, batches, total: int, *, meta: dict, on_chunk=None) -> FeatureStore:
+    """Run ``extractor`` over ``batches`` (an iterable of tf.data pipelines, one per chunk)
+    and write the pooled features of all ``total`` items to the cache under ``key``.
+
+    ``on_chunk(done, total)`` is called after each chunk; it may raise to stop (the partial
+    file is removed, nothing is cached).
+    """
+    folder = Path(root) / "features" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    dim = int(extractor.output.shape[-1])
+    final = folder / "features.npy"
+    tmp = folder / f".features.{os.getpid()}.tmp"
+    done = 0
+    try:
+        with open(tmp, "wb") as handle:
+            np.lib.format.write_array_header_1_0(
+                handle, {"descr": "<f4", "fortran_order": False, "shape": (total, dim)})
+            for pipeline in batches:
+                features = extractor.predict(pipeline, verbose=0)
+                features = np.asarray(features, dtype=np.float32).reshape(len(features), dim)
+                handle.write(features.tobytes())
+                done += len(features)
+                if on_chunk:
+                    on_chunk(done, total)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if done != total:
+            raise RuntimeError(f"Feature extraction produced {done} rows for {total} items.")
+        os.replace(tmp, final)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    atomic_write_json(folder / "meta.json", dict(meta, rows=total, dim=dim, key=key))
+    return FeatureStore(final)
+
+
+def chunks(indices, batch_size: int):
+    """Split item indices into chunks of ``CHUNK_BATCHES`` batches for :func:`extract`."""
+    size = batch_size * CHUNK_BATCHES
+    indices = np.asarray(indices)
+    return [indices[i:i + size] for i in range(0, len(indices), size)]
+
+
+def feature_pipeline(store: FeatureStore, rows, labels, batch_size: int, *, shuffle: bool = False,
+                     seed: int = 0, class_weights=None):
+    """Stream cached features as ``(features (B,1,1,C), labels[, weights])`` batches."""
+    import tensorflow as tf
+
+    rows = np.asarray(rows, dtype=np.int64)
+    ds = tf.data.Dataset.from_tensor_slices((rows, np.asarray(labels, dtype=np.int32)))
+    if shuffle:
+        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    dim = store.dim
+
+    def read(batch_rows):
+        features = tf.numpy_function(store.read, [batch_rows], tf.float32, stateful=False)
+        return tf.reshape(features, [-1, 1, 1, dim])
+
+    ds = ds.batch(batch_size).map(lambda r, y: (read(r), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if class_weights is not None:
+        table = tf.constant(np.asarray(class_weights, dtype=np.float32))
+        ds = ds.map(lambda x, y: (x, y, tf.gather(table, y)))
+    return ds.prefetch(tf.data.AUTOTUNE)

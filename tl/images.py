@@ -1,0 +1,116 @@
+"""Decode untrusted image files into RGB uint8 arrays, with one clear sentence on failure.
+
+Used for training folders, uploads and the CLI alike, so an image looks the same to the
+model everywhere: EXIF orientation applied, first frame of animations, every mode
+(grayscale, palette, alpha, CMYK, 16-bit) turned into 8-bit RGB.
+"""
+
+import io
+import warnings
+
+import numpy as np
+
+from tl.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_PIXELS = 40_000_000  # about 7300 x 5500: larger than any phone photo
+MAX_BYTES = 50 * 1024 * 1024
+
+
+class ImageError(UserError, ValueError):
+    """An image file that cannot be used; the text says why in one sentence."""
+
+
+def decode_image(source, *, name: str = "The file", draft_size: int | None = None,
+                 max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> np.ndarray:
+    """Decode ``source`` (bytes or a path) into an ``(H, W, 3)`` uint8 RGB array.
+
+    Args:
+        source: the file's bytes, or a path to read.
+        name: how the message names the file (e.g. its upload name).
+        draft_size: let JPEG decode at a reduced scale that is still at least this many
+            pixels on each side (much faster for large photos that will be shrunk anyway).
+        max_pixels: refuse images with more pixels than this (decompression bombs).
+        max_bytes: refuse files larger than this.
+
+    Raises:
+        ImageError: empty, too large, not an image, truncated or corrupt.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    data = _read_bytes(source, name, max_bytes)
+    if not data:
+        raise ImageError(f"{name} is empty (0 bytes).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"{name} is too large ({width}x{height} pixels); the limit is "
+                    f"{max_pixels / 1e6:.0f} megapixels: shrink it and try again."
+                )
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"{name} is not an image that can be read (use JPEG, PNG, WebP, BMP, GIF or TIFF)."
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            f"{name} is too large to decode safely (a decompression bomb?); shrink it and try again."
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{name} is truncated or corrupt ({_first_line(exc)}).") from None
+
+
+def _read_bytes(source, name, max_bytes) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        try:
+            with open(source, "rb") as handle:
+                data = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageError(f"{name} cannot be read ({exc.strerror}).") from None
+    if len(data) > max_bytes:
+        raise ImageError(f"{name} is larger than {max_bytes // (1024 * 1024)} MB; shrink it and try again.")
+    return data
+
+
+def _to_rgb(image) -> np.ndarray:
+    from PIL import Image
+
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit and float grayscale: PIL's convert("RGB") would clip, so scale to 8 bits.
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") else max(float(values.max()), 1.0)
+        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        # Composite on white: transparent pixels would otherwise become arbitrary colours.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:120] if text else type(exc).__name__
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Encode an RGB uint8 array as PNG bytes (for galleries and downloads)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,433 @@
+"""Compile, fit and evaluate one run, writing progress events into its folder.
+
+:func:`prepare` checks a config (data, weights) and creates the run folder;
+:func:`execute` trains it. The CLI, the app's job manager and the tests all go through
+these two functions.
+"""
+
+import hashlib
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from tl import datasets, runs
+from tl.backbones import cut_layer, set_trainable_top
+from tl.config import RunConfig
+from tl.errors import Cancelled, ConfigError, TrainingFailed, UserError
+from tl.strategies import STRATEGIES
+
+BATCH_EVENT_SECONDS = 0.5
+
+
+# -- entry points ----------------------------------------------------------------------
+
+def prepare(cfg: RunConfig, runs_dir=None, run_id: str | None = None) -> "runs.Run":
+    """Check that ``cfg`` can run (data readable, weights reference valid), then create
+    its run folder with status ``queued``.
+
+    Raises:
+        UserError: with one sentence, before any folder is made.
+    """
+    data = datasets.load(cfg)
+    if cfg.weights.startswith("run:") and STRATEGIES[cfg.strategy].pretrained:
+        source_run(cfg, runs_dir)
+    run = runs.create(cfg, runs_dir, run_id)
+    if data.skipped:
+        run.event("log", message=f"Skipped {len(data.skipped)} file(s) that are not readable images.")
+    return run
+
+
+def execute(run: "runs.Run", runs_dir=None, on_event=None) -> dict:
+    """Train ``run`` to the end and return its final status record.
+
+    Never raises for problems inside training: they end the run as ``failed`` (with the
+    reason) or ``cancelled``; history and events written so far are kept.
+    """
+    cfg = run.config
+    run.set_status("running", pid=_pid(), started=time.time())
+    emit = _emitter(run, on_event)
+    emit("status", status="running")
+    try:
+        metrics = _train(run, cfg, runs_dir, emit)
+    except Cancelled:
+        emit("status", status="cancelled")
+        return run.set_status("cancelled", reason="Stopped by the user.")
+    except (TrainingFailed, UserError) as exc:
+        emit("status", status="failed", reason=str(exc))
+        return run.set_status("failed", reason=str(exc))
+    except Exception as exc:  # a bug: keep the traceback for the report
+        (run.path / "error.log").write_text(traceback.format_exc())
+        reason = f"Unexpected error: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        emit("status", status="failed", reason=reason)
+        return run.set_status("failed", reason=reason)
+    emit("status", status="done", test_accuracy=metrics["test_accuracy"])
+    return run.set_status("done", test_accuracy=metrics["test_accuracy"])
+
+
+def _pid():
+    import os
+
+    return os.getpid()
+
+
+def _emitter(run, on_event):
+    def emit(event_type, **fields):
+        record = run.event(event_type, **fields)
+        if on_event:
+            on_event(record)
+        return record
+
+    return emit
+
+
+def _train(run, cfg, runs_dir, emit) -> dict:
+    import keras
+
+    from tl import devices
+
+    strategy, device = devices.setup()
+    emit("device", **device)
+    keras.utils.set_random_seed(cfg.seed)
+    data = datasets.load(cfg)
+    run.write_json("labels.json", {"class_names": data.class_names, "dataset": data.name,
+                                   "counts": data.counts()})
+    run.write_json("split.json", {"fingerprint": data.fingerprint, **{
+        split: [data.keys[i] for i in idx] for split, idx in data.splits.items()}})
+    emit("data", classes=data.num_classes, images=len(data),
+         **{split: len(idx) for split, idx in data.splits.items()})
+
+    with strategy.scope():
+        learner = Learner(cfg, run, data, strategy, device, runs_dir, emit)
+        started = time.time()
+        STRATEGIES[cfg.strategy].run(learner, cfg)
+        learner.train_seconds = time.time() - started
+        learner.restore_best()
+        metrics = learner.evaluate()
+        learner.save_model()
+    run.write_json("metrics.json", metrics)
+    return metrics
+
+
+# -- the learner -----------------------------------------------------------------------
+
+class Learner:
+    """Owns one run's model, data pipelines, progress events and best checkpoint.
+
+    Strategies drive it with :meth:`freeze_backbone`, :meth:`unfreeze_top`, :meth:`fit`
+    and :meth:`fit_head_on_features`.
+    """
+
+    def __init__(self, cfg, run, data, strategy, device, runs_dir, emit):
+        self.cfg, self.run, self.data, self.emit = cfg, run, data, emit
+        self.strategy, self.device, self.runs_dir = strategy, device, runs_dir
+        self.spec = STRATEGIES[cfg.strategy]
+        self.history = run.history
+        self.epochs_done = len(self.history)
+        self.images_seen = 0
+        self.train_seconds = 0.0
+        self.extract_seconds = 0.0
+        self.feature_cache = None
+        self._store = None
+        self.best = None  # (val_accuracy, -val_loss) of the best epoch so far
+        self.best_epoch = None
+        self.class_weights = None
+        if cfg.class_weight == "balanced":
+            self.class_weights = datasets.balanced_class_weights(
+                data.labels[data.splits["train"]], data.num_classes)
+        self._build()
+        self._pipelines = {}
+
+    # building
+    def _build(self):
+        from tl.models import build
+
+        cfg = self.cfg
+        self.cut = cut_layer(cfg.backbone, self.spec.cut)
+        weights, self.weights_id = initial_weights(cfg, self.runs_dir)
+        source = weights if isinstance(weights, runs.Run) else None
+        self.model = build(cfg, self.data.num_classes, weights=None if source else weights)
+        self.backbone = self.model.get_layer("backbone")
+        self.head = self.model.get_layer("head")
+        if source:
+            copied = transfer_backbone(source, self.backbone)
+            self.emit("log", message=f"Backbone weights taken from run {source.id} ({copied} layers).")
+        self.emit("model", total_params=self.model.count_params(), weights=self.weights_id,
+                  cut=self.cut or "last", backbone_layers=len(self.backbone.layers))
+
+    # freezing
+    def freeze_backbone(self):
+        """Freeze every backbone layer (BatchNorm then runs in inference mode)."""
+        self.backbone.trainable = False
+
+    def unfreeze_top(self, count: int | None, batchnorm: bool = False):
+        """Make the last ``count`` weighted non-BatchNorm backbone layers trainable
+        (``None``: all of them). With ``batchnorm``, BatchNorm layers train too."""
+        chosen = set_trainable_top(self.backbone, count, batchnorm)
+        if count is not None and count > len(chosen):
+            self.emit("log", message=f"fine_tune_layers={count} is more than the backbone's "
+                                     f"{len(chosen)} weighted layers; all of them are trainable.")
+
+    # fitting
+    def fit(self, phase: str, epochs: int, learning_rate: float):
+        """Compile the whole model and fit it on images for ``epochs`` epochs."""
+        train, val = self._image_pipelines()
+        self._fit(self.model, phase, epochs, learning_rate, train, val)
+
+    def fit_head_on_features(self, epochs: int, learning_rate: float):
+        """Train the head alone on the (cached) pooled features of the frozen backbone."""
+        from tl.features import feature_pipeline
+
+        self.freeze_backbone()
+        store = self._features()
+        splits, labels, cfg = self.data.splits, self.data.labels, self.cfg
+        train = feature_pipeline(store, splits["train"], labels[splits["train"]], cfg.batch_size,
+                                 shuffle=True, seed=cfg.seed, class_weights=self.class_weights)
+        val = feature_pipeline(store, splits["val"], labels[splits["val"]], cfg.batch_size)
+        self._fit(self.head, "head", epochs, learning_rate, train, val)
+
+    def _fit(self, model, phase, epochs, learning_rate, train, val):
+        import keras
+
+        model.compile(optimizer=make_optimizer(self.cfg.optimizer, learning_rate),
+                      loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        from tl.models import count_params
+
+        trainable = count_params(model.trainable_weights)
+        self.trainable_params = trainable
+        self.emit("phase", phase=phase, epochs=epochs, learning_rate=learning_rate,
+                  trainable_params=trainable, first_epoch=self.epochs_done + 1)
+        from tl.callbacks import Progress
+
+        progress = Progress(self, model, phase, learning_rate)
+        model.fit(train, validation_data=val, epochs=self.epochs_done + epochs,
+                  initial_epoch=self.epochs_done, callbacks=[progress], shuffle=False, verbose=0)
+        self.trained_model = model
+
+    def _image_pipelines(self):
+        if "images" not in self._pipelines:
+            cfg, data = self.cfg, self.data
+            train = datasets.image_pipeline(
+                data, data.splits["train"], cfg.batch_size, image_size=cfg.image_size, shuffle=True,
+                seed=cfg.seed, augment=cfg.augment, class_weights=self.class_weights)
+            val = datasets.image_pipeline(data, data.splits["val"], cfg.batch_size, image_size=cfg.image_size)
+            self._pipelines["images"] = (train, val)
+        return self._pipelines["images"]
+
+    # cached features
+    def _features(self):
+        from tl import features
+        from tl.models import feature_extractor
+
+        if self._store is not None:
+            return self._store
+        cfg, data = self.cfg, self.data
+        key = features.cache_key(backbone=cfg.backbone, weights=self.weights_id, cut=self.cut,
+                                 image_size=cfg.image_size, precision=self.device["precision"],
+                                 fingerprint=data.fingerprint)
+        root = runs.cache_root(self.runs_dir)
+        started = time.time()
+        store = features.lookup(root, key)
+        if store is not None and len(store) == len(data):
+            self.feature_cache, self._store = "hit", store
+            self.emit("features", cache="hit", key=key, images=len(store), seconds=0.0)
+            return store
+        self.feature_cache = "miss"
+        extractor = feature_extractor(self.model)
+        total = len(data)
+        self.emit("features", cache="miss", key=key, images=total, done=0)
+        last = [0.0]
+
+        def on_chunk(done, total):
+            if self.run.cancel_requested():
+                raise Cancelled()
+            if time.time() - last[0] >= BATCH_EVENT_SECONDS or done == total:
+                last[0] = time.time()
+                self.emit("features", cache="miss", key=key, images=total, done=done)
+
+        pipelines = (datasets.image_pipeline(data, chunk, cfg.batch_size, image_size=cfg.image_size)
+                     for chunk in features.chunks(np.arange(total), cfg.batch_size))
+        store = features.extract(root, key, extractor, pipelines, total, on_chunk=on_chunk, meta={
+            "backbone": cfg.backbone, "weights": self.weights_id, "cut": self.cut or "last",
+            "image_size": cfg.image_size, "dataset": data.name, "fingerprint": data.fingerprint})
+        self.extract_seconds = time.time() - started
+        self.emit("features", cache="stored", key=key, images=total, seconds=round(self.extract_seconds, 3))
+        self._store = store
+        return store
+
+    # best checkpoint
+    def note_epoch(self, model, val_accuracy, val_loss) -> bool:
+        """Keep the weights of the best epoch so far (by val accuracy, then val loss).
+
+        They are kept in memory and restored before evaluation, so model.keras holds the
+        best epoch, not the last.
+        """
+        score = (val_accuracy, -val_loss)
+        if self.best is not None and score <= self.best:
+            return False
+        self.best, self.best_epoch = score, self.epochs_done
+        self.best_weights = (model, model.get_weights())
+        return True
+
+    def restore_best(self):
+        if self.best is not None:
+            model, weights = self.best_weights
+            model.set_weights(weights)
+
+    # results
+    def evaluate(self) -> dict:
+        """Test-split metrics: accuracy, loss, confusion matrix, per-class, misclassified."""
+        from tl.features import feature_pipeline
+        from tl.models import count_params
+
+        cfg, data = self.cfg, self.data
+        test = data.splits["test"]
+        if self.spec.uses_features:
+            store = self._features()
+            probs = self.head.predict(feature_pipeline(store, test, data.labels[test], cfg.batch_size), verbose=0)
+        else:
+            probs = self.model.predict(
+                datasets.image_pipeline(data, test, cfg.batch_size, image_size=cfg.image_size), verbose=0)
+        results = classification_report(probs, data.labels[test], data.class_names)
+        results["misclassified"] = [
+            dict(item, item=int(test[item["index"]]), key=data.keys[test[item["index"]]])
+            for item in results["misclassified"]
+        ]
+        val_accs = [h["val_accuracy"] for h in self.history if h.get("val_accuracy") is not None]
+        epochs_run = len(self.history)
+        results.update(
+            train_seconds=round(self.train_seconds, 3),
+            extract_seconds=round(self.extract_seconds, 3),
+            feature_cache=self.feature_cache,
+            images_per_second=round(self.images_seen / self.train_seconds, 2) if self.train_seconds else None,
+            epochs_run=epochs_run,
+            best_val_accuracy=max(val_accs) if val_accs else None,
+            best_epoch=self.best_epoch,
+            trainable_params=getattr(self, "trainable_params", count_params(self.model.trainable_weights)),
+            total_params=int(self.model.count_params()),
+            train_size=len(data.splits["train"]), val_size=len(data.splits["val"]), test_size=len(test),
+            device=self.device, weights=self.weights_id,
+        )
+        return results
+
+    def save_model(self):
+        """Save the full model (images in, probabilities out) atomically as model.keras.
+
+        What is saved is an uncompiled clone: optimizer state would double or triple the
+        file for nothing a user of the exported model needs.
+        """
+        import keras
+
+        export = keras.Model.from_config(self.model.get_config())
+        export.set_weights(self.model.get_weights())
+        tmp = self.run.path / ".model.tmp.keras"
+        export.save(tmp)
+        tmp.replace(self.run.model_path)
+
+
+def classification_report(probs, labels, class_names) -> dict:
+    """Accuracy, loss, confusion matrix, per-class accuracy and the misclassified items
+    (their positions in ``labels``, most confident mistakes first)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    predicted = probs.argmax(axis=1)
+    k = len(class_names)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = {
+        name: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
+        for i, name in enumerate(class_names)
+    }
+    picked = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")]
+    return {
+        "test_accuracy": float((predicted == labels).mean()) if len(labels) else 0.0,
+        "test_loss": float(-np.log(picked).mean()) if len(labels) else 0.0,
+        "class_names": list(class_names),
+        "confusion_matrix": confusion.tolist(),
+        "per_class_accuracy": per_class,
+        "misclassified": [
+            {"index": int(i), "true": class_names[labels[i]], "predicted": class_names[predicted[i]],
+             "confidence": round(float(probs[i, predicted[i]]), 6)}
+            for i in wrong
+        ],
+    }
+
+
+# -- weights ---------------------------------------------------------------------------
+
+def make_optimizer(name: str, learning_rate: float):
+    """Build optimizer ``name`` ("adam", "sgd" with momentum 0.9, "rmsprop")."""
+    import keras
+
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate)
+    raise ConfigError(f"Expected `optimizer` to be one of ['adam', 'rmsprop', 'sgd']. Received: optimizer={name!r}.")
+
+
+def initial_weights(cfg: RunConfig, runs_dir=None):
+    """What the backbone starts from, and a string that identifies it for the feature cache.
+
+    Returns ``(weights, identity)`` where ``weights`` is ``None``, ``"imagenet"``, a file
+    path, or a :class:`tl.runs.Run` whose backbone to copy.
+    """
+    if not STRATEGIES[cfg.strategy].pretrained or cfg.weights == "none":
+        return None, f"none:seed={cfg.seed}"
+    if cfg.weights == "imagenet":
+        return "imagenet", "imagenet"
+    if cfg.weights.startswith("run:"):
+        run = source_run(cfg, runs_dir)
+        stamp = run.model_path.stat().st_mtime_ns
+        return run, f"run:{run.id}:{stamp}"
+    path = Path(cfg.weights).expanduser()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return str(path), f"file:{digest}"
+
+
+def source_run(cfg: RunConfig, runs_dir=None):
+    """The finished run that ``weights='run:<id>'`` names, checked to be usable."""
+    run_id = cfg.weights[4:]
+    try:
+        run = runs.get(run_id, runs_dir)
+    except UserError:
+        raise ConfigError(f"weights='run:{run_id}' names no run in {runs.runs_root(runs_dir)}; "
+                          "`python -m tl runs` lists them.") from None
+    if run.status().get("status") != "done" or not run.model_path.exists():
+        raise ConfigError(f"Run '{run_id}' has not finished training, so its backbone cannot be reused; "
+                          "pick a run with status done.")
+    if run.config.backbone != cfg.backbone:
+        raise ConfigError(f"Run '{run_id}' used backbone '{run.config.backbone}'; set backbone to "
+                          f"'{run.config.backbone}' to start from its weights.")
+    return run
+
+
+def transfer_backbone(run, backbone) -> int:
+    """Copy weights layer by layer (by name) from ``run``'s saved backbone into ``backbone``.
+
+    Raises:
+        ConfigError: a layer the new backbone needs is missing from the run's backbone.
+    """
+    import keras
+
+    saved = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+    source = {layer.name: layer for layer in saved.get_layer("backbone").layers}
+    copied = 0
+    for layer in backbone.layers:
+        if not layer.weights:
+            continue
+        match = source.get(layer.name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if match is None or [tuple(w.shape) for w in match.weights] != shapes:
+            raise ConfigError(
+                f"Run '{run.id}' has no matching weights for layer '{layer.name}' (was it cut "
+                "earlier, or trained at another image size?); pick another run or strategy."
+            )
+        layer.set_weights(match.get_weights())
+        copied += 1
+    return copied
