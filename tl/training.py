@@ -46,7 +46,9 @@ def execute(run: "runs.Run", runs_dir=None, on_event=None) -> dict:
     reason) or ``cancelled``; history and events written so far are kept.
     """
     cfg = run.config
-    run.set_status("running", pid=_pid(), started=time.time())
+    # Keep a start time the job manager already set (the wait for TensorFlow counts).
+    started = run.status().get("started") or time.time()
+    run.set_status("running", pid=_pid(), started=started)
     emit = _emitter(run, on_event)
     emit("status", status="running")
     try:

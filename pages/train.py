@@ -1,0 +1,33 @@
+"""Train: choose a dataset, backbone, strategy and head; train in the background; results."""
+
+import streamlit as st
+
+from tl.errors import UserError
+from ui.run_view import dataset_preview, live_progress, results, runs_list
+from ui.state import current_run, job_manager, runs_dir, show_run
+from ui.train_form import config_form
+
+st.title("Train")
+root = runs_dir()
+manager = job_manager(root)
+
+cfg = config_form(root)
+if cfg is not None:
+    with st.expander("Dataset preview", expanded=True):
+        dataset_preview(cfg)
+    if st.button("Train", key="train_start", type="primary"):
+        try:
+            run = manager.submit(cfg)
+        except UserError as exc:
+            st.error(str(exc))
+        else:
+            show_run(run.id)
+
+run = current_run(root)
+if run is not None:
+    if run.status()["status"] in ("queued", "running"):
+        live_progress(run, manager)
+    else:
+        results(run)
+st.divider()
+runs_list(root, manager)

@@ -1,0 +1,130 @@
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tl import runs
+
+from conftest import REPO
+
+APP = str(REPO / "streamlit_app.py")
+WAIT_SECONDS = 240
+
+
+@pytest.fixture
+def runs_root(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    monkeypatch.setenv("TL_RUNS_DIR", str(root))
+    return root
+
+
+def open_train():
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def choose_tiny_run(at, epochs=2, samples=20, batch=64):
+    at.selectbox(key="train_backbone").set_value("small_cnn")
+    at.selectbox(key="train_strategy").set_value("scratch").run()
+    at.number_input(key="train_image_size").set_value(16)
+    at.number_input(key="train_samples_per_class").set_value(samples)
+    at.number_input(key="train_epochs").set_value(epochs)
+    at.number_input(key="train_batch_size").set_value(batch)
+    at.number_input(key="train_synthetic_classes").set_value(2)
+    at.run()
+    assert not at.exception, at.exception
+
+
+def wait_for(root, predicate, what):
+    deadline = time.time() + WAIT_SECONDS
+    while time.time() < deadline:
+        found = runs.list_runs(root)
+        if found and predicate(found[0]):
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_train_small_cnn_from_the_page_to_results(runs_root):
+    at = open_train()
+    choose_tiny_run(at)
+    assert any("Images per class" in str(c.proto.spec) for c in at.get("plotly_chart"))  # preview
+    at.button(key="train_start").click().run()
+    assert not at.exception, at.exception
+    run = wait_for(runs_root, lambda r: r.status()["status"] in ("done", "failed"), "the run to end")
+    assert run.status()["status"] == "done", run.status().get("reason")
+    at.run()
+    assert not at.exception, at.exception
+    assert at.subheader[0].value == f"Run {run.id}"
+    labels = [m.label for m in at.metric]
+    assert labels[:2] == ["Test accuracy", "Test loss"]
+    assert at.metric[0].value == f"{run.metrics['test_accuracy']:.1%}"
+    assert len(at.get("plotly_chart")) >= 5  # counts, loss, accuracy, per-class, confusion
+    assert len(at.get("download_button")) == 3
+    mistakes = run.metrics["misclassified"]
+    assert mistakes, "the tiny run should get some test images wrong"
+    captions = [c for img in at.get("image") for c in img.captions if "→" in c]
+    assert len(captions) == min(24, len(mistakes))
+    # Filter the gallery by a true class that has no mistakes.
+    right = next(name for name in run.metrics["class_names"] if name not in {m["true"] for m in mistakes}
+                 ) if len({m["true"] for m in mistakes}) < 2 else None
+    if right:
+        at.selectbox(key=f"mis_true_{run.id}").set_value(right).run()
+        assert any("No mistakes of that kind." in c.value for c in at.caption)
+    # The runs list shows it.
+    assert at.dataframe[0].value["run"].tolist() == [run.id]
+
+
+def test_stop_from_a_second_session_keeps_the_history(runs_root):
+    first = open_train()
+    choose_tiny_run(first, epochs=300, samples=40, batch=8)
+    first.button(key="train_start").click().run()
+    run = wait_for(runs_root, lambda r: len(r.history) >= 1, "the first epoch")
+
+    second = open_train()  # a new session (another tab) finds the running run
+    assert second.subheader[0].value == f"Run {run.id}"
+    assert second.get("progress"), "a progress bar while it runs"
+    second.button(key="train_stop").click().run()
+    run = wait_for(runs_root, lambda r: r.status()["status"] != "running", "the run to stop")
+    assert run.status()["status"] == "cancelled"
+    kept = len(run.history)
+    assert kept >= 1
+
+    first.run()
+    assert not first.exception, first.exception
+    assert "This run is cancelled" in first.warning[0].value
+    assert len(first.get("plotly_chart")) >= 2  # the curves so far
+
+    reloaded = AppTest.from_file(APP, default_timeout=60)
+    reloaded.query_params["run"] = run.id  # a browser reload keeps ?run=<id>
+    reloaded.run()
+    reloaded.switch_page("pages/train.py").run()
+    assert reloaded.subheader[0].value == f"Run {run.id}"
+
+
+def test_a_missing_folder_is_one_message_not_a_traceback(runs_root):
+    at = open_train()
+    at.selectbox(key="train_dataset").set_value("folder").run()
+    at.text_input(key="train_data_dir").input("/no/such/photos").run()
+    assert not at.exception
+    assert any("Data folder '/no/such/photos' does not exist" in e.value for e in at.error)
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    assert runs.list_runs(runs_root) == []
+
+
+def test_delete_a_run_after_confirming(runs_root):
+    from conftest import tiny_config
+
+    run = runs.create(tiny_config(), runs_root)
+    run.set_status("failed", reason="for the test")
+    at = open_train()
+    at.selectbox(key="runs_pick").set_value(run.id)
+    at.button(key="runs_delete").click().run()
+    assert "cannot be undone" in at.warning[-1].value
+    assert run.path.exists()
+    at.button(key="runs_delete_yes").click().run()
+    assert not at.exception
+    assert not run.path.exists()

@@ -1,0 +1,215 @@
+"""tl.plots: figures built from plain history/metrics data."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from tl import plots
+
+
+def epoch(n, phase="head", loss=1.0, accuracy=0.5, val_loss=1.1, val_accuracy=0.4, seconds=2.0):
+    return {"epoch": n, "phase": phase, "learning_rate": 1e-3, "loss": loss, "accuracy": accuracy,
+            "val_loss": val_loss, "val_accuracy": val_accuracy, "seconds": seconds}
+
+
+HEAD_ONLY = [epoch(1, loss=0.9, val_loss=1.0, accuracy=0.6, val_accuracy=0.55),
+             epoch(2, loss=0.7, val_loss=0.8, accuracy=0.7, val_accuracy=0.65)]
+TWO_PHASES = HEAD_ONLY + [epoch(3, "fine_tune", loss=0.5, val_loss=0.6),
+                          epoch(4, "fine_tune", loss=0.4, val_loss=None)]
+
+
+def traces(fig):
+    return {trace.name: trace for trace in fig.data}
+
+
+def annotation_texts(fig):
+    return [a.text for a in fig.layout.annotations]
+
+
+# -- curves ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("metric, train, val", [("loss", [0.9, 0.7], [1.0, 0.8]),
+                                                ("accuracy", [0.6, 0.7], [0.55, 0.65])])
+def test_curves_plot_train_and_validation_by_epoch(metric, train, val):
+    fig = plots.curves(HEAD_ONLY, metric)
+    by_name = traces(fig)
+    assert list(by_name) == ["train", "validation"]
+    assert list(by_name["train"].x) == [1, 2] and list(by_name["train"].y) == train
+    assert list(by_name["validation"].x) == [1, 2] and list(by_name["validation"].y) == val
+    assert fig.layout.xaxis.title.text == "epoch" and fig.layout.yaxis.title.text == metric
+
+
+def test_curves_keep_missing_values_as_gaps():
+    fig = plots.curves(TWO_PHASES, "loss")
+    assert list(traces(fig)["validation"].y) == [1.0, 0.8, 0.6, None]
+
+
+def test_curves_mark_each_new_phase_only_in_multi_phase_histories():
+    assert not plots.curves(HEAD_ONLY).layout.shapes
+    assert not plots.curves(HEAD_ONLY).layout.annotations
+
+    fig = plots.curves(TWO_PHASES)
+    assert len(fig.layout.shapes) == 1
+    line = fig.layout.shapes[0]
+    assert (line.x0, line.x1, line.line.dash) == (2, 2, "dash")
+    assert annotation_texts(fig) == ["fine_tune starts"]
+
+
+def test_curves_draw_live_batches_at_fractional_epochs():
+    batches = [{"phase": "head", "epoch": 2, "step": 5, "steps": 10, "loss": 0.8, "accuracy": 0.6},  # stale
+               {"phase": "head", "epoch": 3, "step": 1, "steps": 4, "loss": 0.6, "accuracy": 0.7},
+               {"phase": "head", "epoch": 3, "step": 3, "steps": 4, "loss": 0.5, "accuracy": 0.75}]
+    live = traces(plots.curves(HEAD_ONLY, "loss", batches))["current epoch"]
+    assert list(live.x) == [2.25, 2.75] and list(live.y) == [0.6, 0.5]
+    assert live.opacity < 1
+    assert list(traces(plots.curves(HEAD_ONLY, "accuracy", batches))["current epoch"].y) == [0.7, 0.75]
+    assert "current epoch" not in traces(plots.curves(HEAD_ONLY, "loss", batches[:1]))
+
+
+def test_curves_of_empty_history_say_so():
+    fig = plots.curves([])
+    assert not fig.data and annotation_texts(fig) == ["No epochs yet"]
+    batch = {"phase": "head", "epoch": 1, "step": 1, "steps": 2, "loss": 2.0, "accuracy": 0.1}
+    fig = plots.curves([], batches=[batch])
+    assert list(traces(fig)["current epoch"].x) == [0.5] and not fig.layout.annotations
+
+
+def test_curves_reject_unknown_metric():
+    with pytest.raises(ValueError):
+        plots.curves(HEAD_ONLY, "val_loss")
+
+
+# -- per-class accuracy and confusion matrix ---------------------------------------------
+
+METRICS = {"class_names": ["cat", "dog", "bird"],
+           "confusion_matrix": [[3, 1, 0], [0, 0, 0], [2, 2, 4]],
+           "per_class_accuracy": {"cat": 0.75, "dog": None, "bird": 0.5}}
+
+
+def test_per_class_accuracy_bars_with_missing_class():
+    fig = plots.per_class_accuracy(METRICS)
+    (bar,) = fig.data
+    assert list(bar.y) == ["cat", "dog", "bird"] and list(bar.x) == [0.75, None, 0.5]
+    assert list(bar.text) == ["75%", "n/a", "50%"]
+    assert list(fig.layout.xaxis.range) == [0, 1]
+
+
+def test_per_class_accuracy_without_classes():
+    fig = plots.per_class_accuracy({"class_names": [], "per_class_accuracy": {}})
+    assert not fig.data and annotation_texts(fig) == ["No classes"]
+
+
+def test_confusion_matrix_shows_counts_with_names_on_both_axes():
+    (heat,) = plots.confusion_matrix(METRICS).data
+    assert [list(row) for row in heat.z] == METRICS["confusion_matrix"]
+    assert list(heat.x) == list(heat.y) == METRICS["class_names"]
+    assert [list(row) for row in heat.text][2] == ["2", "2", "4"]
+    assert list(heat.customdata[2][0]) == ["bird", "cat"]  # row = true, column = predicted
+    assert list(heat.customdata[0][1]) == ["cat", "dog"]
+
+
+def test_confusion_matrix_normalised_rows_sum_to_one():
+    (heat,) = plots.confusion_matrix(METRICS, normalize=True).data
+    rows = [list(row) for row in heat.z]
+    assert sum(rows[0]) == pytest.approx(1) and sum(rows[2]) == pytest.approx(1)
+    assert rows[0] == pytest.approx([0.75, 0.25, 0.0])
+    assert rows[1] == [None, None, None]  # no true "dog" images
+    assert list(heat.text[2]) == ["0.25", "0.25", "0.50"]
+
+
+def test_confusion_matrix_without_results():
+    fig = plots.confusion_matrix({"class_names": [], "confusion_matrix": []})
+    assert not fig.data and annotation_texts(fig) == ["No test results"]
+
+
+# -- class counts ----------------------------------------------------------------------
+
+def test_class_counts_bars_and_total_in_title():
+    fig = plots.class_counts({"cat": 40, "dog": 10, "bird": 25})
+    (bar,) = fig.data
+    assert list(bar.x) == ["cat", "dog", "bird"] and list(bar.y) == [40, 10, 25]
+    assert "75 in total" in fig.layout.title.text and "4.0×" in fig.layout.title.text
+
+
+def test_class_counts_with_an_empty_class_and_no_classes():
+    assert "0 in total" in plots.class_counts({"a": 0, "b": 0}).layout.title.text
+    fig = plots.class_counts({})
+    assert not fig.data and annotation_texts(fig) == ["No images"]
+
+
+# -- comparing runs --------------------------------------------------------------------
+
+RUNS = [{"label": "head", "history": HEAD_ONLY},
+        {"label": "fine", "history": [epoch(1, val_accuracy=0.5, seconds=3.0),
+                                      epoch(2, val_accuracy=None, seconds=1.5),
+                                      epoch(3, val_accuracy=0.8, seconds=2.5)]}]
+
+
+def test_compare_curves_one_line_per_run_by_epoch():
+    by_name = traces(plots.compare_curves(RUNS))
+    assert list(by_name) == ["head", "fine"]
+    assert list(by_name["head"].x) == [1, 2] and list(by_name["head"].y) == [0.55, 0.65]
+    assert list(by_name["fine"].y) == [0.5, None, 0.8]
+
+
+def test_compare_curves_by_cumulative_time():
+    fig = plots.compare_curves(RUNS, metric="loss", x="time")
+    by_name = traces(fig)
+    assert list(by_name["fine"].x) == [3.0, 4.5, 7.0]
+    assert list(by_name["head"].x) == [2.0, 4.0] and list(by_name["head"].y) == [0.9, 0.7]
+    assert fig.layout.xaxis.title.text == "training time (s)"
+
+
+def test_compare_curves_empty_and_bad_axis():
+    assert annotation_texts(plots.compare_curves([])) == ["No runs"]
+    with pytest.raises(ValueError):
+        plots.compare_curves(RUNS, x="step")
+
+
+# -- accuracy against cost -------------------------------------------------------------
+
+ROWS = [{"label": "a", "test_accuracy": 0.70, "train_seconds": 10},
+        {"label": "b", "test_accuracy": 0.90, "train_seconds": 50},
+        {"label": "c", "test_accuracy": 0.80, "train_seconds": 60},  # dominated by b
+        {"label": "d", "test_accuracy": 0.60, "train_seconds": 10},  # same time as a, worse
+        {"label": "e", "test_accuracy": 0.90, "train_seconds": 70},  # same accuracy as b, slower
+        {"label": "f", "test_accuracy": 0.95, "train_seconds": 100},
+        {"label": "g", "test_accuracy": 0.70, "train_seconds": 10},  # identical to a: kept
+        {"label": "h", "test_accuracy": None, "train_seconds": 5}]   # not finished: ignored
+
+
+def test_pareto_front_known_answer_with_ties():
+    assert plots.pareto_front(ROWS) == [0, 6, 1, 5]
+
+
+def test_pareto_front_orders_by_time_and_handles_empty():
+    rows = [{"test_accuracy": 0.9, "train_seconds": 30}, {"test_accuracy": 0.5, "train_seconds": 1}]
+    assert plots.pareto_front(rows) == [1, 0]
+    assert plots.pareto_front([]) == []
+
+
+def test_accuracy_vs_cost_marks_the_front():
+    by_name = traces(plots.accuracy_vs_cost(ROWS))
+    runs, front = by_name["runs"], by_name["Pareto front"]
+    assert list(runs.text) == list("abcdefg")
+    assert list(runs.x) == [10, 50, 60, 10, 70, 100, 10]
+    assert list(front.x) == [10, 10, 50, 100] and list(front.y) == [0.7, 0.7, 0.9, 0.95]
+    assert "lines" in front.mode and front.marker.symbol != runs.marker.symbol
+
+
+def test_accuracy_vs_cost_without_finished_runs():
+    fig = plots.accuracy_vs_cost([{"label": "x", "test_accuracy": None, "train_seconds": None}])
+    assert not fig.data and annotation_texts(fig) == ["No finished runs"]
+
+
+# -- the module stays light ------------------------------------------------------------
+
+def test_import_pulls_in_neither_tensorflow_nor_streamlit():
+    code = ("import json, sys; import tl.plots; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'keras', 'streamlit'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []

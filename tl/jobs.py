@@ -1,0 +1,250 @@
+"""Background training for the app: a queue, and one worker process per run.
+
+Each run trains in its own ``python -m tl worker RUN_ID`` process, the same code path as
+the CLI, so a crash or an out-of-memory kill ends one run, never the app, and stopping a
+run is a signal. At most ``max_parallel`` workers run at once (one training per device);
+the other runs wait in a first-in, first-out queue.
+
+What the app shows is read from the run folders (:mod:`tl.runs`). The manager only
+decides when to start workers, and records what happened to those that died without
+writing their own final status.
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tl import runs, training
+from tl.errors import ConfigError, RunNotFound
+from tl.files import read_json
+
+REPO = Path(__file__).resolve().parents[1]  # the worker runs `-m tl` from here
+KILL_AFTER_SECONDS = 30
+EXITED = "The training process exited unexpectedly (exit code {code}); its progress so far is kept."
+DIED = "The training process stopped unexpectedly (it was killed or crashed)."
+CANCELLED_QUEUED = "Cancelled before it started."
+CANCELLED_RUNNING = "Stopped by the user."
+
+log = logging.getLogger(__name__)
+
+
+class _Job:
+    """One worker. ``process`` is None for a worker an earlier app process started (it
+    outlives the app, being in its own session), which we can watch only by pid."""
+
+    def __init__(self, run, process=None, pid=None):
+        self.run, self.process = run, process
+        self.pid = process.pid if process else pid
+        self.kill_at = None  # set by cancel: when to SIGKILL a worker that has not stopped
+
+    def finished(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is not None  # also reaps it (no zombie left)
+        return self.run.status().get("status") != "running"  # reads failed once the pid is gone
+
+
+class JobManager:
+    """Runs training jobs in background processes, ``max_parallel`` at a time.
+
+    Thread-safe: one manager can serve every session of the app. On construction it
+    adopts the runs folder as it is: queued runs join the queue (oldest first), workers
+    still alive from an earlier app process keep their slot, and runs marked running
+    whose process is gone are marked failed.
+
+    Args:
+        runs_dir: the runs folder (default: ``$TL_RUNS_DIR``, else ``./runs``).
+        max_parallel: how many workers may run at once (default: ``$TL_MAX_JOBS``, else 1).
+        poll_seconds: how often the background thread checks the workers.
+
+    Raises:
+        ConfigError: ``max_parallel`` (or ``$TL_MAX_JOBS``) is not a whole number >= 1.
+    """
+
+    def __init__(self, runs_dir=None, max_parallel=None, poll_seconds=0.5):
+        self.root = runs.runs_root(runs_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_parallel = _max_parallel(max_parallel)
+        self.poll_seconds = poll_seconds
+        self._lock = threading.Lock()
+        self._queue = []  # run ids, next first
+        self._jobs = {}  # run id -> _Job, in start order
+        self._closed = False
+        self._adopt()
+        self.poll()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tl-jobs", daemon=True)
+        self._thread.start()
+
+    # -- public API ----------------------------------------------------------------------
+
+    def submit(self, cfg) -> runs.Run:
+        """Create a run for ``cfg`` (status queued) and start it when a slot is free.
+
+        Returns:
+            The new :class:`tl.runs.Run`.
+
+        Raises:
+            UserError: the config cannot run (checked before any folder is made).
+        """
+        run = training.prepare(cfg, self.root)  # reads the data: kept outside the lock
+        with self._lock:
+            self._queue.append(run.id)
+            self._start_queued()
+        return run
+
+    def cancel(self, run_id: str) -> None:
+        """Cancel a run: a queued one is taken off the queue and marked cancelled; a
+        running one is asked to stop (it stops at the next batch, keeping its history)
+        and killed if it has not stopped ``KILL_AFTER_SECONDS`` later. Other runs: no-op.
+        """
+        with self._lock:
+            if run_id in self._queue:
+                self._queue.remove(run_id)
+                runs.Run(self.root / run_id).set_status("cancelled", reason=CANCELLED_QUEUED)
+            elif run_id in self._jobs and self._jobs[run_id].kill_at is None:
+                job = self._jobs[run_id]
+                # The marker file reaches the training loop at the next batch; the signal
+                # also stops a worker still starting up (before its handler is installed).
+                job.run.request_cancel()
+                _signal(job.pid, signal.SIGTERM)
+                job.kill_at = time.time() + KILL_AFTER_SECONDS
+
+    def queue(self) -> list:
+        """Ids of the runs waiting to start, next first."""
+        with self._lock:
+            return list(self._queue)
+
+    def running(self) -> list:
+        """Ids of the runs whose worker is running (including ones asked to stop)."""
+        with self._lock:
+            return list(self._jobs)
+
+    def position(self, run_id: str):
+        """1-based place of ``run_id`` in the queue, or None when it is not waiting."""
+        with self._lock:
+            return self._queue.index(run_id) + 1 if run_id in self._queue else None
+
+    def poll(self) -> None:
+        """One round of the background thread: reap workers that exited, mark those that
+        died without a final status as failed (or cancelled, if a cancel was asked),
+        kill workers that ignored a cancel, then start queued runs in free slots."""
+        with self._lock:
+            for run_id, job in list(self._jobs.items()):
+                if job.finished():
+                    del self._jobs[run_id]
+                    _record_exit(job)
+                elif job.kill_at is not None and time.time() >= job.kill_at:
+                    _signal(job.pid, signal.SIGKILL)  # reaped and recorded next round
+            self._start_queued()
+
+    def shutdown(self, cancel_running: bool = False) -> None:
+        """Stop the background thread; start nothing more.
+
+        Queued runs stay queued on disk and running workers keep going (the next manager
+        adopts both), unless ``cancel_running``: then running workers are cancelled and
+        waited for (killed after ``KILL_AFTER_SECONDS``).
+        """
+        with self._lock:
+            self._closed = True
+        self._stop.set()
+        self._thread.join()
+        if not cancel_running:
+            return
+        for run_id in self.running():
+            self.cancel(run_id)
+        deadline = time.time() + KILL_AFTER_SECONDS + 10
+        while self.running() and time.time() < deadline:
+            self.poll()
+            time.sleep(0.1)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _adopt(self):
+        queued = []
+        for run in runs.list_runs(self.root):
+            status = run.status()
+            if status["status"] == "queued":
+                queued.append((status.get("created", 0), run.id))
+            elif status["status"] == "running" and status.get("pid"):
+                self._jobs[run.id] = _Job(run, pid=status["pid"])  # it still holds the device
+            elif _on_disk(run) == "running":  # Run.status() said failed: make it permanent
+                run.set_status("failed", reason=status.get("reason") or DIED)
+        self._queue = [run_id for _, run_id in sorted(queued)]
+
+    def _start_queued(self):
+        # Called with the lock held.
+        while self._queue and not self._closed and len(self._jobs) < self.max_parallel:
+            run_id = self._queue.pop(0)
+            try:
+                run = runs.get(run_id, self.root)
+            except RunNotFound:
+                continue  # deleted while it waited
+            if run.status().get("status") != "queued":
+                continue  # cancelled or started by another process meanwhile
+            job = self._spawn(run)
+            if job:
+                self._jobs[run_id] = job
+
+    def _spawn(self, run):
+        command = [sys.executable, "-m", "tl", "worker", run.id, "--runs-dir", str(self.root)]
+        try:
+            with open(run.path / "worker.log", "ab") as out:
+                # Own session: a Ctrl-C or a restart of the app does not kill the training.
+                process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            run.set_status("failed", reason=f"The training process could not start: {exc}.")
+            return None
+        # Before the worker writes its own status (it first imports TensorFlow, seconds),
+        # so the run shows as running at once and an early death is noticed.
+        run.set_status("running", pid=process.pid, started=time.time())
+        return _Job(run, process)
+
+    def _loop(self):
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.poll()
+            except Exception:  # keep polling: one odd run folder must not stop every job
+                log.exception("Polling the training jobs failed")
+
+
+def _record_exit(job):
+    """Give a final status to a run whose worker exited without writing one."""
+    run = job.run
+    if _on_disk(run) not in ("queued", "running"):
+        return  # the worker wrote its own final status (or the folder was deleted)
+    if run.cancel_requested():  # killed or signalled on our cancel before it could record it
+        run.set_status("cancelled", reason=CANCELLED_RUNNING)
+    elif job.process is not None:
+        run.set_status("failed", reason=EXITED.format(code=job.process.returncode))
+    else:
+        run.set_status("failed", reason=run.status().get("reason") or DIED)
+
+
+def _on_disk(run):
+    """The status as written, before Run.status() reads a dead running run as failed."""
+    return (read_json(run.path / "status.json", {}) or {}).get("status")
+
+
+def _signal(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, TypeError):
+        pass  # already gone (or no pid known)
+
+
+def _max_parallel(value) -> int:
+    raw = value if value is not None else os.environ.get("TL_MAX_JOBS") or "1"
+    try:
+        count = int(str(raw).strip())
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ConfigError(f"Expected TL_MAX_JOBS (max_parallel) to be a whole number of at least 1. "
+                          f"Received: {raw!r}.")
+    return count

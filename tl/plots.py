@@ -1,0 +1,188 @@
+"""Plotly figures for runs, built from plain data (history.json, metrics.json, events).
+
+Every function takes lists/dicts as they are stored in a run folder and returns a
+``plotly.graph_objects.Figure``; nothing here reads files, imports streamlit or Keras.
+"""
+
+import math
+
+import plotly.graph_objects as go
+
+HEIGHT = 380
+LABELS = {"loss": "loss", "accuracy": "accuracy", "val_loss": "validation loss",
+          "val_accuracy": "validation accuracy"}
+
+
+def _figure(title: str, height: int = HEIGHT, **layout) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title=title, height=height, margin=dict(t=60, b=50, l=60, r=20), **layout)
+    return fig
+
+
+def _empty(title: str, message: str) -> go.Figure:
+    """A figure with no data and ``message`` in the middle."""
+    fig = _figure(title, xaxis=dict(visible=False), yaxis=dict(visible=False))
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=16))
+    return fig
+
+
+def _per_row_height(count: int) -> int:
+    return max(HEIGHT, 24 * count + 120)
+
+
+def curves(history: list, metric: str = "loss", batches: list | None = None) -> go.Figure:
+    """Train and validation ``metric`` ("loss" or "accuracy") against epoch.
+
+    A dashed line marks where each new phase starts (at the end of the previous phase's
+    last epoch). ``batches`` (batch events of the epoch in progress) add a fainter
+    "current epoch" trace at fractional epochs ``epoch - 1 + step / steps``; batches of
+    epochs already in ``history`` are ignored.
+    """
+    if metric not in ("loss", "accuracy"):
+        raise ValueError(f"metric must be 'loss' or 'accuracy', not {metric!r}")
+    title = f"{metric.capitalize()} per epoch"
+    done = max((h["epoch"] for h in history), default=0)
+    live = [b for b in batches or () if b.get("steps") and b["epoch"] > done]
+    if not history and not live:
+        return _empty(title, "No epochs yet")
+    fig = _figure(title, xaxis_title="epoch", yaxis_title=metric, hovermode="x unified")
+    epochs = [h["epoch"] for h in history]
+    fig.add_scatter(x=epochs, y=[h.get(metric) for h in history], name="train", mode="lines+markers")
+    fig.add_scatter(x=epochs, y=[h.get(f"val_{metric}") for h in history], name="validation",
+                    mode="lines+markers")
+    if live:
+        fig.add_scatter(x=[b["epoch"] - 1 + b["step"] / b["steps"] for b in live],
+                        y=[b.get(metric) for b in live], name="current epoch", mode="lines",
+                        opacity=0.45, line=dict(dash="dot"))
+    for before, after in zip(history, history[1:]):
+        if after["phase"] != before["phase"]:
+            fig.add_vline(x=after["epoch"] - 1, line_dash="dash", line_color="gray",
+                          annotation_text=f"{after['phase']} starts", annotation_position="top left")
+    last = max(done, max((b["epoch"] for b in live), default=0))
+    fig.update_xaxes(tick0=0, dtick=max(1, math.ceil(last / 10)), rangemode="tozero")
+    if metric == "accuracy":
+        fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def per_class_accuracy(metrics: dict) -> go.Figure:
+    """Horizontal bars of test accuracy per class; classes with no test images (None)
+    have no bar and read "n/a"."""
+    per_class = metrics.get("per_class_accuracy") or {}
+    names = [n for n in metrics.get("class_names") or per_class if n in per_class]
+    title = "Test accuracy per class"
+    if not names:
+        return _empty(title, "No classes")
+    values = [per_class[n] for n in names]
+    fig = _figure(title, _per_row_height(len(names)), xaxis_title="accuracy", yaxis_title="class")
+    fig.add_bar(x=values, y=names, orientation="h", name="accuracy",
+                text=["n/a" if v is None else f"{v:.0%}" for v in values], textposition="auto",
+                hovertemplate="%{y}: %{text}<extra></extra>")
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_yaxes(type="category", autorange="reversed")
+    return fig
+
+
+def confusion_matrix(metrics: dict, normalize: bool = False) -> go.Figure:
+    """Heatmap of the test confusion matrix: rows (y) true class, columns (x) predicted.
+
+    With ``normalize``, each row is divided by its total (a row with no images is None).
+    Each cell's ``customdata`` is ``[true, predicted]`` so a click maps back to names.
+    """
+    names = list(metrics.get("class_names") or [])
+    counts = metrics.get("confusion_matrix") or []
+    title = "Confusion matrix" + (" (row-normalised)" if normalize else "")
+    if not names or not counts:
+        return _empty(title, "No test results")
+    if normalize:
+        z = [[c / sum(row) if sum(row) else None for c in row] for row in counts]
+        text = [["" if v is None else f"{v:.2f}" for v in row] for row in z]
+    else:
+        z = [list(row) for row in counts]
+        text = [[str(c) for c in row] for row in counts]
+    fig = _figure(title, _per_row_height(len(names)), xaxis_title="predicted", yaxis_title="true")
+    fig.add_heatmap(z=z, x=names, y=names, text=text, texttemplate="%{text}", colorscale="Blues",
+                    customdata=[[[t, p] for p in names] for t in names],
+                    hovertemplate="true: %{y}<br>predicted: %{x}<br>%{text}<extra></extra>")
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category", autorange="reversed")
+    return fig
+
+
+def class_counts(counts: dict) -> go.Figure:
+    """Bars of images per class; the title gives the total and the largest/smallest ratio."""
+    total = sum(counts.values())
+    if not counts:
+        return _empty("Images per class", "No images")
+    title = f"Images per class ({total:,} in total"
+    smallest, largest = min(counts.values()), max(counts.values())
+    title += f", largest/smallest {largest / smallest:.1f}×)" if smallest else ")"
+    fig = _figure(title, xaxis_title="class", yaxis_title="images")
+    fig.add_bar(x=list(counts), y=list(counts.values()), name="images", text=list(counts.values()),
+                textposition="auto")
+    fig.update_xaxes(type="category")
+    return fig
+
+
+def compare_curves(runs: list, metric: str = "val_accuracy", x: str = "epoch") -> go.Figure:
+    """One line of ``metric`` per run (``{"label", "history"}``) against epoch, or against
+    training time (cumulative history ``seconds``) with ``x="time"``."""
+    if x not in ("epoch", "time"):
+        raise ValueError(f"x must be 'epoch' or 'time', not {x!r}")
+    label = LABELS.get(metric, metric)
+    title = f"{label.capitalize()} by {x}"
+    if not runs:
+        return _empty(title, "No runs")
+    fig = _figure(title, xaxis_title="epoch" if x == "epoch" else "training time (s)",
+                  yaxis_title=label)
+    for run in runs:
+        history = run["history"]
+        if x == "epoch":
+            xs = [h["epoch"] for h in history]
+        else:
+            xs, elapsed = [], 0.0
+            for h in history:
+                elapsed += h.get("seconds") or 0.0
+                xs.append(round(elapsed, 3))
+        fig.add_scatter(x=xs, y=[h.get(metric) for h in history], name=run["label"], mode="lines+markers")
+    if "accuracy" in metric:
+        fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def _valid(row: dict) -> bool:
+    return row.get("test_accuracy") is not None and row.get("train_seconds") is not None
+
+
+def pareto_front(rows: list) -> list:
+    """Indices of the rows no other row dominates (as fast or faster *and* as accurate or
+    more, strictly better in one), sorted by training time. Rows missing either value are
+    left out; identical rows are all kept."""
+    points = {i: (r["train_seconds"], r["test_accuracy"]) for i, r in enumerate(rows) if _valid(r)}
+
+    def dominated(t, a):
+        return any(u <= t and b >= a and (u, b) != (t, a) for u, b in points.values())
+
+    front = [i for i, (t, a) in points.items() if not dominated(t, a)]
+    return sorted(front, key=lambda i: (points[i][0], i))
+
+
+def accuracy_vs_cost(rows: list) -> go.Figure:
+    """Test accuracy (y) against training seconds (x), one point per row
+    (``{"label", "test_accuracy", "train_seconds"}``), with the Pareto front joined up."""
+    title = "Test accuracy vs training time"
+    valid = [r for r in rows if _valid(r)]
+    if not valid:
+        return _empty(title, "No finished runs")
+    fig = _figure(title, xaxis_title="training time (s)", yaxis_title="test accuracy")
+    hover = "%{text}<br>%{x:.1f} s<br>accuracy %{y:.1%}<extra></extra>"
+    fig.add_scatter(x=[r["train_seconds"] for r in valid], y=[r["test_accuracy"] for r in valid],
+                    text=[r["label"] for r in valid], name="runs", mode="markers",
+                    marker=dict(size=9), hovertemplate=hover)
+    front = [rows[i] for i in pareto_front(rows)]
+    fig.add_scatter(x=[r["train_seconds"] for r in front], y=[r["test_accuracy"] for r in front],
+                    text=[r["label"] for r in front], name="Pareto front", mode="lines+markers",
+                    marker=dict(symbol="star", size=14), line=dict(dash="dash"), hovertemplate=hover)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return fig

@@ -1,0 +1,225 @@
+"""A run on the Train page: dataset preview, live progress, results, and the runs list."""
+
+import json
+
+import streamlit as st
+
+from tl import plots, runs
+from tl.errors import UserError
+from ui.state import data_key, load_data, show_run
+
+LIVE_SECONDS = 1.0
+
+
+# -- dataset preview -------------------------------------------------------------------
+
+def dataset_preview(cfg) -> None:
+    """Images per class, split sizes and a few samples of each class."""
+    from tl.datasets import DATASETS
+
+    if DATASETS[cfg.dataset].downloads and not st.checkbox(
+            "Preview (downloads the dataset if it is not cached yet)", key="train_preview_download"):
+        return
+    try:
+        data = load_data(data_key(cfg))
+    except UserError as exc:
+        st.error(str(exc))
+        return
+    left, right = st.columns([2, 3])
+    counts = data.counts()
+    left.plotly_chart(plots.class_counts(counts), key="preview_counts")
+    sizes = {split: len(idx) for split, idx in data.splits.items()}
+    left.caption(f"Split: {sizes['train']} train / {sizes['val']} validation / {sizes['test']} test "
+                 f"(seed {cfg.seed}, stratified)."
+                 + (f" {len(data.skipped)} file(s) skipped (not readable images)." if data.skipped else ""))
+    with right:
+        for label, name in enumerate(data.class_names[:10]):
+            members = [i for i, y in enumerate(data.labels) if y == label][:8]
+            st.image([data.read(i) for i in members], width=56, caption=[name] + [""] * (len(members) - 1))
+
+
+# -- live progress ---------------------------------------------------------------------
+
+def live_progress(run, manager) -> None:
+    """Status, progress and live curves, refreshed every second while the run is active."""
+
+    @st.fragment(run_every=LIVE_SECONDS)
+    def live():
+        status = run.status()
+        if status["status"] not in ("queued", "running"):
+            st.rerun()  # the whole page, to show the results
+        progress = _progress(run)
+        if status["status"] == "queued":
+            place = manager.position(run.id)
+            st.info(f"Queued{f' (position {place})' if place else ''}: it starts when the running training ends.")
+        else:
+            st.progress(progress["fraction"], text=progress["text"])
+        history = run.history
+        left, right = st.columns(2)
+        left.plotly_chart(plots.curves(history, "loss", batches=progress["batches"]), key=f"live_loss_{run.id}")
+        right.plotly_chart(plots.curves(history, "accuracy", batches=progress["batches"]),
+                           key=f"live_acc_{run.id}")
+        if st.button("Stop", key="train_stop", type="secondary"):
+            manager.cancel(run.id)
+            st.toast("Stopping at the end of the current batch...")
+
+    st.subheader(f"Run {run.id}")
+    live()
+
+
+def _progress(run) -> dict:
+    """Fraction done and a line of text, from the run's events (read incrementally)."""
+    cache = st.session_state.setdefault("event_cache", {})
+    offset, seen = cache.get(run.id, (0, {"batches": [], "features": None, "phase": None}))
+    events, offset = run.events(offset)
+    for event in events:
+        if event["type"] == "batch":
+            if seen["batches"] and seen["batches"][-1]["epoch"] != event["epoch"]:
+                seen["batches"] = []
+            seen["batches"].append(event)
+        elif event["type"] == "epoch":
+            seen["batches"] = []
+        elif event["type"] == "features":
+            seen["features"] = event
+        elif event["type"] == "phase":
+            seen["phase"] = event
+    cache[run.id] = (offset, seen)
+
+    cfg = run.config
+    total = cfg.epochs + (cfg.fine_tune_epochs if cfg.strategy == "fine_tune" else 0)
+    done = len(run.history)
+    fraction = done / total
+    text = f"Epoch {done}/{total}"
+    if seen["batches"]:
+        last = seen["batches"][-1]
+        fraction += (last["step"] / max(last["steps"] or 1, 1)) / total
+        text = f"Epoch {last['epoch']}/{total} · step {last['step']}/{last['steps']}"
+    elif seen["features"] and seen["features"].get("done") is not None and not done:
+        feat = seen["features"]
+        fraction = feat["done"] / max(feat["images"], 1) * 0.5
+        text = f"Extracting features: {feat['done']}/{feat['images']} images"
+    if seen["phase"]:
+        text += f" · phase {seen['phase']['phase']}"
+    return {"fraction": min(max(fraction, 0.0), 1.0), "text": text, "batches": seen["batches"]}
+
+
+# -- results ---------------------------------------------------------------------------
+
+def results(run) -> None:
+    """Test metrics, curves, per-class accuracy, confusion matrix, mistakes, downloads."""
+    status = run.status()
+    st.subheader(f"Run {run.id}")
+    if status["status"] != "done":
+        message = f"This run is {status['status']}: {status.get('reason') or ''}"
+        (st.warning if status["status"] == "cancelled" else st.error)(message)
+        if run.history:
+            _curves(run)
+        return
+    metrics = run.metrics
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Test accuracy", f"{metrics['test_accuracy']:.1%}")
+    m2.metric("Test loss", f"{metrics['test_loss']:.3f}")
+    m3.metric("Training time", f"{metrics['train_seconds']:.0f} s")
+    m4.metric("Trainable / total parameters", f"{metrics['trainable_params']:,} / {metrics['total_params']:,}")
+    _curves(run)
+    left, right = st.columns(2)
+    left.plotly_chart(plots.per_class_accuracy(metrics), key=f"per_class_{run.id}")
+    picked = right.plotly_chart(plots.confusion_matrix(metrics), key=f"confusion_{run.id}",
+                                on_select="rerun", selection_mode="points")
+    _mistakes(run, metrics, _clicked_cell(picked))
+    _downloads(run)
+
+
+def _curves(run) -> None:
+    left, right = st.columns(2)
+    left.plotly_chart(plots.curves(run.history, "loss"), key=f"loss_{run.id}")
+    right.plotly_chart(plots.curves(run.history, "accuracy"), key=f"acc_{run.id}")
+
+
+def _clicked_cell(picked):
+    points = (picked or {}).get("selection", {}).get("points", []) if picked else []
+    if points and points[0].get("customdata"):
+        true, predicted = points[0]["customdata"][:2]
+        return true, predicted
+    return None
+
+
+def _mistakes(run, metrics, clicked) -> None:
+    wrong = metrics["misclassified"]
+    st.markdown(f"**Misclassified test images** ({len(wrong)} of {metrics['test_size']})")
+    if not wrong:
+        return
+    names = ["any"] + metrics["class_names"]
+    if clicked:
+        st.session_state[f"mis_true_{run.id}"], st.session_state[f"mis_pred_{run.id}"] = clicked
+    c1, c2 = st.columns(2)
+    true = c1.selectbox("True class", names, key=f"mis_true_{run.id}")
+    predicted = c2.selectbox("Predicted class", names, key=f"mis_pred_{run.id}",
+                             help="Or click a cell of the confusion matrix.")
+    shown = [m for m in wrong if true in ("any", m["true"]) and predicted in ("any", m["predicted"])]
+    if not shown:
+        st.caption("No mistakes of that kind.")
+        return
+    try:
+        data = load_data(data_key(run.config))
+    except UserError as exc:
+        st.warning(f"Cannot show the images: {exc}")
+        return
+    columns = st.columns(6)
+    for n, item in enumerate(shown[:24]):
+        if item["item"] >= len(data) or data.keys[item["item"]] != item["key"]:
+            continue  # the data changed since training
+        columns[n % 6].image(data.read(item["item"]), width=96,
+                             caption=f"{item['true']} → {item['predicted']} ({item['confidence']:.0%})")
+    if len(shown) > 24:
+        st.caption(f"Showing 24 of {len(shown)}.")
+
+
+def _downloads(run) -> None:
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("model.keras", data=lambda: run.model_path.read_bytes(), file_name=f"{run.id}.keras",
+                       key=f"dl_model_{run.id}", on_click="ignore")
+    c2.download_button("config.json", data=json.dumps(run.config.to_dict(), indent=2),
+                       file_name="config.json", key=f"dl_config_{run.id}", on_click="ignore")
+    c3.download_button("metrics.json", data=json.dumps(run.metrics, indent=2), file_name="metrics.json",
+                       key=f"dl_metrics_{run.id}", on_click="ignore")
+
+
+# -- runs list -------------------------------------------------------------------------
+
+def runs_list(root: str, manager) -> None:
+    """Every run with its status and accuracy; open one, or delete one after confirming."""
+    rows = [run.summary() for run in runs.list_runs(root)]
+    st.subheader("Runs")
+    if not rows:
+        st.caption("No runs yet.")
+        return
+    table = [{
+        "run": r["run_id"], "status": r["status"], "dataset": r["dataset"], "backbone": r["backbone"],
+        "strategy": r["strategy"], "head": r["head"],
+        "test accuracy": None if r["test_accuracy"] is None else round(r["test_accuracy"], 4),
+        "seconds": None if r["duration"] is None else round(r["duration"]),
+    } for r in rows]
+    st.dataframe(table, hide_index=True, key="runs_table")
+    ids = [r["run_id"] for r in rows]
+    c1, c2, c3 = st.columns([3, 1, 1])
+    chosen = c1.selectbox("Run", ids, key="runs_pick", label_visibility="collapsed")
+    if c2.button("Open", key="runs_open"):
+        show_run(chosen)
+        st.rerun()
+    if c3.button("Delete", key="runs_delete"):
+        st.session_state["runs_confirm"] = chosen
+    if st.session_state.get("runs_confirm") == chosen:
+        st.warning(f"Delete run {chosen} and its model? This cannot be undone.")
+        yes, no = st.columns(2)
+        if yes.button("Yes, delete", key="runs_delete_yes", type="primary"):
+            manager.cancel(chosen)
+            runs.delete(chosen, root)
+            st.session_state.pop("runs_confirm", None)
+            if st.session_state.get("run_id") == chosen:
+                st.session_state.pop("run_id", None)
+                st.query_params.pop("run", None)
+            st.rerun()
+        if no.button("Keep it", key="runs_delete_no"):
+            st.session_state.pop("runs_confirm", None)
+            st.rerun()

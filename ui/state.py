@@ -1,0 +1,61 @@
+"""Shared app state: the job manager, cached datasets, and which run a page shows."""
+
+import streamlit as st
+
+from tl import runs
+
+
+def runs_dir() -> str:
+    """The runs folder (``$TL_RUNS_DIR`` or ./runs), resolved."""
+    return str(runs.runs_root())
+
+
+@st.cache_resource(show_spinner=False)
+def job_manager(root: str):
+    """One job manager per runs folder for the whole server, shared by every session."""
+    from tl.jobs import JobManager
+
+    return JobManager(root)
+
+
+@st.cache_resource(show_spinner="Reading the dataset...", max_entries=8)
+def load_data(cfg_json: str):
+    """The dataset a config names, capped and split (cached per config)."""
+    from tl import datasets
+    from tl.config import RunConfig
+
+    return datasets.load(RunConfig.from_json(cfg_json))
+
+
+def data_key(cfg) -> str:
+    """The config with only the fields that change the data, for :func:`load_data`."""
+    from tl.config import RunConfig
+
+    return RunConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, backbone="small_cnn", weights="none",
+                     image_size=cfg.image_size, samples_per_class=cfg.samples_per_class,
+                     val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
+                     synthetic_classes=cfg.synthetic_classes).to_json()
+
+
+def current_run(root: str):
+    """The run the Train page shows: this session's, else the one in the URL, else the
+    newest running or queued one, else ``None``. Kept in the URL so a reload finds it."""
+    run_id = st.session_state.get("run_id") or st.query_params.get("run")
+    run = None
+    if run_id:
+        try:
+            run = runs.get(run_id, root)
+        except runs.RunNotFound:
+            run = None
+    if run is None:
+        active = [r for r in runs.list_runs(root) if r.status().get("status") in ("running", "queued")]
+        run = active[-1] if active else None  # the oldest active one is training now
+    if run is not None:
+        show_run(run.id)
+    return run
+
+
+def show_run(run_id: str) -> None:
+    st.session_state["run_id"] = run_id
+    if st.query_params.get("run") != run_id:
+        st.query_params["run"] = run_id

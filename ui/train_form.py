@@ -1,0 +1,141 @@
+"""The Train page's choices: registry selectboxes and hyper-parameters -> a RunConfig."""
+
+import streamlit as st
+
+from tl import runs
+from tl.backbones import BACKBONES
+from tl.config import OPTIMIZERS, RunConfig
+from tl.datasets import DATASETS
+from tl.errors import UserError
+from tl.heads import HEADS
+from tl.strategies import STRATEGIES
+
+DEFAULTS = RunConfig()
+WEIGHT_CHOICES = {
+    "imagenet": "ImageNet (downloads once)",
+    "none": "Random (no pretraining)",
+    "run": "An earlier run's backbone",
+    "file": "A weights file on the server",
+}
+
+
+def _describe(registry):
+    return lambda name: f"{name}: {registry[name].description}"
+
+
+def _apply_prefill() -> None:
+    """Choices handed over by the home page's advisor become the widgets' values."""
+    prefill = st.session_state.pop("train_prefill", None)
+    for field, value in (prefill or {}).items():
+        st.session_state[f"train_{field}"] = value
+
+
+def config_form(root: str):
+    """Render the choices; return a validated :class:`RunConfig`, or ``None`` after
+    showing why the choices cannot run."""
+    _apply_prefill()
+    col1, col2 = st.columns(2)
+    dataset = col1.selectbox("Dataset", list(DATASETS), key="train_dataset", format_func=_describe(DATASETS),
+                             help="synthetic works offline; folder reads your own images; cifar10 downloads once.")
+    data_dir = None
+    if DATASETS[dataset].needs_dir:
+        data_dir = col1.text_input("Data folder on the server", key="train_data_dir",
+                                   placeholder="/path/to/photos", help="One sub-folder per class, images inside.")
+    backbone = col1.selectbox("Backbone", list(BACKBONES), key="train_backbone", format_func=_describe(BACKBONES),
+                              help="The pretrained network. mobilenet_v2 is the fastest on a CPU.")
+    strategy = col2.selectbox("Strategy", list(STRATEGIES), key="train_strategy",
+                              format_func=_describe(STRATEGIES),
+                              help="How much of the backbone is trained; the Home page's advisor helps choose.")
+    head = col2.selectbox("Head", list(HEADS), key="train_head", format_func=_describe(HEADS),
+                          help="The classifier on top of the backbone.")
+    weights = _weights_choice(col2, backbone, strategy, root)
+
+    spec = STRATEGIES[strategy]
+    values = dict(dataset=dataset, data_dir=data_dir or None, backbone=backbone, strategy=strategy,
+                  head=head, weights=weights)
+    with st.expander("Hyper-parameters", expanded=False):
+        values.update(_hyper_parameters(spec, dataset, backbone))
+    try:
+        return RunConfig(**values)
+    except UserError as exc:
+        st.error(str(exc))
+        return None
+
+
+def _weights_choice(col, backbone, strategy, root) -> str:
+    if not STRATEGIES[strategy].pretrained:
+        col.caption("Weights: random (the scratch strategy starts from random weights).")
+        return "none"
+    options = list(WEIGHT_CHOICES) if BACKBONES[backbone].pretrained else ["none", "run", "file"]
+    if st.session_state.get("train_weights") not in options:
+        st.session_state["train_weights"] = options[0]
+    kind = col.selectbox("Weights", options, key="train_weights", format_func=WEIGHT_CHOICES.get,
+                         help="Where the backbone starts: ImageNet, random, or your own earlier run.")
+    if kind == "run":
+        done = [r.id for r in runs.list_runs(root)
+                if r.status().get("status") == "done" and r.config.backbone == backbone]
+        if not done:
+            col.warning(f"No finished {backbone} run yet; train one first.")
+            return "run:"
+        return "run:" + col.selectbox("Run", done, key="train_weights_run")
+    if kind == "file":
+        return col.text_input("Weights file (.h5 / .weights.h5)", key="train_weights_file") or "-"
+    return kind
+
+
+def _hyper_parameters(spec, dataset, backbone) -> dict:
+    c1, c2, c3 = st.columns(3)
+    min_size = BACKBONES[backbone].min_size
+    values = {
+        "image_size": c1.number_input(
+            "Image size (pixels)", min_value=min_size, max_value=1024, value=max(DEFAULTS.image_size, min_size),
+            step=16, key="train_image_size",
+            help="Images are resized to this inside the model. 224 is ImageNet's size (best accuracy, slow on a CPU)."),
+        "samples_per_class": c1.number_input(
+            "Images per class (cap, 0 = all)", min_value=0, value=DEFAULTS.samples_per_class, step=50,
+            key="train_samples_per_class", help="Caps each class to keep CPU runs short; 0 uses everything."),
+        "epochs": c1.number_input(
+            "Epochs", min_value=1, max_value=1000, value=DEFAULTS.epochs, key="train_epochs",
+            help="Passes over the training images (the head-training phase for fine_tune)."),
+        "batch_size": c2.number_input(
+            "Batch size", min_value=1, max_value=4096, value=DEFAULTS.batch_size, key="train_batch_size",
+            help="Images per step; lower it if memory runs out."),
+        "learning_rate": c2.number_input(
+            "Learning rate", min_value=1e-6, max_value=1.0, value=DEFAULTS.learning_rate, format="%.5f",
+            key="train_learning_rate", help="Step size; lower it if the loss jumps or becomes NaN."),
+        "optimizer": c2.selectbox("Optimizer", OPTIMIZERS, key="train_optimizer",
+                                  help="adam is a safe default; sgd uses momentum 0.9."),
+        "dropout": c3.slider("Dropout", 0.0, 0.9, DEFAULTS.dropout, 0.05, key="train_dropout",
+                             help="Share of features dropped while training the head; raise it if it overfits."),
+        "class_weight": c3.selectbox(
+            "Class weights", ["none", "balanced"], key="train_class_weight",
+            help="balanced makes rare classes count as much as common ones (for imbalanced data)."),
+        "early_stopping": c3.number_input(
+            "Early stopping patience (0 = off)", min_value=0, value=0, key="train_early_stopping",
+            help="Stop after this many epochs without a better validation accuracy."),
+        "seed": c3.number_input("Seed", min_value=0, value=0, key="train_seed",
+                                help="Same seed, same split and same initial weights."),
+    }
+    if "augment" in spec.applies:
+        values["augment"] = c1.checkbox("Augment (flips, small rotations, zooms)", key="train_augment",
+                                        help="Helps small datasets generalise; needs training on images.")
+    if "fine_tune_epochs" in spec.applies:
+        values["fine_tune_epochs"] = c2.number_input(
+            "Fine-tune epochs", min_value=0, value=DEFAULTS.fine_tune_epochs, key="train_fine_tune_epochs",
+            help="Epochs of the second phase, with the top layers unfrozen.")
+        values["fine_tune_layers"] = c2.number_input(
+            "Layers to unfreeze", min_value=1, value=DEFAULTS.fine_tune_layers, key="train_fine_tune_layers",
+            help="Weighted layers (conv/dense) counted from the top; BatchNorm stays frozen.")
+    if "fine_tune_learning_rate" in spec.applies:
+        values["fine_tune_learning_rate"] = c3.number_input(
+            "Fine-tune learning rate", min_value=1e-7, max_value=1.0, value=DEFAULTS.learning_rate / 10,
+            format="%.6f", key="train_fine_tune_learning_rate",
+            help="Low, so the pretrained weights move a little (10x lower than the head's by default).")
+    if dataset == "synthetic":
+        values["synthetic_classes"] = c1.number_input(
+            "Synthetic classes", min_value=2, max_value=10, value=DEFAULTS.synthetic_classes,
+            key="train_synthetic_classes", help="How many shapes to tell apart.")
+    return {k: (int(v) if isinstance(v, float) and k not in _FLOATS else v) for k, v in values.items()}
+
+
+_FLOATS = {"learning_rate", "fine_tune_learning_rate", "dropout"}
