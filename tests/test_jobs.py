@@ -165,3 +165,11 @@ def test_cancel_running_then_killed_worker_fails_and_the_queue_goes_on(start_man
     assert status["status"] == "done", status
     wait_for(lambda: manager.running() == [], "the last worker to be reaped")
     assert manager.queue() == []
+
+
+def test_a_queued_run_is_claimed_by_one_manager_only(runs_dir):
+    from tl.jobs import _claim
+
+    run = runs.create(tiny_config(), runs_dir)
+    assert _claim(run) is True
+    assert _claim(run) is False  # a second manager on the same folder skips it

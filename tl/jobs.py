@@ -184,8 +184,8 @@ class JobManager:
                 run = runs.get(run_id, self.root)
             except RunNotFound:
                 continue  # deleted while it waited
-            if run.status().get("status") != "queued":
-                continue  # cancelled or started by another process meanwhile
+            if run.status().get("status") != "queued" or not _claim(run):
+                continue  # cancelled, or taken by another manager on the same folder
             job = self._spawn(run)
             if job:
                 self._jobs[run_id] = job
@@ -224,6 +224,16 @@ def _record_exit(job):
         run.set_status("failed", reason=EXITED.format(code=job.process.returncode))
     else:
         run.set_status("failed", reason=run.status().get("reason") or DIED)
+
+
+def _claim(run) -> bool:
+    """Atomically mark ``run`` as taken, so two managers sharing a runs folder (two app
+    processes) never both start it."""
+    try:
+        os.close(os.open(run.path / "claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def _on_disk(run):

@@ -101,7 +101,7 @@ def _train(run, cfg, runs_dir, emit) -> dict:
          **{split: len(idx) for split, idx in data.splits.items()})
 
     with strategy.scope():
-        learner = Learner(cfg, run, data, strategy, device, runs_dir, emit)
+        learner = Learner(cfg, run, data, device, runs_dir, emit)
         started = time.time()
         STRATEGIES[cfg.strategy].run(learner, cfg)
         learner.train_seconds = time.time() - started
@@ -121,13 +121,14 @@ class Learner:
     and :meth:`fit_head_on_features`.
     """
 
-    def __init__(self, cfg, run, data, strategy, device, runs_dir, emit):
+    def __init__(self, cfg, run, data, device, runs_dir, emit):
         self.cfg, self.run, self.data, self.emit = cfg, run, data, emit
-        self.strategy, self.device, self.runs_dir = strategy, device, runs_dir
+        self.device, self.runs_dir = device, runs_dir
         self.spec = STRATEGIES[cfg.strategy]
         self.history = run.history
         self.epochs_done = len(self.history)
         self.images_seen = 0
+        self.trainable_params = None  # of the last phase
         self.train_seconds = 0.0
         self.extract_seconds = 0.0
         self.feature_cache = None
@@ -192,20 +193,18 @@ class Learner:
     def _fit(self, model, phase, epochs, learning_rate, train, val):
         import keras
 
-        model.compile(optimizer=make_optimizer(self.cfg.optimizer, learning_rate),
-                      loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        from tl.callbacks import Progress
         from tl.models import count_params
 
-        trainable = count_params(model.trainable_weights)
-        self.trainable_params = trainable
+        # Compiled afresh each phase: trainable flags only take effect on compile.
+        model.compile(optimizer=make_optimizer(self.cfg.optimizer, learning_rate),
+                      loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        self.trainable_params = count_params(model.trainable_weights)
         self.emit("phase", phase=phase, epochs=epochs, learning_rate=learning_rate,
-                  trainable_params=trainable, first_epoch=self.epochs_done + 1)
-        from tl.callbacks import Progress
-
-        progress = Progress(self, model, phase, learning_rate)
+                  trainable_params=self.trainable_params, first_epoch=self.epochs_done + 1)
         model.fit(train, validation_data=val, epochs=self.epochs_done + epochs,
-                  initial_epoch=self.epochs_done, callbacks=[progress], shuffle=False, verbose=0)
-        self.trained_model = model
+                  initial_epoch=self.epochs_done, callbacks=[Progress(self, model, phase, learning_rate)],
+                  shuffle=False, verbose=0)
 
     def _image_pipelines(self):
         if "images" not in self._pipelines:
@@ -281,7 +280,6 @@ class Learner:
     def evaluate(self) -> dict:
         """Test-split metrics: accuracy, loss, confusion matrix, per-class, misclassified."""
         from tl.features import feature_pipeline
-        from tl.models import count_params
 
         cfg, data = self.cfg, self.data
         test = data.splits["test"]
@@ -306,7 +304,7 @@ class Learner:
             epochs_run=epochs_run,
             best_val_accuracy=max(val_accs) if val_accs else None,
             best_epoch=self.best_epoch,
-            trainable_params=getattr(self, "trainable_params", count_params(self.model.trainable_weights)),
+            trainable_params=self.trainable_params,
             total_params=int(self.model.count_params()),
             train_size=len(data.splits["train"]), val_size=len(data.splits["val"]), test_size=len(test),
             device=self.device, weights=self.weights_id,
