@@ -30,8 +30,10 @@ similar = right.radio(
                                                   "No (X-rays, satellite, drawings, microscopy...)"],
     key="advisor_similar", help="ImageNet is everyday photos; the further from them, the less its top layers help.")
 advice = recommend(int(per_class), similar.startswith("Yes"))
-st.info(f"**{advice.case[:1].upper() + advice.case[1:]}** → strategy **{advice.strategy}**, head **{advice.head}**. "
-        f"{advice.reason}")
+# An explicit icon: without one Streamlit scans the text for a leading emoji, and the first
+# scan of non-ASCII text loads its emoji catalogue (0.3 s of this page's cold start).
+st.info(f"**{advice.case[:1].upper() + advice.case[1:]}** → strategy **{advice.strategy}**, head "
+        f"**{advice.head}**. {advice.reason}", icon=":material/lightbulb:")
 if st.button("Open Train with these choices", key="advisor_open", type="primary"):
     st.session_state["train_prefill"] = {"strategy": advice.strategy, "head": advice.head}
     st.switch_page("pages/train.py")
