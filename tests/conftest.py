@@ -21,6 +21,8 @@ if "KERAS_HOME" not in os.environ:
     for candidate in (REPO.parent / "shared" / "keras", REPO.parent.parent / "shared" / "keras"):
         if candidate.is_dir():
             shutil.copytree(candidate, _home, dirs_exist_ok=True)
+            for path in [_home, *_home.rglob("*")]:  # the shared copy is read-only
+                path.chmod(path.stat().st_mode | 0o200)
             break
     os.environ["KERAS_HOME"] = str(_home)
 sys.path.insert(0, str(REPO))
