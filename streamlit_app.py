@@ -1,12 +1,16 @@
-"""Transfer Learning Studio: page config and navigation. Imports no TensorFlow."""
+"""Transfer Learning Studio: page config and navigation. Imports no TensorFlow.
+
+The pages live in app_pages/, not pages/: with a pages/ folder Streamlit starts in its old
+multipage mode, and a deep link (/train) on a fresh server skips this file.
+"""
 
 import streamlit as st
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/school:", layout="wide")
 
 PAGES = [
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
 ]
 
 st.navigation(PAGES).run()

@@ -47,3 +47,10 @@ def test_the_home_page_does_not_import_tensorflow():
             "print(loaded[:5]); sys.exit(1 if loaded else 0)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+
+
+def test_no_pages_folder_so_deep_links_go_through_the_navigation():
+    # A pages/ folder next to the entrypoint puts Streamlit in its old multipage mode until
+    # st.navigation first runs: a fresh server then serves /train without this app's navigation.
+    assert not (REPO / "pages").exists()
+    assert (REPO / "app_pages" / "train.py").is_file()

@@ -20,7 +20,7 @@ def runs_root(tmp_path, monkeypatch):
 
 def open_train():
     at = AppTest.from_file(APP, default_timeout=60).run()
-    at.switch_page("pages/train.py").run()
+    at.switch_page("app_pages/train.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -102,7 +102,7 @@ def test_stop_from_a_second_session_keeps_the_history(runs_root):
     reloaded = AppTest.from_file(APP, default_timeout=60)
     reloaded.query_params["run"] = run.id  # a browser reload keeps ?run=<id>
     reloaded.run()
-    reloaded.switch_page("pages/train.py").run()
+    reloaded.switch_page("app_pages/train.py").run()
     assert reloaded.subheader[0].value == f"Run {run.id}"
 
 

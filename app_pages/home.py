@@ -36,7 +36,7 @@ st.info(f"**{advice.case[:1].upper() + advice.case[1:]}** → strategy **{advice
         f"**{advice.head}**. {advice.reason}", icon=":material/lightbulb:")
 if st.button("Open Train with these choices", key="advisor_open", type="primary"):
     st.session_state["train_prefill"] = {"strategy": advice.strategy, "head": advice.head}
-    st.switch_page("pages/train.py")
+    st.switch_page("app_pages/train.py")
 
 st.markdown(
     "| data | like everyday photos | strategy |\n|---|---|---|\n"
