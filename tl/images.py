@@ -106,11 +106,3 @@ def _first_line(exc) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:120] if text else type(exc).__name__
 
-
-def encode_png(array: np.ndarray) -> bytes:
-    """Encode an RGB uint8 array as PNG bytes (for galleries and downloads)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
