@@ -55,6 +55,14 @@ def _parser():
     runs_cmd.add_argument("--json", action="store_true")
     runs_cmd.set_defaults(handler=cmd_runs)
 
+    predict = sub.add_parser("predict", help="classify images with a finished run (ImageNet head and transferred head)")
+    predict.add_argument("run_id")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--top", type=int, default=5, help="classes to show per head, 1-10 (default 5)")
+    predict.add_argument("--runs-dir")
+    predict.add_argument("--json", action="store_true", help="one JSON object per image")
+    predict.set_defaults(handler=cmd_predict)
+
     list_cmd = sub.add_parser("list", help="list datasets, backbones, heads, strategies and optimizers")
     list_cmd.add_argument("--json", action="store_true")
     list_cmd.set_defaults(handler=cmd_list)
@@ -238,3 +246,41 @@ def cmd_list(args) -> int:
         for name, description in entries.items():
             print(f"  {name:20} {description}")
     return 0
+
+
+def cmd_predict(args) -> int:
+    """Both heads' top-k for each image; a bad file gets its own line and the rest go on."""
+    from pathlib import Path
+
+    from tl import runs
+    from tl.images import ImageError, decode_image
+    from tl.predict import DRAFT_SIZE, Predictor, check_top_k
+
+    k = check_top_k(args.top)
+    predictor = Predictor(runs.get(args.run_id, args.runs_dir))
+    failed = 0
+    for path in args.images:
+        name = Path(path).name
+        try:
+            image = decode_image(path, name=name, draft_size=DRAFT_SIZE)
+        except ImageError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"file": path, "error": str(exc)}), flush=True)
+            continue
+        result = predictor.predict(image, k)
+        if args.json:
+            print(json.dumps(result.as_json(path)), flush=True)
+            continue
+        print(path)
+        if result.imagenet is None:
+            print(f"  ImageNet head: none. {result.imagenet_reason}")
+        else:
+            print(f"  ImageNet head ({predictor.cfg.backbone}):")
+            for label, score in zip(result.imagenet.labels, result.imagenet.scores):
+                print(f"    {score:7.2%}  {label}")
+        print(f"  Transferred head (run {predictor.run.id}):")
+        for label, score in zip(result.transfer.labels, result.transfer.scores):
+            print(f"    {score:7.2%}  {label}")
+    return EXIT_USAGE if failed else 0

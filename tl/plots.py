@@ -186,3 +186,17 @@ def accuracy_vs_cost(rows: list) -> go.Figure:
                     marker=dict(symbol="star", size=14), line=dict(dash="dash"), hovertemplate=hover)
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     return fig
+
+
+def top_k(labels: list, scores: list, title: str, seconds: float | None = None) -> go.Figure:
+    """Horizontal bars of a head's top-k probabilities, the most likely class on top."""
+    if not labels:
+        return _empty(title, "No prediction")
+    subtitle = f" ({seconds * 1000:.0f} ms)" if seconds is not None else ""
+    fig = _figure(title + subtitle, height=max(220, 34 * len(labels) + 110),
+                  xaxis=dict(range=[0, 1], title="probability", tickformat=".0%"))
+    fig.add_bar(x=list(scores)[::-1], y=[str(label) for label in labels][::-1], orientation="h",
+                text=[f"{s:.1%}" for s in scores][::-1], textposition="auto",
+                hovertemplate="%{y}: %{x:.2%}<extra></extra>")
+    fig.update_yaxes(automargin=True)
+    return fig

@@ -1,0 +1,200 @@
+"""tl.predict and tl.gradcam: both heads, one backbone pass when shared, Grad-CAM, the CLI."""
+
+import io
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import sklearn.datasets
+from PIL import Image
+
+from tl import cli, models, predict
+from tl.backbones import BACKBONES
+from tl.gradcam import grad_cam, overlay
+from tl.images import decode_image
+from tl.predict import Predictor
+
+from conftest import tiny_config, train_run
+
+CHINA = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"
+
+
+def class_index() -> dict:
+    path = Path(os.environ["KERAS_HOME"]) / "models" / "imagenet_class_index.json"
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def frozen_run(runs_dir):
+    """A backbone with an ImageNet head, trained by feature extraction (shareable). ResNet50
+    because its randomly initialised features vary with the image (MobileNetV2's vanish)."""
+    return train_run(runs_dir, tiny_config(backbone="resnet50", image_size=64, strategy="feature_extraction",
+                                           synthetic_classes=3))
+
+
+@pytest.fixture(scope="module")
+def shared(frozen_run):
+    return Predictor(frozen_run, imagenet_weights=None)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return decode_image(CHINA.read_bytes())
+
+
+def test_both_heads_give_probabilities_and_real_imagenet_labels(shared, frozen_run, photo):
+    result = shared.predict(photo, k=7)
+    assert result.shared and result.imagenet_reason is None
+    for head, classes in ((result.transfer, 3), (result.imagenet, 1000)):
+        assert head.probs.shape == (classes,)
+        assert head.probs.min() >= 0 and head.probs.sum() == pytest.approx(1.0, abs=1e-5)
+        assert head.scores == sorted(head.scores, reverse=True)
+        assert head.seconds > 0
+    assert len(result.imagenet.labels) == 7 and len(result.transfer.labels) == 3
+    names = {name.replace("_", " ") for _, name in class_index().values()}
+    assert set(result.imagenet.labels) <= names
+    top = int(np.argmax(result.imagenet.probs))
+    assert result.imagenet.labels[0] == class_index()[str(top)][1].replace("_", " ")
+    assert set(result.transfer.labels) == set(frozen_run.labels)
+    # The shared trunk reproduces the saved model's own output.
+    model = keras.saving.load_model(frozen_run.model_path, safe_mode=True, compile=False)
+    np.testing.assert_allclose(result.transfer.probs, model.predict_on_batch(photo[None].astype("float32"))[0],
+                               atol=1e-5)
+
+
+def _calls(monkeypatch):
+    seen = []
+    original = keras.Model.predict_on_batch
+
+    def spy(self, x):
+        seen.append(self.name)
+        return original(self, x)
+
+    monkeypatch.setattr(keras.Model, "predict_on_batch", spy)
+    return seen
+
+
+def _convs(model) -> int:
+    found = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += _convs(layer)
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            found += 1
+    return found
+
+
+def test_shared_path_runs_the_backbone_once_per_image(shared, frozen_run, photo, monkeypatch):
+    separate = Predictor(frozen_run, imagenet_weights=None, share=False)
+    assert not separate.shared
+    seen = _calls(monkeypatch)
+    shared.predict(photo)
+    shared.predict(photo[:200, :300])
+    assert seen == ["features", "transfer_head", "imagenet_head"] * 2
+    backbone_convs = _convs(keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3)))
+    assert _convs(shared.transfer_path.features) == backbone_convs  # one backbone inside
+    assert _convs(shared.transfer_path.head) == _convs(shared.imagenet_path.head) == 0
+    seen.clear()
+    both = separate.predict(photo)
+    assert seen == ["features", "transfer_head", "features", "imagenet_head"]  # two passes
+    assert both.backbone_seconds is None
+    np.testing.assert_allclose(both.transfer.probs, shared.predict(photo).transfer.probs, atol=1e-5)
+
+
+def test_exif_rotated_photo_is_classified_upright(shared, photo):
+    stored = np.ascontiguousarray(np.rot90(photo, k=-1))
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 90 degrees to display"
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, "PNG", exif=exif.tobytes())
+    upright = decode_image(buffer.getvalue())
+    assert upright.shape == photo.shape
+    np.testing.assert_allclose(shared.predict(upright).imagenet.probs, shared.predict(photo).imagenet.probs, atol=1e-6)
+    assert not np.allclose(shared.predict(stored).imagenet.probs, shared.predict(photo).imagenet.probs, atol=1e-4)
+
+
+def test_no_imagenet_column_says_why(runs_dir, frozen_run, photo, monkeypatch):
+    baseline = train_run(runs_dir, tiny_config())
+    result = Predictor(baseline).predict(photo, k=1)
+    assert result.imagenet is None and "baseline" in result.imagenet_reason
+    assert len(result.transfer.labels) == 1
+    # weights 'none' really has no ImageNet head (the default top weights are the real ones)
+    result = Predictor(frozen_run).predict(photo)
+    assert result.imagenet is None and "weights 'none'" in result.imagenet_reason
+    # Offline: the ImageNet top cannot be downloaded -> one sentence, the transferred head still works.
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", offline)
+    monkeypatch.setattr(Predictor, "_imagenet_unavailable", lambda self: None)
+    result = Predictor(frozen_run).predict(photo)
+    assert result.imagenet is None and result.transfer.probs.sum() == pytest.approx(1.0, abs=1e-5)
+    assert result.imagenet_reason.startswith("No ImageNet column: Could not download the ImageNet weights for resnet50")
+
+
+def test_predictor_refuses_unfinished_runs_and_bad_k(runs_dir, shared, photo):
+    from tl import runs
+    from tl.errors import UserError
+
+    queued = runs.create(tiny_config(), runs_dir)
+    with pytest.raises(UserError, match="pick a finished run"):
+        Predictor(queued)
+    for k in (0, 11, "5"):
+        with pytest.raises(UserError, match="between 1 and 10"):
+            shared.predict(photo, k)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_grad_cam_is_image_sized_for_every_backbone(name):
+    spec = BACKBONES[name]
+    size = max(spec.min_size, 32)
+    model = models.build(tiny_config(backbone=name, image_size=size, strategy="frozen", head="gap_dropout_dense"),
+                         3, weights=None)
+    path = predict._split_run_model(model)
+    image = np.random.default_rng(1).integers(0, 256, (45, 37, 3), dtype=np.uint8)
+    heat = grad_cam(path.features, path.head, image)
+    assert heat.values.shape == (45, 37) and heat.values.dtype == np.float32
+    assert np.isfinite(heat.values).all() and 0 <= heat.values.min() and heat.values.max() <= 1
+    assert heat.values.max() == pytest.approx(1.0)  # normalised, not blank
+    assert 0 <= heat.class_index < 3
+    assert overlay(image, heat).shape == (45, 37, 3)
+
+
+def test_grad_cam_weighs_a_spatial_map_and_explains_both_heads(shared, photo):
+    model = models.build(tiny_config(image_size=32, strategy="frozen"), 3, weights=None)
+    path = predict._split_run_model(model)
+    heat = grad_cam(path.features, path.head, photo, class_index=2)
+    assert heat.method == "grad-cam" and heat.class_index == 2 and heat.values.shape == photo.shape[:2]
+    for head in ("transfer", "imagenet"):
+        assert shared.grad_cam(photo, head).values.shape == photo.shape[:2]
+
+
+def test_cli_predict_json(frozen_run, runs_dir, tmp_path, capsys):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a picture")
+    code = cli.main(["predict", frozen_run.id, str(CHINA), str(bad), "--top", "2", "--json",
+                     "--runs-dir", str(runs_dir)])
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [line["file"] for line in lines] == [str(CHINA), str(bad)]
+    good, broken = lines
+    assert good["imagenet"] is None and "weights 'none'" in good["reason"]
+    assert [set(item) for item in good["transfer"]] == [{"label", "score"}] * 2
+    assert good["transfer"][0]["score"] >= good["transfer"][1]["score"]
+    assert "notes.jpg is not an image" in broken["error"]
+    assert captured.err.count("error:") == 1
+    assert cli.main(["predict", frozen_run.id, str(CHINA), "--top", "11", "--runs-dir", str(runs_dir)]) == 2
+    assert cli.main(["predict", "no-such-run", str(CHINA), "--runs-dir", str(runs_dir)]) == 2
+    assert cli.main(["predict", frozen_run.id, str(CHINA), "--runs-dir", str(runs_dir)]) == 0
+    assert "Transferred head" in capsys.readouterr().out

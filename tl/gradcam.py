@@ -1,0 +1,97 @@
+"""Grad-CAM: where a head looks when it picks a class, as a heat map over the image.
+
+For a head reading a feature map with spatial extent, the map's channels are weighted by
+the mean gradient of the class probability over each channel, summed and rectified
+(Selvaraju et al., 2017). When the map is a single cell (the ``perceptron`` baseline, or a
+deep backbone fed a tiny input) there is nothing spatial to weigh, so the heat map is the
+gradient's magnitude at each input pixel instead (a saliency map); ``method`` says which.
+Either way the map is resized to the original image's size.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Colour ramp for heat maps: low = dark blue, high = red.
+_RAMP = np.array([(48, 18, 59), (60, 120, 230), (40, 200, 130), (250, 210, 40), (200, 25, 15)], dtype=np.float32)
+
+
+@dataclass
+class HeatMap:
+    """A heat map in [0, 1] of the image's height and width."""
+
+    values: np.ndarray
+    class_index: int
+    method: str  # "grad-cam" or "saliency"
+
+
+def grad_cam(features, head, image: np.ndarray, index: int | None = None,
+             class_index: int | None = None) -> HeatMap:
+    """Explain ``head``'s choice of ``class_index`` (default: its top class) on ``image``.
+
+    Args:
+        features: a model ``image -> resize -> preprocess -> trunk`` (a plain chain, as
+            :mod:`tl.predict` builds it).
+        head: a model from the trunk's output (``index`` picks one of several) to
+            probabilities.
+        image: ``(H, W, 3)`` RGB, 0-255.
+    """
+    import tensorflow as tf
+
+    image = np.asarray(image)
+    chain = features.layers[1:]
+    x = tf.convert_to_tensor(image[None].astype(np.float32))
+    for layer in chain[:-1]:  # resize, preprocess
+        x = layer(x)
+    trunk = chain[-1]
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = trunk(x, training=False)
+        fmap = out[index] if index is not None else out
+        probs = head(fmap, training=False)
+        if class_index is None:
+            class_index = int(tf.argmax(probs[0]))
+        score = probs[0, class_index]
+    grad_map, grad_input = tape.gradient(score, [fmap, x])
+    fmap, grad_map = fmap.numpy()[0], grad_map.numpy()[0]
+    method = "grad-cam"
+    cam = None
+    if fmap.shape[0] * fmap.shape[1] > 1:
+        weights = grad_map.mean(axis=(0, 1))
+        cam = np.maximum((fmap * weights).sum(axis=-1), 0.0)
+        if not np.isfinite(cam).all() or cam.max() <= 0:
+            cam = None
+    if cam is None:
+        method = "saliency"
+        cam = np.abs(grad_input.numpy()[0]).max(axis=-1)
+    return HeatMap(_normalise(_resize(_normalise(cam), image.shape[0], image.shape[1])), int(class_index), method)
+
+
+def _normalise(values: np.ndarray) -> np.ndarray:
+    values = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    values -= values.min()
+    top = values.max()
+    return values / top if top > 0 else values
+
+
+def _resize(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    resized = Image.fromarray(values.astype(np.float32)).resize((width, height), Image.BILINEAR)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def colourise(values: np.ndarray) -> np.ndarray:
+    """``(H, W)`` values in [0, 1] -> ``(H, W, 3)`` uint8 colours on the heat ramp."""
+    position = np.clip(values, 0, 1) * (len(_RAMP) - 1)
+    low = np.floor(position).astype(int).clip(0, len(_RAMP) - 2)
+    frac = (position - low)[..., None]
+    return (_RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac + 0.5).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, heat: HeatMap | np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The image with the heat map blended over it (uint8 RGB, same size)."""
+    values = heat.values if isinstance(heat, HeatMap) else heat
+    colours = colourise(values).astype(np.float32)
+    blended = (1 - alpha) * np.asarray(image, dtype=np.float32) + alpha * colours
+    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)

@@ -1,0 +1,377 @@
+"""Classify images with a finished run: its transferred head beside the backbone's own
+ImageNet head.
+
+Each head is a *path*: ``prep`` (resize to the input size, then the backbone's
+preprocessing), a ``trunk`` (the backbone, possibly with two outputs) and a ``head`` that maps
+the trunk's output to probabilities. When training left the backbone as it was (the
+strategies whose only phase is "head": ``feature_extraction``, ``earlier_layer``,
+``frozen``) and the backbone's ImageNet top accepts the run's feature map, both heads read
+**one** trunk with two outputs, so each image goes through the backbone once. Otherwise the
+run's model and the ImageNet model (at its native size) each run once.
+
+The ImageNet top is rebuilt from Keras's ``include_top=True`` application, whose weights
+are a separate download; without them (offline, or a backbone with no ImageNet head) the
+ImageNet column is ``None`` with one sentence saying why.
+"""
+
+import gc
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tl.errors import DownloadError, UserError
+
+DEFAULT_TOP_K = 5
+MAX_TOP_K = 10
+# The input side images are decoded down to before they reach the model (JPEG draft mode):
+# comfortably above every backbone's native size, far below a phone photo.
+DRAFT_SIZE = 512
+# Where the ImageNet top's weights come from by default (see Predictor).
+IMAGENET_WEIGHTS = "imagenet"
+_DEFAULT = object()
+
+
+@dataclass
+class HeadResult:
+    """One head's answer for one image."""
+
+    labels: list
+    scores: list
+    probs: np.ndarray = field(repr=False)
+    seconds: float
+
+    def as_json(self) -> list:
+        return [{"label": label, "score": round(float(score), 6)} for label, score in zip(self.labels, self.scores)]
+
+
+@dataclass
+class Prediction:
+    """Both heads' answers for one image.
+
+    Attributes:
+        transfer: the run's own head (class names of the run).
+        imagenet: the backbone's ImageNet head, or ``None`` (see ``imagenet_reason``).
+        imagenet_reason: one sentence saying why there is no ImageNet column.
+        shared: both heads read one backbone pass.
+        backbone_seconds: time of the shared backbone pass (``None`` when not shared; each
+            head's ``seconds`` then includes its own backbone pass).
+    """
+
+    transfer: HeadResult
+    imagenet: HeadResult | None
+    imagenet_reason: str | None
+    shared: bool
+    backbone_seconds: float | None
+
+    def as_json(self, name: str) -> dict:
+        return {
+            "file": name,
+            "imagenet": None if self.imagenet is None else self.imagenet.as_json(),
+            "reason": self.imagenet_reason,
+            "transfer": self.transfer.as_json(),
+            "shared_backbone": self.shared,
+        }
+
+
+@dataclass
+class _Path:
+    """prep (image -> preprocessed input) -> trunk -> output ``index`` -> head."""
+
+    features: object  # keras.Model: image -> trunk output(s); one compiled call per image
+    index: int | None  # which trunk output the head reads (None: the only one)
+    head: object  # keras.Model: trunk output -> probabilities
+
+
+def check_top_k(k) -> int:
+    """Validate the number of classes to show."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= MAX_TOP_K:
+        raise UserError(f"Expected top-k between 1 and {MAX_TOP_K}. Received: {k!r}.")
+    return int(k)
+
+
+def shares_backbone(strategy: str) -> bool:
+    """Whether training leaves the backbone as it started (only the head is trained)."""
+    from tl.strategies import STRATEGIES
+
+    spec = STRATEGIES[strategy]
+    return spec.pretrained and tuple(spec.phases) == ("head",)
+
+
+class Predictor:
+    """Both heads of a finished run, built once and kept (the app caches one per run).
+
+    Args:
+        run: a finished :class:`tl.runs.Run` with a ``model.keras``.
+        imagenet_weights: where the ImageNet top's weights come from: ``"imagenet"``
+            (Keras's download, what users get; the default, from ``IMAGENET_WEIGHTS``) or
+            ``None``, a randomly initialised top.
+            ``None`` only exercises the mechanics offline (tests, benchmarks); a run whose
+            weights were ``"none"`` is then treated as if it had started from ImageNet.
+        share: use one backbone pass for both heads where the run allows it; ``False``
+            always runs the two models separately (to compare the two ways).
+    """
+
+    def __init__(self, run, imagenet_weights=_DEFAULT, share: bool = True):
+        import keras
+
+        if imagenet_weights is _DEFAULT:
+            imagenet_weights = IMAGENET_WEIGHTS
+
+        self.run = run
+        status = run.status().get("status")
+        if status != "done" or not run.model_path.is_file():
+            raise UserError(f"Run {run.id} is {status} and has no model to classify with; "
+                            "pick a finished run.")
+        self.cfg = run.config
+        self.class_names = run.labels
+        self.imagenet_weights = imagenet_weights
+        try:
+            model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+        except Exception as exc:
+            raise UserError(f"The model of run {run.id} could not be loaded "
+                            f"({str(exc).splitlines()[0][:160]}); train it again.") from None
+        self.input_size = int(self.cfg.image_size)
+        self.imagenet_reason = self._imagenet_unavailable()
+        self.shared = False
+        top = None
+        if self.imagenet_reason is None:
+            try:
+                top = self._imagenet_application()
+            except (DownloadError, UserError) as exc:
+                self.imagenet_reason = str(exc)
+        if top is not None and share and shares_backbone(self.cfg.strategy):
+            self.shared = self._build_shared(model, top)
+        if not self.shared:
+            self.transfer_path = _split_run_model(model)
+            self.imagenet_path = None if top is None else _split_imagenet(top, self.spec)
+            self.imagenet_size = None if top is None else self.spec.native_size
+        del model, top
+        gc.collect()
+
+    # -- construction ------------------------------------------------------------------
+
+    @property
+    def spec(self):
+        from tl.backbones import BACKBONES
+
+        return BACKBONES[self.cfg.backbone]
+
+    def _imagenet_unavailable(self) -> str | None:
+        cfg, spec = self.cfg, self.spec
+        if spec.imagenet_module is None:
+            return (f"The {cfg.backbone} backbone has no ImageNet head: it is a baseline "
+                    "trained only on your data.")
+        if cfg.strategy == "scratch":
+            return ("This run trained the backbone from random weights (strategy scratch), so "
+                    "it has no ImageNet head to compare with.")
+        started_from_imagenet = cfg.weights == "imagenet" or (
+            self.imagenet_weights is None and cfg.weights == "none")
+        if not started_from_imagenet:
+            return (f"This run started from weights '{cfg.weights}', not ImageNet's, so its "
+                    "backbone has no ImageNet head to compare with.")
+        return None
+
+    def _imagenet_application(self):
+        """The backbone with its ImageNet top, at the native input size."""
+        import keras
+
+        from tl.backbones import weights_download_error
+
+        spec = self.spec
+        constructor = getattr(keras.applications, spec.application)
+        try:
+            return constructor(include_top=True, weights=self.imagenet_weights)
+        except Exception as exc:  # Keras raises a bare Exception for a failed download
+            message = str(exc)
+            if "URL fetch failure" in message or "urlopen" in message.lower():
+                error = weights_download_error(spec.name, message)
+                raise DownloadError(f"No ImageNet column: {error}") from None
+            raise
+
+    def _build_shared(self, model, top) -> bool:
+        """One trunk, two outputs (the run's cut and the last block); ``False`` when the
+        ImageNet top cannot read the run's feature map (VGG16's Flatten below 224 px)."""
+        import keras
+
+        spec = self.spec
+        size = self.input_size
+        constructor = getattr(keras.applications, spec.application)
+        base = constructor(include_top=False, weights=None, input_shape=(size, size, 3))
+        last = base.layers[-1].name
+        try:
+            imagenet_head = _imagenet_top(top, last, tuple(base.output.shape[1:]))
+        except ValueError:
+            return False
+        by_name = {layer.name: layer for layer in top.layers}
+        backbone = model.get_layer("backbone")
+        for layer in base.layers:  # ImageNet weights everywhere, then the run's own
+            if layer.weights and layer.name in by_name:
+                layer.set_weights(by_name[layer.name].get_weights())
+        for layer in backbone.layers:
+            if layer.weights:
+                base.get_layer(layer.name).set_weights(layer.get_weights())
+        cut_name = backbone.layers[-1].name
+        trunk = keras.Model(base.input, [base.get_layer(cut_name).output, base.output], name="trunk")
+        inputs = keras.Input((None, None, 3), name="image")
+        x = _fresh(model.get_layer("resize"))(inputs)
+        x = _fresh(model.get_layer("preprocess"))(x)
+        features = keras.Model(inputs, trunk(x), name="features")
+        self.transfer_path = _Path(features, 0, _run_head(model))
+        self.imagenet_path = _Path(features, 1, imagenet_head)
+        self.imagenet_size = size
+        return True
+
+    # -- prediction --------------------------------------------------------------------
+
+    def predict(self, image: np.ndarray, k: int = DEFAULT_TOP_K) -> Prediction:
+        """Top-``k`` of both heads for one ``(H, W, 3)`` uint8 RGB image."""
+        k = check_top_k(k)
+        batch = np.asarray(image, dtype=np.float32)[None]
+        backbone_seconds = None
+        if self.shared:
+            started = time.perf_counter()
+            outputs = self.transfer_path.features.predict_on_batch(batch)
+            backbone_seconds = time.perf_counter() - started
+            transfer_probs, transfer_seconds = _timed(self.transfer_path.head, outputs[0])
+            imagenet_probs, imagenet_seconds = _timed(self.imagenet_path.head, outputs[1])
+        else:
+            transfer_probs, transfer_seconds = _run_path(self.transfer_path, batch)
+            imagenet_probs = imagenet_seconds = None
+            if self.imagenet_path is not None:
+                imagenet_probs, imagenet_seconds = _run_path(self.imagenet_path, batch)
+        transfer = _top(transfer_probs, self.class_names, k, transfer_seconds)
+        imagenet, reason = None, self.imagenet_reason
+        if imagenet_probs is not None:
+            try:
+                imagenet = self._decode_imagenet(imagenet_probs, k, imagenet_seconds)
+            except DownloadError as exc:
+                reason = str(exc)
+        return Prediction(transfer, imagenet, reason, self.shared, backbone_seconds)
+
+    def _decode_imagenet(self, probs, k, seconds) -> HeadResult:
+        import importlib
+
+        module = importlib.import_module(f"keras.applications.{self.spec.imagenet_module}")
+        try:
+            decoded = module.decode_predictions(probs[None], top=k)[0]
+        except Exception as exc:
+            if "URL fetch failure" in str(exc) or "urlopen" in str(exc).lower():
+                raise DownloadError(
+                    "No ImageNet column: the ImageNet class names (imagenet_class_index.json) "
+                    "could not be downloaded; put the file in the Keras cache's models folder.")
+            raise
+        labels = [name.replace("_", " ") for _, name, _ in decoded]
+        scores = [float(score) for _, _, score in decoded]
+        return HeadResult(labels, scores, probs, seconds)
+
+    def grad_cam(self, image: np.ndarray, head: str = "transfer", class_index: int | None = None):
+        """Heat map of where ``head`` ("transfer" or "imagenet") looks for ``class_index``
+        (default: its top class); see :func:`tl.gradcam.grad_cam`."""
+        from tl.gradcam import grad_cam
+
+        path = self.transfer_path if head == "transfer" else self.imagenet_path
+        if path is None:
+            raise UserError(f"There is no {head} head to explain: {self.imagenet_reason}")
+        return grad_cam(path.features, path.head, image, index=path.index, class_index=class_index)
+
+
+def _run_path(path: _Path, batch):
+    started = time.perf_counter()
+    features = path.features.predict_on_batch(batch)
+    if path.index is not None:
+        features = features[path.index]
+    probs = path.head.predict_on_batch(features)[0]
+    return np.asarray(probs, dtype=np.float64), time.perf_counter() - started
+
+
+def _timed(head, features):
+    started = time.perf_counter()
+    probs = head.predict_on_batch(features)[0]
+    return np.asarray(probs, dtype=np.float64), time.perf_counter() - started
+
+
+def _top(probs, class_names, k, seconds) -> HeadResult:
+    order = np.argsort(-probs, kind="stable")[:k]
+    return HeadResult([class_names[i] for i in order], [float(probs[i]) for i in order], probs, seconds)
+
+
+def _split_run_model(model) -> _Path:
+    """The run's model as prep+backbone and [pool+]head (one backbone pass)."""
+    import keras
+
+    inputs = keras.Input((None, None, 3), name="image")
+    x = model.get_layer("resize")(inputs)
+    x = model.get_layer("preprocess")(x)
+    features = keras.Model(inputs, model.get_layer("backbone")(x), name="features")
+    return _Path(features, None, _run_head(model))
+
+
+def _run_head(model):
+    """A standalone copy of the run's [pool ->] head."""
+    import keras
+
+    backbone = model.get_layer("backbone")
+    head = model.get_layer("head")
+    inputs = keras.Input(tuple(backbone.output.shape[1:]), name="features")
+    x = inputs
+    try:
+        x = model.get_layer("pool")(x)
+    except ValueError:
+        pass
+    clone = keras.models.clone_model(head)
+    clone.set_weights(head.get_weights())
+    return keras.Model(inputs, clone(x), name="transfer_head")
+
+
+def _split_imagenet(top, spec) -> _Path:
+    """The ImageNet application as resize+preprocess+trunk at its native size, and its top."""
+    import keras
+
+    from tl.backbones import preprocess_layer
+
+    last = _last_notop_layer(top)
+    inputs = keras.Input((None, None, 3), name="image")
+    x = keras.layers.Resizing(spec.native_size, spec.native_size, interpolation="bilinear",
+                              antialias=True, name="resize")(inputs)
+    x = preprocess_layer(spec.preprocess)(x)
+    trunk = keras.Model(top.input, top.get_layer(last).output, name="trunk")
+    features = keras.Model(inputs, trunk(x), name="features")
+    head = _imagenet_top(top, last, tuple(trunk.output.shape[1:]))
+    return _Path(features, None, head)
+
+
+def _last_notop_layer(top) -> str:
+    """Name of the last layer the ``include_top=False`` model keeps."""
+    import keras
+
+    top_types = (keras.layers.GlobalAveragePooling2D, keras.layers.Dense, keras.layers.Dropout,
+                 keras.layers.Flatten)
+    for layer in reversed(top.layers):
+        if not isinstance(layer, top_types):
+            return layer.name
+    raise ValueError(f"{top.name} has no layers below its top")
+
+
+def _fresh(layer):
+    """A new layer with ``layer``'s config and weights, free of its model's graph."""
+    fresh = layer.__class__.from_config(layer.get_config())
+    if layer.weights:
+        fresh.build(layer.input.shape)
+        fresh.set_weights(layer.get_weights())
+    return fresh
+
+
+def _imagenet_top(top, last: str, feature_shape: tuple):
+    """A fresh model of the layers after ``last`` in ``top``, with their weights, reading a
+    feature map of ``feature_shape``. Raises ValueError when the shapes do not fit."""
+    import keras
+
+    names = [layer.name for layer in top.layers]
+    inputs = keras.Input(feature_shape, name="features")
+    x = inputs
+    for layer in top.layers[names.index(last) + 1:]:
+        fresh = layer.__class__.from_config(layer.get_config())
+        x = fresh(x)  # raises ValueError when a Flatten+Dense top meets another size
+        fresh.set_weights(layer.get_weights())
+    return keras.Model(inputs, x, name="imagenet_head")
