@@ -11,6 +11,7 @@ st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/s
 PAGES = [
     st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
 ]
 
 st.navigation(PAGES).run()

@@ -149,7 +149,7 @@ class Sweep:
 
     def active(self) -> bool:
         """Whether any run of it is queued or running."""
-        return any(status in ("queued", "running", "not started") for status in self.statuses().values())
+        return any(status in ("queued", "running") for status in self.statuses().values())
 
     def add_run(self, strategy: str, run_id: str) -> None:
         record = self.record
