@@ -10,6 +10,7 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 from tl import sweep as sweeps
+from tl.files import read_json
 
 from conftest import REPO
 
@@ -103,3 +104,28 @@ def test_pick_runs_without_any_says_what_to_do(runs_root):
     at.radio(key="compare_mode").set_value("Pick finished runs").run()
     assert not at.exception
     assert at.info[0].value == "No finished runs yet: train some on the Train page, or run a sweep."
+
+
+def test_stop_a_sweep_from_its_progress_view(runs_root):
+    at = open_compare()
+    at.selectbox(key="compare_backbone").set_value("small_cnn").run()
+    at.number_input(key="compare_image_size").set_value(16)
+    at.number_input(key="compare_epochs").set_value(300)
+    at.multiselect(key="compare_strategies").set_value(["scratch", "frozen"]).run()
+    at.button(key="compare_start").click().run()
+    assert not at.exception, at.exception
+    sweep = sweeps.list_sweeps(runs_root)[0]
+    assert at.get("progress")[0].proto.text == "0 of 2 runs finished"
+    at.button(key="sweep_stop").click().run()
+    # As written: a killed worker reads as failed until the job manager records the cancel.
+    def written():
+        return {read_json(run.path / "status.json")["status"] for run in sweep.runs()}
+
+    deadline = time.time() + 60
+    while written() != {"cancelled"} and time.time() < deadline:
+        time.sleep(0.2)
+    assert sweep.statuses() == {"scratch": "cancelled", "frozen": "cancelled"}
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.get("progress")  # the sweep is over: no live view
+    assert at.dataframe[0].value["status"].tolist() == ["cancelled", "cancelled"]
