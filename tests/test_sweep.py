@@ -112,3 +112,16 @@ def test_a_stopped_sweep_keeps_finished_runs_and_cancels_the_rest(runs_dir):
     table = sweeps.rows(sweep.runs())
     assert table[0]["test_accuracy"] == first.metrics["test_accuracy"]
     assert table[1]["test_accuracy"] is None and table[2]["test_accuracy"] is None
+
+
+def test_importing_sweep_and_advisor_does_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import sys, tl.sweep, tl.advisor; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'streamlit')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
