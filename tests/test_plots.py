@@ -213,3 +213,13 @@ def test_import_pulls_in_neither_tensorflow_nor_streamlit():
             "('tensorflow', 'keras', 'streamlit'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_compare_per_class_one_bar_series_per_run():
+    first = {"class_names": ["cat", "dog"], "per_class_accuracy": {"cat": 0.5, "dog": 1.0}}
+    second = {"class_names": ["cat", "dog"], "per_class_accuracy": {"cat": 0.75, "dog": None}}
+    by_name = traces(plots.compare_per_class([{"label": "a", "metrics": first}, {"label": "b", "metrics": second}]))
+    assert list(by_name) == ["a", "b"]
+    assert list(by_name["a"].y) == ["cat", "dog"] and list(by_name["a"].x) == [0.5, 1.0]
+    assert list(by_name["b"].x) == [0.75, None] and list(by_name["b"].text) == ["75%", "n/a"]
+    assert annotation_texts(plots.compare_per_class([])) == ["No finished runs"]

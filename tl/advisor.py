@@ -1,9 +1,13 @@
 """The seeds' four-case table as advice: data size x similarity to ImageNet -> strategy.
 
-Plain Python, no TensorFlow: the home page uses it on a cold start.
+Plain Python, no TensorFlow at import: the home page uses it on a cold start. The
+similarity to ImageNet can also be measured (:func:`measure_similarity`, which imports
+Keras when called).
 """
 
 from dataclasses import dataclass
+
+import numpy as np
 
 # Where "small" ends. Fine-tuning millions of weights on a few hundred images per class
 # overfits; from about a thousand per class (CIFAR-10 has 6,000) it pays off.
@@ -12,10 +16,24 @@ LARGE_PER_CLASS = 1000
 
 @dataclass(frozen=True)
 class Advice:
+    """Which of the four cases applies and what it recommends.
+
+    ``similarity``, ``images_per_class`` and ``basis`` (one line on what the advice rests
+    on) are set by :func:`advise`, from measurements; :func:`recommend` leaves them empty.
+    """
+
     case: str
     strategy: str
     head: str
     reason: str
+    similarity: "Similarity | None" = None
+    images_per_class: int | None = None
+    basis: str = ""
+
+    def to_dict(self) -> dict:
+        return {"case": self.case, "strategy": self.strategy, "head": self.head, "reason": self.reason,
+                "images_per_class": self.images_per_class, "basis": self.basis,
+                "similarity": self.similarity.to_dict() if self.similarity else None}
 
 
 _TABLE = {
@@ -47,3 +65,156 @@ def recommend(images_per_class: int, similar: bool) -> Advice:
         similar: whether the images look like everyday photos (ImageNet-like).
     """
     return _TABLE[(images_per_class >= LARGE_PER_CLASS, bool(similar))]
+
+
+# -- measured similarity to ImageNet ---------------------------------------------------
+#
+# The measure: how confident the backbone's own ImageNet classifier is on a sample of the
+# dataset's images, as the mean of each image's largest class probability. Photos of the
+# kinds of things ImageNet holds (animals, objects, scenes) usually get one clear top class;
+# images from another domain (X-rays, satellite tiles, drawings, microscopy) match no
+# ImageNet class well, so the probability spreads over many classes and the top one is low.
+# One number, cheap (one forward pass over a few dozen images), and it uses exactly the
+# network that would be transferred. A statistic of pooled features would need a
+# reference distribution of ImageNet features that we cannot ship offline.
+#
+# The threshold is a judgement, not a calibrated figure: this project cannot download
+# ImageNet weights to measure real datasets, so SIMILARITY_THRESHOLD is where we draw the
+# line (a top class holding well under half the probability on average means the network
+# does not recognise the images) and should be revisited when measured on real data.
+
+SIMILARITY_THRESHOLD = 0.4
+SIMILARITY_SAMPLE = 32
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """How close a dataset looks to ImageNet, as measured (or why it could not be).
+
+    Attributes:
+        similar: the verdict, or ``None`` when it could not be measured.
+        score: mean top-1 ImageNet probability over the sample (``None`` if unmeasured).
+        sample: how many images were measured.
+        reason: one sentence: the finding, or why there is none.
+    """
+
+    similar: bool | None
+    score: float | None
+    sample: int
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"similar": self.similar, "score": self.score, "sample": self.sample, "reason": self.reason}
+
+
+def imagenet_confidence(probs) -> float:
+    """Mean over images of the largest class probability.
+
+    Args:
+        probs: ``(images, classes)`` array of probabilities (each row sums to 1).
+
+    Returns:
+        A number in ``[1 / classes, 1]``: 1 when every image has one certain class,
+        ``1 / classes`` when every image is spread evenly over all classes.
+
+    Raises:
+        ValueError: ``probs`` is not a non-empty 2-D array of probability rows.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] == 0 or probs.shape[1] < 2:
+        raise ValueError(f"Expected `probs` of shape (images, classes) with at least 2 classes. "
+                         f"Received: shape {probs.shape}.")
+    if (probs < -1e-6).any() or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+        raise ValueError("Expected `probs` rows to be probabilities (non-negative, summing to 1).")
+    return float(probs.max(axis=1).mean())
+
+
+def similarity_from_probs(probs, threshold: float = SIMILARITY_THRESHOLD) -> Similarity:
+    """The verdict for ImageNet-head probabilities of a sample of images (see the module
+    notes above for why this statistic)."""
+    score = imagenet_confidence(probs)
+    similar = score >= threshold
+    verdict = "recognises" if similar else "does not recognise"
+    return Similarity(similar, round(score, 4), len(probs),
+                      f"The backbone's ImageNet classifier {verdict} these images: its top class "
+                      f"holds {score:.0%} of the probability on average over {len(probs)} images "
+                      f"(threshold {threshold:.0%}).")
+
+
+def measure_similarity(data, backbone: str, sample: int = SIMILARITY_SAMPLE, seed: int = 0,
+                       weights="imagenet") -> Similarity:
+    """Run ``backbone``'s ImageNet classifier on up to ``sample`` images of ``data``.
+
+    Args:
+        data: a :class:`tl.datasets.Data`.
+        backbone: registry name.
+        sample: how many images to measure (a seeded choice over the whole dataset).
+        seed: seed of that choice.
+        weights: "imagenet" (what the measure means); ``None`` builds the same network
+            with random weights (for tests of the mechanics).
+
+    Returns:
+        A :class:`Similarity`; when the backbone has no ImageNet head, or its ImageNet
+        weights are not downloaded and cannot be, ``similar`` is ``None`` and ``reason``
+        says why. Never raises for those.
+    """
+    from tl.backbones import BACKBONES, preprocess_affine
+
+    spec = BACKBONES[backbone]
+    if spec.application is None or not spec.pretrained:
+        return Similarity(None, None, 0, f"Backbone '{backbone}' has no ImageNet classifier, so similarity "
+                                         "to ImageNet cannot be measured; pick a pretrained backbone to measure it.")
+    model = _imagenet_classifier(spec, weights)
+    if isinstance(model, Similarity):
+        return model
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(data), size=min(sample, len(data)), replace=False))
+    images = np.stack([_resize(data.read(i), spec.native_size) for i in chosen]).astype("float32")
+    kernel, bias = preprocess_affine(spec.preprocess)
+    probs = model.predict(images @ kernel + bias, batch_size=16, verbose=0)
+    return similarity_from_probs(probs)
+
+
+def _imagenet_classifier(spec, weights):
+    """The backbone with its ImageNet top, or a :class:`Similarity` saying why not."""
+    import keras
+
+    from tl.downloads import failed_url, keras_home
+
+    constructor = getattr(keras.applications, spec.application)
+    try:
+        return constructor(include_top=True, weights=weights)
+    except Exception as exc:  # Keras raises a bare Exception for a failed download
+        message = str(exc)
+        if "URL fetch failure" not in message and "urlopen" not in message.lower():
+            raise
+        url = failed_url(message) or ""
+        filename = url.rsplit("/", 1)[-1] or f"{spec.name} weights"
+        return Similarity(None, None, 0, f"The ImageNet classifier weights for {spec.name} ({filename}) are not "
+                                         f"in {keras_home()}/models and could not be downloaded (no internet?), "
+                                         "so similarity to ImageNet was not measured.")
+
+
+def _resize(image, size: int):
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).convert("RGB").resize((size, size), Image.BILINEAR))
+
+
+def images_per_class(data) -> int:
+    """The median number of images per class: what the data-size question asks."""
+    return int(np.median(list(data.counts().values())))
+
+
+def advise(per_class: int, similarity: Similarity, assume_similar: bool = True) -> Advice:
+    """The four-case advice from a measured similarity.
+
+    When ``similarity.similar`` is ``None`` (not measurable), ``assume_similar`` decides,
+    and the reason says it was assumed.
+    """
+    similar = similarity.similar if similarity.similar is not None else assume_similar
+    advice = recommend(per_class, similar)
+    how = "measured" if similarity.similar is not None else "assumed"
+    return Advice(advice.case, advice.strategy, advice.head, advice.reason,
+                  similarity=similarity, images_per_class=int(per_class),
+                  basis=f"{per_class:,} images per class; similarity {how}: {similarity.reason}")

@@ -258,3 +258,9 @@ def _max_parallel(value) -> int:
         raise ConfigError(f"Expected TL_MAX_JOBS (max_parallel) to be a whole number of at least 1. "
                           f"Received: {raw!r}.")
     return count
+
+
+def claim(run) -> bool:
+    """Mark a queued ``run`` as taken by the caller, who will train it itself (the CLI's
+    sweeps do), so no job manager on the same folder starts it. False if already taken."""
+    return _claim(run)

@@ -200,3 +200,24 @@ def top_k(labels: list, scores: list, title: str, seconds: float | None = None) 
                 hovertemplate="%{y}: %{x:.2%}<extra></extra>")
     fig.update_yaxes(automargin=True)
     return fig
+
+
+def compare_per_class(runs: list) -> go.Figure:
+    """Test accuracy per class across runs (``{"label", "metrics"}``): one group of
+    horizontal bars per class, one colour per run. Classes come from the first run that
+    has them; a class a run has no test images for has no bar."""
+    title = "Test accuracy per class, by run"
+    names = next((list(r["metrics"].get("class_names") or []) for r in runs if r["metrics"].get("class_names")), [])
+    if not runs or not names:
+        return _empty(title, "No finished runs")
+    fig = _figure(title, _per_row_height(len(names) * len(runs)),
+                  xaxis_title="accuracy", yaxis_title="class", barmode="group")
+    for run in runs:
+        per_class = run["metrics"].get("per_class_accuracy") or {}
+        values = [per_class.get(name) for name in names]
+        fig.add_bar(x=values, y=names, orientation="h", name=run["label"],
+                    text=["n/a" if v is None else f"{v:.0%}" for v in values], textposition="auto",
+                    hovertemplate=f"{run['label']}<br>%{{y}}: %{{text}}<extra></extra>")
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_yaxes(type="category", autorange="reversed")
+    return fig

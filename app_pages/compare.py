@@ -1,0 +1,24 @@
+"""Compare: run every strategy on the same split (a sweep), or put finished runs side by side."""
+
+import streamlit as st
+
+from ui.compare_view import current_sweep, pick_runs, show_sweep, start_sweep, sweep_form, sweep_view
+from ui.state import job_manager, runs_dir
+
+st.title("Compare")
+root = runs_dir()
+manager = job_manager(root)
+
+mode = st.radio("What to compare", ["Run every strategy (sweep)", "Pick finished runs"], key="compare_mode",
+                horizontal=True, label_visibility="collapsed")
+if mode.startswith("Run"):
+    choices = sweep_form()
+    if choices is not None and st.button("Run comparison", key="compare_start", type="primary"):
+        sweep = start_sweep(root, manager, *choices)
+        if sweep is not None:
+            show_sweep(sweep.id)
+    sweep = current_sweep(root)
+    if sweep is not None:
+        sweep_view(sweep, manager)
+else:
+    pick_runs(root)

@@ -1,0 +1,127 @@
+"""Sweeps: one run per strategy on the same split; the CLI; stopping through the job manager."""
+
+import csv
+import io
+import json
+import time
+
+import pytest
+
+from tl import cli, runs
+from tl import sweep as sweeps
+from tl.errors import ConfigError
+from tl.files import read_json
+from tl.jobs import JobManager
+
+from conftest import TINY, tiny_config
+
+
+def test_strategies_and_configs_of_a_sweep():
+    assert sweeps.parse_strategies("all", "small_cnn") == list(sweeps.STRATEGIES)
+    assert "earlier_layer" not in sweeps.parse_strategies("all", "perceptron")  # no earlier cut
+    assert sweeps.parse_strategies("scratch, frozen,scratch", "resnet50") == ["scratch", "frozen"]
+    with pytest.raises(ConfigError, match="Received: finetune"):
+        sweeps.parse_strategies("scratch,finetune", "resnet50")
+    base = tiny_config(backbone="resnet50", weights="imagenet", image_size=32)
+    configs = {c.strategy: c for c in sweeps.sweep_configs(base, ["scratch", "fine_tune"], "s1")}
+    assert configs["scratch"].weights == "none"  # the no-transfer baseline
+    assert configs["fine_tune"].weights == "imagenet"
+    assert all(c.tags == ("sweep:s1",) and c.seed == base.seed for c in configs.values())
+    with pytest.raises(ConfigError, match="no earlier layer"):
+        sweeps.sweep_configs(tiny_config(backbone="perceptron"), ["earlier_layer"], "s2")
+
+
+def test_csv_and_verdict_from_rows():
+    table = [{"strategy": "scratch", "run_id": "a", "status": "done", "test_accuracy": 0.8125,
+              "train_seconds": 1.234567, "trainable_params": 10},
+             {"strategy": "frozen", "run_id": "b", "status": "cancelled", "test_accuracy": None}]
+    parsed = list(csv.DictReader(io.StringIO(sweeps.to_csv(table))))
+    assert list(parsed[0]) == list(sweeps.COLUMNS)
+    assert parsed[0]["test_accuracy"] == "0.8125" and parsed[0]["train_seconds"] == "1.234567"
+    assert parsed[1]["test_accuracy"] == ""
+    best = dict(table[0], strategy="feature_extraction", test_accuracy=0.85)
+    assert sweeps.verdict("scratch", table[:1])["message"].startswith("The advisor's choice, scratch, was the best")
+    close = sweeps.verdict("scratch", [table[0], dict(best, test_accuracy=0.82)])
+    assert close["ok"] and "within a point of the best, feature_extraction" in close["message"]
+    far = sweeps.verdict("scratch", [table[0], dict(best, test_accuracy=0.8625)])
+    assert not far["ok"] and "5.0 points behind the best" in far["message"]
+    assert sweeps.verdict("fine_tune", [table[0]])["recommended_accuracy"] is None
+
+
+def test_compare_cli_json_runs_every_strategy_on_the_same_split(runs_dir, capsys):
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in TINY.items()
+             if name in cli._COMPARE_FLAGS]
+    code = cli.main(["compare", *flags, "--strategies", "scratch,feature_extraction",
+                     "--runs-dir", str(runs_dir), "--json"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    summary = json.loads(out[-1])
+    assert [row["strategy"] for row in summary["rows"]] == ["scratch", "feature_extraction"]
+    assert summary["advice"]["strategy"] == "feature_extraction"  # 8 per class; small_cnn: assumed similar
+    assert summary["advice"]["similarity"]["similar"] is None
+    sweep = sweeps.load(summary["sweep_id"], runs_dir)
+    found = sweep.runs()
+    assert [run.id for run in found] == [row["run_id"] for row in summary["rows"]]
+    for row, run in zip(summary["rows"], found):
+        metrics = run.metrics
+        assert row["status"] == "done"
+        assert (row["test_accuracy"], row["train_seconds"], row["trainable_params"]) == (
+            metrics["test_accuracy"], metrics["train_seconds"], metrics["trainable_params"])
+        assert f"sweep:{sweep.id}" in run.config.tags
+    # The same train/val/test items in every run of the sweep.
+    splits = [read_json(run.path / "split.json") for run in found]
+    assert splits[0]["train"] and splits[0]["test"]
+    assert all(split == splits[0] for split in splits[1:])
+    assert found[0].config.weights == "none" and found[1].config.weights == "none"
+
+
+def test_compare_cli_bad_names_are_one_error_line(runs_dir, capsys):
+    assert cli.main(["compare", "--backbone", "small_cnn", "--strategies", "nope",
+                     "--runs-dir", str(runs_dir)]) == 2
+    assert capsys.readouterr().err.startswith("error: Expected `strategies` to be 'all' or names from")
+    assert cli.main(["compare", "--dataset", "nope", "--runs-dir", str(runs_dir)]) == 2
+    assert "error: Expected `dataset` to be one of" in capsys.readouterr().err
+    assert runs.list_runs(runs_dir) == [] and sweeps.list_sweeps(runs_dir) == []
+
+
+def wait_for(check, what, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"Timed out after {timeout} s waiting for {what}.")
+
+
+def test_a_stopped_sweep_keeps_finished_runs_and_cancels_the_rest(runs_dir):
+    manager = JobManager(runs_dir, poll_seconds=0.1)
+    try:
+        sweep = sweeps.create(tiny_config(), ["feature_extraction", "scratch", "frozen"], runs_dir)
+        first, second, third = sweeps.submit(sweep, manager)
+        assert sweep.run_ids == {"feature_extraction": first.id, "scratch": second.id, "frozen": third.id}
+        wait_for(lambda: first.status()["status"] == "done", "the first run to finish")
+        # The second worker is still starting (importing TensorFlow); the third waits.
+        before = first.path.joinpath("metrics.json").read_bytes()
+        sweeps.stop(sweep, manager)
+        wait_for(lambda: not sweep.active(), "the sweep to stop")
+    finally:
+        manager.shutdown(cancel_running=True)
+    assert sweep.statuses() == {"feature_extraction": "done", "scratch": "cancelled", "frozen": "cancelled"}
+    assert first.path.joinpath("metrics.json").read_bytes() == before
+    assert first.model_path.exists()
+    table = sweeps.rows(sweep.runs())
+    assert table[0]["test_accuracy"] == first.metrics["test_accuracy"]
+    assert table[1]["test_accuracy"] is None and table[2]["test_accuracy"] is None
+
+
+def test_importing_sweep_and_advisor_does_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import sys, tl.sweep, tl.advisor; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'streamlit')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

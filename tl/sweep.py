@@ -1,0 +1,309 @@
+"""A sweep: one run per strategy on the same data, backbone, head, budget and seed.
+
+Every run of a sweep is an ordinary run (``runs/<id>/``) tagged ``sweep:<sweep id>``;
+the sweep itself is ``<runs root>/.sweeps/<sweep id>.json``: the shared config, the
+strategies, the run id of each, and the advisor's recommendation. Because the runs share
+``dataset``, ``samples_per_class``, the split fractions and ``seed``,
+:func:`tl.datasets.load` gives each the same train/val/test items (each run records them
+in its ``split.json``).
+
+The app submits the runs to its :class:`tl.jobs.JobManager` (:func:`submit`); the CLI
+trains them one after another in its own process (:func:`run_in_process`). The table,
+the CSV and :func:`stop` work the same for both. No TensorFlow at import.
+"""
+
+import csv
+import io
+import secrets
+import time
+from datetime import datetime
+from pathlib import Path
+
+from tl import runs
+from tl.backbones import BACKBONES
+from tl.config import RunConfig
+from tl.errors import ConfigError, UserError
+from tl.files import atomic_write_json, read_json
+from tl.strategies import STRATEGIES
+
+TAG_PREFIX = "sweep:"
+# The table's columns, in order (also the CSV's); values come from each run's metrics.json.
+COLUMNS = ("strategy", "run_id", "status", "head", "backbone", "test_accuracy", "best_val_accuracy",
+           "train_seconds", "extract_seconds", "trainable_params", "total_params", "images_per_second",
+           "epochs_run")
+METRIC_COLUMNS = ("test_accuracy", "best_val_accuracy", "train_seconds", "extract_seconds",
+                  "trainable_params", "total_params", "images_per_second", "epochs_run")
+WITHIN = 0.01  # "within a point": one percentage point of test accuracy
+
+
+class SweepNotFound(UserError, LookupError):
+    """A sweep id that does not exist in the runs folder."""
+
+
+# -- choosing strategies and configs -----------------------------------------------------
+
+def strategies_for(backbone: str) -> list:
+    """The strategies that can run on ``backbone`` (``earlier_layer`` needs an earlier cut)."""
+    spec = BACKBONES[backbone]
+    return [name for name, strategy in STRATEGIES.items()
+            if strategy.cut != "earlier" or spec.earlier_cut is not None]
+
+
+def parse_strategies(text, backbone: str) -> list:
+    """``"all"`` (or empty) -> every strategy that fits ``backbone``; ``"a,b"`` -> those,
+    checked, in the order given, without repeats.
+
+    Raises:
+        ConfigError: an unknown name, or none given.
+    """
+    if isinstance(text, str):
+        names = [part.strip() for part in text.split(",") if part.strip()]
+    else:
+        names = list(text or [])
+    if not names or names == ["all"]:
+        return strategies_for(backbone)
+    unknown = [name for name in names if name not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"Expected `strategies` to be 'all' or names from {sorted(STRATEGIES)}. "
+                          f"Received: {', '.join(unknown)}.")
+    return list(dict.fromkeys(names))
+
+
+def sweep_configs(base: RunConfig, strategies, sweep_id: str) -> list:
+    """One validated config per strategy: ``base`` with the strategy set, tagged with the
+    sweep. Strategies that start from random weights (``scratch``) get ``weights='none'``,
+    so the baseline is a true no-transfer run whatever weights the others use.
+
+    Raises:
+        ConfigError: no strategies, or a strategy that cannot run with these choices.
+    """
+    if not strategies:
+        raise ConfigError("Choose at least one strategy to compare.")
+    configs = []
+    for name in strategies:
+        weights = base.weights if STRATEGIES[name].pretrained else "none"
+        configs.append(base.replace(strategy=name, weights=weights, name=f"{sweep_id} {name}",
+                                    tags=tuple(base.tags) + (TAG_PREFIX + sweep_id,)))
+    return configs
+
+
+# -- the sweep on disk -------------------------------------------------------------------
+
+def sweeps_root(runs_dir=None) -> Path:
+    return runs.runs_root(runs_dir) / ".sweeps"
+
+
+class Sweep:
+    """One sweep file. Every property reads the disk afresh."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.id = self.path.stem
+        self.root = self.path.parent.parent
+
+    def __repr__(self) -> str:
+        return f"Sweep({str(self.path)!r})"
+
+    @property
+    def record(self) -> dict:
+        return read_json(self.path, {})
+
+    @property
+    def config(self) -> RunConfig:
+        """The shared config (its ``strategy`` field is not used)."""
+        return RunConfig.from_dict(self.record["config"])
+
+    @property
+    def strategies(self) -> list:
+        return list(self.record["strategies"])
+
+    @property
+    def advice(self) -> dict | None:
+        return self.record.get("advice")
+
+    @property
+    def run_ids(self) -> dict:
+        """strategy -> run id, for the runs created so far."""
+        return dict(self.record.get("runs", {}))
+
+    def runs(self) -> list:
+        """The sweep's runs that still exist, in strategy order."""
+        found = []
+        for run_id in self.run_ids.values():
+            try:
+                found.append(runs.get(run_id, self.root))
+            except UserError:
+                continue  # deleted from the runs list
+        return found
+
+    def statuses(self) -> dict:
+        """strategy -> status, "not started" for strategies without a run yet."""
+        ids = self.run_ids
+        result = {}
+        for name in self.strategies:
+            try:
+                result[name] = runs.get(ids[name], self.root).status()["status"] if name in ids else "not started"
+            except UserError:
+                result[name] = "deleted"
+        return result
+
+    def active(self) -> bool:
+        """Whether any run of it is queued or running."""
+        return any(status in ("queued", "running") for status in self.statuses().values())
+
+    def add_run(self, strategy: str, run_id: str) -> None:
+        record = self.record
+        record.setdefault("runs", {})[strategy] = run_id
+        atomic_write_json(self.path, record)
+
+
+def new_sweep_id(cfg: RunConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{cfg.dataset}-{cfg.backbone}-{secrets.token_hex(2)}"
+
+
+def create(base: RunConfig, strategies, runs_dir=None, advice: dict | None = None) -> Sweep:
+    """Check every strategy's config, then write the sweep file (no runs yet).
+
+    Raises:
+        ConfigError: before anything is written.
+    """
+    sweep_id = new_sweep_id(base)
+    sweep_configs(base, strategies, sweep_id)  # validate all before writing
+    root = sweeps_root(runs_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{sweep_id}.json"
+    atomic_write_json(path, {"id": sweep_id, "created": time.time(), "config": base.to_dict(),
+                             "strategies": list(strategies), "advice": advice, "runs": {}})
+    return Sweep(path)
+
+
+def load(sweep_id: str, runs_dir=None) -> Sweep:
+    """Return the sweep ``sweep_id`` or raise :class:`SweepNotFound`."""
+    root = sweeps_root(runs_dir)
+    path = root / f"{sweep_id}.json"
+    if not sweep_id or "/" in sweep_id or sweep_id.startswith(".") or not path.is_file():
+        raise SweepNotFound(f"There is no sweep '{sweep_id}' in {root}.")
+    return Sweep(path)
+
+
+def list_sweeps(runs_dir=None) -> list:
+    """All sweeps, newest first."""
+    root = sweeps_root(runs_dir)
+    found = [Sweep(p) for p in root.glob("*.json")] if root.is_dir() else []
+    return sorted(found, key=lambda sweep: sweep.id, reverse=True)
+
+
+# -- running and stopping ----------------------------------------------------------------
+
+def submit(sweep: Sweep, manager) -> list:
+    """Queue one run per strategy with the app's job manager; return the runs.
+
+    Raises:
+        UserError: the data cannot be read (nothing is queued then) .
+    """
+    made = []
+    for cfg in sweep_configs(sweep.config, sweep.strategies, sweep.id):
+        run = manager.submit(cfg)
+        sweep.add_run(cfg.strategy, run.id)
+        made.append(run)
+    return made
+
+
+def run_in_process(sweep: Sweep, runs_dir=None, on_event=None, on_run=None) -> list:
+    """Create every run of ``sweep`` (queued), then train them one after another here.
+
+    A run that is no longer queued when its turn comes (the sweep was stopped) is
+    skipped. ``on_run(run)`` is called before each run trains. Returns the runs.
+    """
+    from tl import jobs, training
+
+    made = []
+    for cfg in sweep_configs(sweep.config, sweep.strategies, sweep.id):
+        run = training.prepare(cfg, runs_dir)
+        jobs.claim(run)  # trained here: an app's job manager on this folder must not start it
+        sweep.add_run(cfg.strategy, run.id)
+        made.append(run)
+    for run in made:
+        if run.status()["status"] != "queued":
+            continue
+        if on_run:
+            on_run(run)
+        training.execute(run, runs_dir, on_event=on_event)
+    return made
+
+
+def stop(sweep: Sweep, manager=None) -> None:
+    """Stop a sweep: runs still queued end ``cancelled``; running ones are asked to stop
+    (through ``manager`` when the app runs them); finished runs are left as they are."""
+    for run in sweep.runs():
+        if run.status()["status"] not in ("queued", "running"):
+            continue
+        if manager is not None:
+            manager.cancel(run.id)
+        elif run.status()["status"] == "queued":
+            run.set_status("cancelled", reason="The sweep was stopped before this run started.")
+        else:
+            run.request_cancel()
+
+
+# -- results -----------------------------------------------------------------------------
+
+def run_row(run) -> dict:
+    """One row of the comparison table for ``run``, from its config, status and metrics."""
+    cfg = read_json(run.path / "config.json", {})
+    metrics = run.metrics
+    row = {"strategy": cfg.get("strategy"), "run_id": run.id, "status": run.status()["status"],
+           "head": cfg.get("head"), "backbone": cfg.get("backbone")}
+    row.update({column: metrics.get(column) for column in METRIC_COLUMNS})
+    return row
+
+
+def rows(run_list) -> list:
+    """Table rows for several runs (see :data:`COLUMNS`)."""
+    return [run_row(run) for run in run_list]
+
+
+def to_csv(table: list) -> str:
+    """The table as CSV text, numbers exactly as stored (no rounding)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in table:
+        writer.writerow({key: "" if row.get(key) is None else row.get(key) for key in COLUMNS})
+    return out.getvalue()
+
+
+def verdict(recommended: str, table: list) -> dict | None:
+    """How the advisor's ``recommended`` strategy did against the best finished run.
+
+    Returns ``None`` until some run has a test accuracy; else a dict with ``best``
+    (strategy), ``best_accuracy``, ``recommended_accuracy`` (``None`` when it was not
+    run or has not finished), ``gap`` (best minus recommended), ``ok`` (best or within
+    :data:`WITHIN`) and a one-sentence ``message``.
+    """
+    done = [row for row in table if row.get("test_accuracy") is not None]
+    if not done:
+        return None
+    best = max(done, key=lambda row: row["test_accuracy"])
+    mine = next((row for row in done if row["strategy"] == recommended), None)
+    result = {"best": best["strategy"], "best_accuracy": best["test_accuracy"], "recommended": recommended,
+              "recommended_accuracy": mine["test_accuracy"] if mine else None, "gap": None, "ok": None}
+    if mine is None:
+        result["message"] = (f"The advisor recommended {recommended}, which has no finished run here; the best "
+                             f"so far is {best['strategy']} ({best['test_accuracy']:.1%}).")
+        return result
+    gap = best["test_accuracy"] - mine["test_accuracy"]
+    result.update(gap=gap, ok=gap <= WITHIN + 1e-12)
+    if gap <= 0:
+        tied = sum(row["test_accuracy"] == mine["test_accuracy"] for row in done) > 1
+        result["message"] = (f"The advisor's choice, {recommended}, was {'tied for ' if tied else ''}the best "
+                             f"({mine['test_accuracy']:.1%}).")
+    elif result["ok"]:
+        result["message"] = (f"The advisor's choice, {recommended} ({mine['test_accuracy']:.1%}), was within a "
+                             f"point of the best, {best['strategy']} ({best['test_accuracy']:.1%}).")
+    else:
+        result["message"] = (f"The advisor's choice, {recommended} ({mine['test_accuracy']:.1%}), was "
+                             f"{gap * 100:.1f} points behind the best, {best['strategy']} "
+                             f"({best['test_accuracy']:.1%}).")
+    return result
