@@ -18,6 +18,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,19 +312,34 @@ def _extract(entries, target: Path, strip: int, limits: Limits, name: str) -> No
             raise DataError(f"{name} holds a path that leaves its folder ('{entry.raw}'); it was "
                             "not extracted.")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        written = 0
-        with entry.open() as src, open(dest, "xb") as out:
-            while chunk := src.read(CHUNK):
-                written += len(chunk)
-                total += len(chunk)
-                # Count the bytes really written: a crafted header can claim a small size.
-                if written > max(entry.size, 0) or written > limits.max_file_bytes:
-                    raise DataError(f"{name} holds '{entry.raw}', which expands beyond the size its "
-                                    "header states (a zip bomb?); it was not extracted.")
-                if total > limits.max_total_bytes:
-                    raise DataError(f"{name} expands beyond the limit of "
-                                    f"{limits.max_total_bytes / 1024**3:.1f} GB; it was not extracted.")
-                out.write(chunk)
+        try:
+            total = _copy(entry, dest, total, limits, name)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError):
+            # zipfile stops at the size the header states, so a lying header shows up
+            # here as a CRC mismatch; encrypted or unknown compression lands here too.
+            raise DataError(f"{name} is corrupt or encrypted ('{entry.raw}' cannot be read back "
+                            "as its header describes); it was not extracted.") from None
+        except FileExistsError:
+            raise DataError(f"{name} holds '{entry.raw}' twice; remove the duplicate entry and upload "
+                            "it again.") from None
+
+
+def _copy(entry, dest: Path, total: int, limits: Limits, name: str) -> int:
+    """Stream one entry to ``dest``, counting bytes; return the new running total."""
+    written = 0
+    with entry.open() as src, open(dest, "xb") as out:
+        while chunk := src.read(CHUNK):
+            written += len(chunk)
+            total += len(chunk)
+            # Count the bytes really written: a crafted header can claim a small size.
+            if written > max(entry.size, 0) or written > limits.max_file_bytes:
+                raise DataError(f"{name} holds '{entry.raw}', which expands beyond the size its "
+                                "header states (a zip bomb?); it was not extracted.")
+            if total > limits.max_total_bytes:
+                raise DataError(f"{name} expands beyond the limit of "
+                                f"{limits.max_total_bytes / 1024**3:.1f} GB; it was not extracted.")
+            out.write(chunk)
+    return total
 
 
 def _check_images(target: Path, counts: dict, name: str) -> int:
