@@ -231,24 +231,42 @@ def scan_folder_cached(root, cache_dir=None) -> FolderScan:
     """
     root = Path(root).expanduser()
     class_dirs = _class_dirs(root)
-    listing = [(label, _walk_files(class_dir)) for label, class_dir in enumerate(class_dirs)]
-    listing = [(label, list(files)) for label, files in listing]
-    key = _hash([f"scan:v1:{root.resolve()}"] + [
-        f"{label}|{path.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}"
-        for label, files in listing for path in files for st in [path.stat()]])
-    cache_file = Path(cache_dir or _scan_cache_dir()) / f"{key}.json"
+    # Relative path strings, not Path objects, and a streamed key: at 20k files a list of
+    # Paths alone costs about 10 MB.
+    listing = [(label, [os.path.relpath(p, root) for p in _walk_files(class_dir)])
+               for label, class_dir in enumerate(class_dirs)]
+    key = hashlib.sha256(f"scan:v1:{root.resolve()}".encode())
+    for label, files in listing:
+        for rel in files:
+            st = os.stat(os.path.join(root, rel))
+            key.update(f"{label}|{rel}|{st.st_size}|{st.st_mtime_ns}\0".encode())
+    cache_file = Path(cache_dir or _scan_cache_dir()) / f"{key.hexdigest()[:16]}.json"
     cached = read_json_quietly(cache_file)
     if cached:
         return FolderScan(**cached)
     scan = _scan(root, class_dirs, listing)
-    try:
-        from tl.files import atomic_write_json
+    del listing
+    _write_scan(cache_file, scan)
+    return scan
 
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cache_file, scan.__dict__)
+
+def _write_scan(path: Path, scan: FolderScan) -> None:
+    """Atomically write the scan as JSON, streamed to the file (no whole-text copy)."""
+    import json
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(scan.__dict__, handle, separators=(",", ":"))
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
     except OSError:
         pass  # a read-only cache only costs a rescan next time
-    return scan
 
 
 def _class_dirs(root: Path) -> list:
@@ -272,10 +290,10 @@ def _scan(root: Path, class_dirs, listing) -> FolderScan:
     from PIL import Image
 
     files, labels, hashes, skipped = [], [], [], []
-    for label, paths in listing:
+    for label, rels in listing:
         found = 0
-        for path in paths:
-            rel = str(path.relative_to(root))
+        for rel in rels:
+            path = root / rel
             if path.name.lower() in JUNK_NAMES or path.name.startswith("."):
                 skipped.append((rel, "junk file"))
                 continue
@@ -321,7 +339,7 @@ def _walk_files(folder: Path):
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if d.lower() not in JUNK_NAMES and not d.startswith("."))
         for filename in sorted(filenames):
-            yield Path(dirpath) / filename
+            yield os.path.join(dirpath, filename)
 
 
 def _load_folder(cfg) -> Data:
