@@ -146,7 +146,8 @@ _FLOATS = {"learning_rate", "fine_tune_learning_rate", "dropout"}
 
 # -- the user's own images -------------------------------------------------------------
 
-SOURCES = {"zip": "Upload a zip", "upload_dir": "Upload a folder", "server": "A folder on the server"}
+# The server path comes first: it is what the page offered before uploads existed.
+SOURCES = {"server": "A folder on the server", "zip": "Upload a zip", "upload_dir": "Upload a folder"}
 
 
 def data_source() -> str | None:
