@@ -67,6 +67,10 @@ def _parser():
     list_cmd.add_argument("--json", action="store_true")
     list_cmd.set_defaults(handler=cmd_list)
     _add_compare(sub)
+
+    download = sub.add_parser("download", help="download a dataset into the Keras cache (progress per 10%%)")
+    download.add_argument("dataset")
+    download.set_defaults(handler=cmd_download)
     return parser
 
 
@@ -101,6 +105,7 @@ def cmd_train(args) -> int:
     from tl import training
 
     cfg = config_from_args(args)
+    fetch_with_progress(cfg.dataset)
     run = training.prepare(cfg, args.runs_dir)
     return _execute(run, args)
 
@@ -376,3 +381,27 @@ def _print_compare_table(table) -> None:
               f"{num('best_val_accuracy', '.4f'):>8} {num('train_seconds', '.1f'):>8} "
               f"{num('trainable_params', ','):>11} {num('total_params', ','):>11} "
               f"{num('images_per_second', '.0f'):>8} {num('epochs_run', 'd'):>6}  {row['run_id']}")
+
+
+def fetch_with_progress(dataset: str) -> None:
+    """Download a dataset archive (if it is one and not cached), a progress line per 10%."""
+    from tl import datasets
+
+    spec = datasets.DATASETS[dataset]
+    if spec.download and not datasets.is_cached(datasets.DOWNLOADS[spec.download]):
+        download = datasets.DOWNLOADS[spec.download]
+        folder = datasets.fetch(download, progress=datasets.download_progress_printer(sys.stderr, download.title))
+        print(f"{download.title} is in {folder}", file=sys.stderr)
+
+
+def cmd_download(args) -> int:
+    from tl import datasets
+    from tl.errors import ConfigError
+
+    spec = datasets.DATASETS.get(args.dataset)
+    if spec is None or not spec.download:
+        names = [name for name, s in datasets.DATASETS.items() if s.download]
+        raise ConfigError(f"Expected a downloadable dataset, one of {names}. Received: {args.dataset!r}.")
+    fetch_with_progress(args.dataset)
+    print(datasets.fetch(datasets.DOWNLOADS[spec.download]))
+    return 0

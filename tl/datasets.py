@@ -7,7 +7,9 @@ of the dataset is never held in memory.
 """
 
 import hashlib
+import io
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -41,6 +43,8 @@ class Data:
         reader: item index -> RGB uint8 array.
         splits: "train", "val", "test" -> item indices.
         skipped: ``(key, reason)`` for files left out (not images, unreadable).
+        content_hashes: a hash of each item's file bytes (folder datasets), to find
+            identical images across splits (:func:`leakage`); ``None`` otherwise.
     """
 
     name: str
@@ -52,6 +56,7 @@ class Data:
     reader: Callable
     splits: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)
+    content_hashes: list | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -82,6 +87,12 @@ class DatasetSpec:
     needs_dir: bool
     downloads: bool
     description: str
+    download: str | None = None  # key in DOWNLOADS for archives fetched with fetch()
+
+    @property
+    def card(self) -> dict | None:
+        """Source, license, classes, image counts and citation, where known."""
+        return CARDS.get(self.name)
 
 
 # -- synthetic -------------------------------------------------------------------------
@@ -173,6 +184,25 @@ LAYOUT_HINT = ("one sub-folder per class with its images inside, for example "
                "data/cats/1.jpg and data/dogs/2.jpg")
 
 
+@dataclass
+class FolderScan:
+    """What :func:`scan_folder_cached` found in a folder of class sub-folders.
+
+    Attributes:
+        class_names: sorted class folder names, index = label.
+        files: relative path of each readable image.
+        labels: class index of each image.
+        hashes: sha256 (16 hex digits) of each image file's bytes.
+        skipped: ``(relative path, reason)`` for junk and unreadable files.
+    """
+
+    class_names: list
+    files: list
+    labels: list
+    hashes: list
+    skipped: list
+
+
 def scan_folder(root) -> tuple[list, list, list, list]:
     """List a folder of class sub-folders.
 
@@ -183,9 +213,63 @@ def scan_folder(root) -> tuple[list, list, list, list]:
     Raises:
         DataError: the folder is missing, has no or one class, or a class has no images.
     """
-    from PIL import Image
-
     root = Path(root).expanduser()
+    scan = scan_folder_cached(root)
+    return scan.class_names, [root / rel for rel in scan.files], scan.labels, scan.skipped
+
+
+def scan_folder_cached(root, cache_dir=None) -> FolderScan:
+    """:func:`scan_folder`'s result, cached in a JSON file keyed by every file's path, size
+    and modification time, so scanning an unchanged folder again reads no image.
+
+    Args:
+        root: the folder of class sub-folders.
+        cache_dir: where the JSON files go (default: ``<cache root>/scans``).
+
+    Raises:
+        DataError: as :func:`scan_folder`.
+    """
+    root = Path(root).expanduser()
+    class_dirs = _class_dirs(root)
+    # Relative path strings, not Path objects, and a streamed key: at 20k files a list of
+    # Paths alone costs about 10 MB.
+    listing = [(label, [os.path.relpath(p, root) for p in _walk_files(class_dir)])
+               for label, class_dir in enumerate(class_dirs)]
+    key = hashlib.sha256(f"scan:v1:{root.resolve()}".encode())
+    for label, files in listing:
+        for rel in files:
+            st = os.stat(os.path.join(root, rel))
+            key.update(f"{label}|{rel}|{st.st_size}|{st.st_mtime_ns}\0".encode())
+    cache_file = Path(cache_dir or _scan_cache_dir()) / f"{key.hexdigest()[:16]}.json"
+    cached = read_json_quietly(cache_file)
+    if cached:
+        return FolderScan(**cached)
+    scan = _scan(root, class_dirs, listing)
+    del listing
+    _write_scan(cache_file, scan)
+    return scan
+
+
+def _write_scan(path: Path, scan: FolderScan) -> None:
+    """Atomically write the scan as JSON, streamed to the file (no whole-text copy)."""
+    import json
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(scan.__dict__, handle, separators=(",", ":"))
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass  # a read-only cache only costs a rescan next time
+
+
+def _class_dirs(root: Path) -> list:
     if not root.is_dir():
         raise DataError(f"Data folder '{root}' does not exist; give a folder with {LAYOUT_HINT}.")
     class_dirs = sorted(
@@ -199,11 +283,17 @@ def scan_folder(root) -> tuple[list, list, list, list]:
             f"Data folder '{root}' has only one class ('{class_dirs[0].name}'); a classifier "
             f"needs at least two, as {LAYOUT_HINT}."
         )
-    paths, labels, skipped = [], [], []
-    for label, class_dir in enumerate(class_dirs):
+    return class_dirs
+
+
+def _scan(root: Path, class_dirs, listing) -> FolderScan:
+    from PIL import Image
+
+    files, labels, hashes, skipped = [], [], [], []
+    for label, rels in listing:
         found = 0
-        for path in _walk_files(class_dir):
-            rel = str(path.relative_to(root))
+        for rel in rels:
+            path = root / rel
             if path.name.lower() in JUNK_NAMES or path.name.startswith("."):
                 skipped.append((rel, "junk file"))
                 continue
@@ -211,55 +301,109 @@ def scan_folder(root) -> tuple[list, list, list, list]:
                 skipped.append((rel, "not an image file"))
                 continue
             try:
-                with Image.open(path) as image:
-                    image.size  # reads the header only
+                data = path.read_bytes()
+                with Image.open(io.BytesIO(data)) as image:
+                    image.size  # parses the header only
             except Exception:
                 skipped.append((rel, "not a readable image"))
                 continue
-            paths.append(path)
+            files.append(rel)
             labels.append(label)
+            hashes.append(hashlib.sha256(data).hexdigest()[:16])
             found += 1
         if not found:
             raise DataError(
-                f"Class folder '{class_dir.name}' has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                f"Class folder '{class_dirs[label].name}' has no images ({', '.join(IMAGE_EXTENSIONS)}); "
                 "add images to it or remove it."
             )
-    return [p.name for p in class_dirs], paths, labels, skipped
+    return FolderScan([p.name for p in class_dirs], files, labels, hashes, skipped)
+
+
+def _scan_cache_dir() -> Path:
+    from tl.runs import cache_root
+
+    return cache_root() / "scans"
+
+
+def read_json_quietly(path):
+    """A JSON file's content, or ``None`` when it is missing or unreadable."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _walk_files(folder: Path):
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if d.lower() not in JUNK_NAMES and not d.startswith("."))
         for filename in sorted(filenames):
-            yield Path(dirpath) / filename
+            yield os.path.join(dirpath, filename)
 
 
 def _load_folder(cfg) -> Data:
-    root = Path(cfg.data_dir).expanduser()
-    class_names, paths, labels, skipped = scan_folder(root)
-    draft = cfg.image_size
+    return folder_data("folder", cfg.data_dir, cfg.image_size)
+
+
+def folder_data(name: str, root, image_size: int) -> Data:
+    """A :class:`Data` over a folder of class sub-folders (scan cached, images read lazily)."""
+    root = str(Path(root).expanduser())
+    scan = scan_folder_cached(root)
+    files = scan.files
+    draft = image_size
 
     def reader(index):
+        path = os.path.join(root, files[index])
         try:
-            return decode_image(paths[index], name=str(paths[index]), draft_size=draft)
+            return decode_image(path, name=path, draft_size=draft)
         except ImageError:
             # Keep rows aligned with labels: a file that broke after the scan reads as grey.
             return np.full((draft, draft, 3), 128, dtype=np.uint8)
 
-    stats = []
-    for path in paths:
-        st = path.stat()
-        stats.append(f"{path.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}")
     return Data(
-        name="folder",
-        class_names=class_names,
-        labels=np.asarray(labels, dtype=np.int64),
-        keys=[str(p.relative_to(root)) for p in paths],
-        fingerprint=_hash(["folder:v1"] + stats),
+        name=name,
+        class_names=scan.class_names,
+        labels=np.asarray(scan.labels, dtype=np.int64),
+        keys=files,
+        fingerprint=_hash([f"{name}:v2"] + [f"{rel}|{h}" for rel, h in zip(files, scan.hashes)]),
         image_size=None,
         reader=reader,
-        skipped=skipped,
+        skipped=[tuple(item) for item in scan.skipped],
+        content_hashes=scan.hashes,
     )
+
+
+def leakage(data: Data) -> dict | None:
+    """Identical images (same file content) that fall in more than one split.
+
+    Returns:
+        ``None`` when the data has no content hashes (generated or in-memory datasets),
+        else ``{"groups": n, "images": n, "pairs": {"train/test": n, ...},
+        "examples": [[key, ...], ...]}`` where a group is one content seen in 2+ splits.
+    """
+    if data.content_hashes is None or not data.splits:
+        return None
+    split_of = {}
+    for split, indices in data.splits.items():
+        for i in indices:
+            split_of[int(i)] = split
+    groups = {}
+    for i, digest in enumerate(data.content_hashes):
+        groups.setdefault(digest, []).append(i)
+    leaked, pairs, examples, images = 0, Counter(), [], 0
+    for members in groups.values():
+        splits = sorted({split_of[i] for i in members if i in split_of}, key=list(data.splits).index)
+        if len(splits) < 2:
+            continue
+        leaked += 1
+        images += len(members)
+        for a in range(len(splits)):
+            for b in range(a + 1, len(splits)):
+                pairs[f"{splits[a]}/{splits[b]}"] += 1
+        if len(examples) < 5:
+            examples.append([data.keys[i] for i in members])
+    return {"groups": leaked, "images": images, "pairs": dict(pairs), "examples": examples}
 
 
 # -- cifar10 ---------------------------------------------------------------------------
@@ -284,15 +428,221 @@ def _load_cifar10(cfg) -> Data:
     )
 
 
-def download_error(what: str, subdir: str, message: str) -> DownloadError:
-    """One sentence for a failed Keras download: what, from where, where to put it."""
+def download_error(what: str, subdir: str, message: str, url: str | None = None,
+                   fname: str | None = None) -> DownloadError:
+    """One sentence for a failed download: what, from where, where to put it by hand."""
     from tl.downloads import failed_url, keras_home
 
-    url = failed_url(message) or "its source"
+    url = url or failed_url(message) or "its source"
+    where = Path(keras_home()) / subdir
     return DownloadError(
         f"Could not download {what} from {url} (no internet connection?); download it by "
-        f"hand into {Path(keras_home()) / subdir} or pick another dataset."
+        f"hand into {where}{f' as {fname}' if fname else ''} or pick another dataset."
     )
+
+
+# -- downloadable folder datasets ------------------------------------------------------
+#
+# keras.utils.get_file has no progress callback, so the archive is fetched here (urllib,
+# in chunks, reporting bytes) into the very path get_file uses, checked against its
+# sha256, and then get_file is called on it: it finds the file in its cache, verifies the
+# checksum again and extracts it. A checksum mismatch deletes the file, so a corrupt
+# download is never reused.
+
+@dataclass(frozen=True)
+class Download:
+    """Where a dataset's archive comes from and how it unpacks.
+
+    Attributes:
+        title: the dataset's name in messages.
+        url: the archive's URL.
+        sha256: its checksum, or ``None`` where none is published (then unverified).
+        fname: the archive's file name in the Keras cache.
+        inner: the folder inside the extracted archive that holds the class folders.
+        size: the archive's size in bytes, when known (for progress without a header).
+        subdir: the Keras cache sub-folder.
+    """
+
+    title: str
+    url: str
+    sha256: str | None
+    fname: str
+    inner: str
+    size: int | None = None
+    subdir: str = "datasets"
+
+
+DOWNLOADS = {
+    # url, size and sha256 as listed in tensorflow_datasets/url_checksums/tf_flowers.txt.
+    "tf_flowers": Download(
+        "TF Flowers", "http://download.tensorflow.org/example_images/flower_photos.tgz",
+        "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c",
+        "flower_photos.tgz", "flower_photos", size=228_813_984),
+    # url, size and sha256 as listed in tensorflow_datasets/url_checksums/stanford_dogs.txt.
+    "stanford_dogs": Download(
+        "Stanford Dogs", "http://vision.stanford.edu/aditya86/ImageNetDogs/images.tar",
+        "a443fc2f9a851aa1a7b8e4fa4af94b8459fce2c9f5a2f4dd4669cf9673a4ec58",
+        "stanford_dogs_images.tar", "Images", size=793_579_520),
+    # No checksum is published for this archive (none found in TFDS or the authors'
+    # repository), so it is downloaded unverified rather than against an invented hash.
+    "freiburg_groceries": Download(
+        "Freiburg Groceries",
+        "http://aisdatasets.informatik.uni-freiburg.de/freiburg_groceries_dataset/freiburg_groceries_dataset.tar.gz",
+        None, "freiburg_groceries_dataset.tar.gz", "images"),
+}
+
+
+def is_cached(download: Download) -> bool:
+    """Whether the dataset is already downloaded and extracted."""
+    folder, done = _extracted(download)
+    return done.is_file() and folder.is_dir()
+
+
+def fetch(download: Download, progress=None) -> Path:
+    """Download (once), verify and extract a dataset archive; return its class folders.
+
+    Args:
+        download: what to fetch.
+        progress: called as ``progress(done_bytes, total_bytes_or_None)`` while downloading.
+
+    Raises:
+        DownloadError: no connection, a server error, or a checksum mismatch.
+        DataError: the archive does not hold the expected folder.
+    """
+    import keras
+
+    folder, done = _extracted(download)
+    if done.is_file() and folder.is_dir():
+        return folder
+    archive = folder.parent.parent / download.fname
+    if not (archive.is_file() and _checksum_ok(archive, download.sha256)):
+        _download(download, archive, progress)
+    try:
+        keras.utils.get_file(fname=download.fname, origin=download.url, file_hash=download.sha256,
+                             cache_subdir=download.subdir, extract=True)
+    except ValueError as exc:  # get_file's checksum mismatch
+        archive.unlink(missing_ok=True)
+        raise _checksum_error(download, archive) from exc
+    except Exception as exc:
+        raise download_error(download.title, download.subdir, str(exc), url=download.url,
+                             fname=download.fname) from None
+    if not folder.is_dir():
+        raise DataError(f"The archive from {download.url} has no folder '{download.inner}'; delete "
+                        f"{archive} and try again.")
+    done.write_text(download.url + "\n")
+    return folder
+
+
+def _extracted(download: Download) -> tuple[Path, Path]:
+    """``(class folders, completion marker)`` where get_file extracts the archive."""
+    from tl.downloads import keras_home
+
+    stem = download.fname[:download.fname.find(".")] if "." in download.fname else download.fname
+    extracted = Path(keras_home()) / download.subdir / f"{stem}_extracted"
+    return extracted / download.inner, extracted / ".tl-complete"
+
+
+def _download(download: Download, target: Path, progress) -> None:
+    """Fetch the URL into ``target`` (via a ``.part`` file), then check its checksum."""
+    import urllib.error
+    import urllib.request
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    try:
+        with urllib.request.urlopen(download.url, timeout=30) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or download.size
+            done = 0
+            if progress:
+                progress(0, total)
+            while chunk := response.read(1024 * 1024):
+                out.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        part.unlink(missing_ok=True)
+        raise download_error(download.title, download.subdir, str(exc), url=download.url,
+                             fname=download.fname) from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    if not _checksum_ok(part, download.sha256):
+        part.unlink(missing_ok=True)
+        raise _checksum_error(download, target)
+    os.replace(part, target)
+
+
+def _checksum_ok(path: Path, sha256: str | None) -> bool:
+    if sha256 is None:
+        return True
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest() == sha256
+
+
+def _checksum_error(download: Download, target: Path) -> DownloadError:
+    return DownloadError(
+        f"The file downloaded from {download.url} does not match its published sha256 checksum "
+        f"(a corrupt or changed download), so it was deleted; try again, or put a good copy in "
+        f"{target.parent} as {target.name}."
+    )
+
+
+def download_progress_printer(out, title: str):
+    """A ``progress`` callback that prints one line per 10% (or per 50 MB without a size)."""
+    state = {"shown": -1}
+
+    def show(done: int, total):
+        step = int(done * 10 / total) if total else done // (50 * 1024**2)
+        if step != state["shown"]:
+            state["shown"] = step
+            size = f"{done / 1024**2:.0f}/{total / 1024**2:.0f} MB" if total else f"{done / 1024**2:.0f} MB"
+            percent = f" ({done / total:.0%})" if total else ""
+            print(f"Downloading {title}: {size}{percent}", file=out, flush=True)
+
+    return show
+
+
+def _downloaded_loader(name: str):
+    def load(cfg) -> Data:
+        return folder_data(name, fetch(DOWNLOADS[name]), cfg.image_size)
+
+    return load
+
+
+CARDS = {
+    "tf_flowers": {
+        "title": "TF Flowers",
+        "source": "https://www.tensorflow.org/datasets/catalog/tf_flowers",
+        "license": "CC BY 2.0: photos from Flickr, each credited in the archive's LICENSE.txt",
+        "classes": "5: daisy, dandelion, roses, sunflowers, tulips",
+        "images": "3,670 photos of varying size (about 218 MB)",
+        "citation": "The TensorFlow Team, Flowers, 2019. "
+                    "http://download.tensorflow.org/example_images/flower_photos.tgz",
+    },
+    "stanford_dogs": {
+        "title": "Stanford Dogs",
+        "source": "http://vision.stanford.edu/aditya86/ImageNetDogs/",
+        "license": "images from ImageNet: its terms apply (non-commercial research and education)",
+        "classes": "120 dog breeds (folder names are ImageNet ids with the breed)",
+        "images": "20,580 photos (about 757 MB)",
+        "citation": "A. Khosla, N. Jayadevaprakash, B. Yao, L. Fei-Fei. Novel Dataset for "
+                    "Fine-Grained Image Categorization. First Workshop on Fine-Grained Visual "
+                    "Categorization, CVPR 2011.",
+    },
+    "freiburg_groceries": {
+        "title": "Freiburg Groceries",
+        "source": "http://aisdatasets.informatik.uni-freiburg.de/freiburg_groceries_dataset/",
+        "license": "see the source page for the authors' terms",
+        "classes": "25 grocery products (BEANS ... WATER), imbalanced",
+        "images": "4,947 images of 256x256 pixels; no published checksum, so the download is not verified",
+        "citation": "P. Jund, N. Abdo, A. Eitel, W. Burgard. The Freiburg Groceries Dataset. "
+                    "arXiv:1611.05799, 2016.",
+    },
+}
 
 
 DATASETS = {
@@ -304,6 +654,15 @@ DATASETS = {
                     "Your own images: a folder with one sub-folder per class."),
         DatasetSpec("cifar10", _load_cifar10, False, True,
                     "CIFAR-10: 60,000 32x32 photos in 10 classes (downloads 163 MB once)."),
+        DatasetSpec("tf_flowers", _downloaded_loader("tf_flowers"), False, True,
+                    "Flowers: 3,670 photos in 5 classes (downloads 218 MB once).",
+                    download="tf_flowers"),
+        DatasetSpec("freiburg_groceries", _downloaded_loader("freiburg_groceries"), False, True,
+                    "Freiburg Groceries: 4,947 shelf photos in 25 imbalanced classes (downloads once).",
+                    download="freiburg_groceries"),
+        DatasetSpec("stanford_dogs", _downloaded_loader("stanford_dogs"), False, True,
+                    "Stanford Dogs: 20,580 photos of 120 breeds (downloads 757 MB once).",
+                    download="stanford_dogs"),
     )
 }
 
@@ -346,6 +705,7 @@ def _cap(data: Data, per_class: int, seed: int) -> Data:
         image_size=data.image_size,
         reader=lambda index: reader(int(keep[index])),
         skipped=data.skipped,
+        content_hashes=None if data.content_hashes is None else [data.content_hashes[i] for i in keep],
     )
 
 

@@ -1,6 +1,7 @@
 """A run on the Train page: dataset preview, live progress, results, and the runs list."""
 
 import json
+from collections import Counter
 
 import streamlit as st
 
@@ -21,21 +22,59 @@ def dataset_preview(cfg) -> None:
             "Preview (downloads the dataset if it is not cached yet)", key="train_preview_download"):
         return
     try:
+        _download_with_progress(DATASETS[cfg.dataset])
         data = load_data(data_key(cfg))
     except UserError as exc:
         st.error(str(exc))
         return
+    _leakage_warning(data)
     left, right = st.columns([2, 3])
     counts = data.counts()
     left.plotly_chart(plots.class_counts(counts), key="preview_counts")
     sizes = {split: len(idx) for split, idx in data.splits.items()}
     left.caption(f"Split: {sizes['train']} train / {sizes['val']} validation / {sizes['test']} test "
                  f"(seed {cfg.seed}, stratified)."
-                 + (f" {len(data.skipped)} file(s) skipped (not readable images)." if data.skipped else ""))
+                 + _skipped_text(data.skipped))
     with right:
         for label, name in enumerate(data.class_names[:10]):
             members = [i for i, y in enumerate(data.labels) if y == label][:8]
             st.image([data.read(i) for i in members], width=56, caption=[name] + [""] * (len(members) - 1))
+
+
+def _download_with_progress(spec) -> None:
+    """Fetch a downloadable dataset that is not cached yet, with a progress bar."""
+    from tl import datasets
+
+    if not spec.download or datasets.is_cached(datasets.DOWNLOADS[spec.download]):
+        return
+    download = datasets.DOWNLOADS[spec.download]
+    bar = st.progress(0.0, text=f"Downloading {download.title}...")
+
+    def show(done, total):
+        mb = f"{done / 1024**2:.0f}" + (f" of {total / 1024**2:.0f}" if total else "")
+        bar.progress(min(done / total, 1.0) if total else 0.0, text=f"Downloading {download.title}: {mb} MB")
+
+    datasets.fetch(download, progress=show)
+    bar.empty()
+
+
+def _skipped_text(skipped) -> str:
+    if not skipped:
+        return ""
+    reasons = Counter(reason for _, reason in skipped)
+    return " Skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) + "."
+
+
+def _leakage_warning(data) -> None:
+    """Warn when identical images fall in more than one split (they inflate test accuracy)."""
+    from tl.datasets import leakage
+
+    report = leakage(data)
+    if report and report["groups"]:
+        pairs = ", ".join(f"{n} {pair}" for pair, n in sorted(report["pairs"].items()))
+        example = " = ".join(report["examples"][0][:3])
+        st.warning(f"{report['groups']} image(s) appear in more than one split as identical files ({pairs}; "
+                   f"e.g. {example}): test accuracy will look better than it is; remove the duplicates.")
 
 
 # -- live progress ---------------------------------------------------------------------

@@ -39,8 +39,11 @@ def config_form(root: str):
                              help="synthetic works offline; folder reads your own images; cifar10 downloads once.")
     data_dir = None
     if DATASETS[dataset].needs_dir:
-        data_dir = col1.text_input("Data folder on the server", key="train_data_dir",
-                                   placeholder="/path/to/photos", help="One sub-folder per class, images inside.")
+        with col1:
+            data_dir = data_source()
+    if DATASETS[dataset].card:
+        with col1.expander("About this dataset"):
+            dataset_card(DATASETS[dataset].card)
     backbone = col1.selectbox("Backbone", list(BACKBONES), key="train_backbone", format_func=_describe(BACKBONES),
                               help="The pretrained network. mobilenet_v2 is the fastest on a CPU.")
     strategy = col2.selectbox("Strategy", list(STRATEGIES), key="train_strategy",
@@ -139,3 +142,64 @@ def _hyper_parameters(spec, dataset, backbone) -> dict:
 
 
 _FLOATS = {"learning_rate", "fine_tune_learning_rate", "dropout"}
+
+
+# -- the user's own images -------------------------------------------------------------
+
+# The server path comes first: it is what the page offered before uploads existed.
+SOURCES = {"server": "A folder on the server", "zip": "Upload a zip", "upload_dir": "Upload a folder"}
+
+
+def data_source() -> str | None:
+    """Where the folder dataset's images come from: an uploaded zip, an uploaded folder or a
+    server path. Uploads are ingested (checked, junk skipped, stored once per content) and
+    their stored folder is returned; ``None`` until there is one."""
+    kind = st.radio("Images", list(SOURCES), key="train_source", format_func=SOURCES.get, horizontal=True,
+                    help="A zip or a folder with one sub-folder per class, images inside.")
+    if kind == "server":
+        return st.text_input("Data folder on the server", key="train_data_dir", placeholder="/path/to/photos",
+                             help="One sub-folder per class, images inside.")
+    if kind == "zip":
+        uploaded = st.file_uploader("Zip of class folders", type=["zip"], key="train_zip",
+                                    help="For example photos.zip holding photos/cats/1.jpg and photos/dogs/2.jpg.")
+        files = [uploaded] if uploaded else []
+    else:
+        files = st.file_uploader("Folder of class folders", accept_multiple_files="directory", key="train_upload_dir",
+                                 help="Pick the folder that holds one sub-folder per class.") or []
+    if not files:
+        return None
+    stored = ingest_upload(kind, files)
+    return None if stored is None else str(stored.path)
+
+
+def ingest_upload(kind: str, files):
+    """Store an upload once (remembered per upload in the session); show its summary or
+    the one-sentence reason it was refused. Returns the :class:`tl.ingest.Ingested` or ``None``."""
+    from tl import ingest
+
+    key = (kind,) + tuple(getattr(f, "file_id", f.name) for f in files)
+    memo = st.session_state.setdefault("ingested", {})
+    if key not in memo:
+        try:
+            with st.spinner("Checking and storing the images..."):
+                if kind == "zip":
+                    memo[key] = ingest.ingest_zip(files[0], root=ingest.data_root(runs.runs_root()),
+                                                  name=f"'{files[0].name}'")
+                else:
+                    memo[key] = ingest.ingest_files(files, root=ingest.data_root(runs.runs_root()))
+        except UserError as exc:
+            memo[key] = str(exc)
+    stored = memo[key]
+    if isinstance(stored, str):
+        st.error(stored)
+        return None
+    st.success(f"{'Already stored' if stored.reused else 'Stored'}: {stored.describe()}")
+    st.caption(" · ".join(f"{name}: {n}" for name, n in stored.counts.items()))
+    return stored
+
+
+def dataset_card(card: dict) -> None:
+    """Source, license, classes, image counts and citation of a downloadable dataset."""
+    st.markdown(f"**{card['title']}** · [source]({card['source']})")
+    st.markdown(f"- Classes: {card['classes']}\n- Images: {card['images']}\n- License: {card['license']}")
+    st.caption(f"Cite: {card['citation']}")
