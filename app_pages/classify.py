@@ -111,6 +111,9 @@ try:
 except UserError as exc:
     st.error(str(exc))
     st.stop()
+if predictor.imagenet_weights is None and predictor.imagenet_reason is None:
+    st.warning("The ImageNet head has random weights here (TL_IMAGENET_TOP=random, for offline tests): "
+               "its labels are noise.", icon=":material/warning:")
 seen = set()
 for index, (name, data) in enumerate(items):
     digest = hashlib.sha256(data).hexdigest()

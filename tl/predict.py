@@ -15,6 +15,7 @@ ImageNet column is ``None`` with one sentence saying why.
 """
 
 import gc
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -27,8 +28,9 @@ MAX_TOP_K = 10
 # The input side images are decoded down to before they reach the model (JPEG draft mode):
 # comfortably above every backbone's native size, far below a phone photo.
 DRAFT_SIZE = 512
-# Where the ImageNet top's weights come from by default (see Predictor).
-IMAGENET_WEIGHTS = "imagenet"
+# Where the ImageNet top's weights come from by default (see Predictor). TL_IMAGENET_TOP=random
+# gives it random weights: for offline demos and end-to-end tests only (labels are then noise).
+IMAGENET_WEIGHTS = None if os.environ.get("TL_IMAGENET_TOP") == "random" else "imagenet"
 _DEFAULT = object()
 
 

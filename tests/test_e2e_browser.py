@@ -1,0 +1,254 @@
+"""End to end in a real browser: `streamlit run` on a free port, driven by headless Chromium.
+
+One server, three browser sessions, in one test so they share it (and the order matters):
+
+1. Session A starts a long training; sessions B and C each start a small one: with one job
+   at a time, B and C queue (C at position 2).
+2. A's worker process is killed with SIGKILL mid-epoch: A's run ends ``failed`` with its
+   events kept, and the queue goes on: B shows its live chart, then its results.
+3. Two sessions classify a real photo at once on the Classify page and both see the
+   ImageNet head beside the transferred head.
+4. Compare, with runs picked, shows the table.
+5. Every run folder still loads; the done runs' models too.
+
+Screenshots go to ``$TL_TEST_OUTPUT`` (default ``test-output/``) under ``screenshots/``.
+Needs Debian's chromium and the playwright package; ``.ci/run`` installs both and sets
+``TL_REQUIRE_BROWSER=1`` so that a missing browser fails there instead of skipping.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import sklearn.datasets
+
+from tl import runs
+
+from conftest import REPO, tiny_config, train_run
+
+pytestmark = pytest.mark.xdist_group("browser")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage"]
+CHINA = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"
+OUTPUT = Path(os.environ.get("TL_TEST_OUTPUT", REPO / "test-output")) / "screenshots"
+TIMEOUT_MS = 180_000
+
+
+def _browser_or_skip():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if sync_playwright is None or not Path(CHROMIUM).exists():
+        if os.environ.get("TL_REQUIRE_BROWSER"):
+            pytest.fail("TL_REQUIRE_BROWSER is set but playwright or chromium is missing")
+        pytest.skip("needs playwright and Debian's chromium (apt-get install chromium)")
+    return sync_playwright
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    sync_playwright = _browser_or_skip()
+    root = tmp_path_factory.mktemp("e2e") / "runs"
+    root.mkdir()
+    # A finished run whose backbone has an ImageNet head, for the Classify page.
+    resnet = train_run(root, tiny_config(backbone="resnet50", image_size=32, strategy="feature_extraction",
+                                         name="resnet for classify"))
+    port = _free_port()
+    env = {**os.environ, "TL_RUNS_DIR": str(root), "TL_MAX_JOBS": "1", "TL_IMAGENET_TOP": "random",
+           "PYTHONPATH": str(REPO)}
+    log = open(root.parent / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+                break
+        except OSError:
+            if time.time() > deadline or process.poll() is not None:
+                process.kill()
+                raise AssertionError("streamlit did not start: " + (root.parent / "server.log").read_text()[-2000:])
+            time.sleep(0.2)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield {"url": f"http://127.0.0.1:{port}", "root": root, "browser": browser, "resnet": resnet}
+        finally:
+            browser.close()
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def new_page(server):
+    context = server["browser"].new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    return page
+
+
+def settle(page) -> None:
+    """Wait until the script rerun a change triggered has finished."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=TIMEOUT_MS)
+
+
+def choose(page, label: str, option: str) -> None:
+    box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True))
+    box.click()
+    page.get_by_role("option").filter(has_text=option).first.click()
+    settle(page)
+
+
+def number(page, label: str, value) -> None:
+    field = page.get_by_label(label, exact=True)
+    field.fill(str(value))
+    field.press("Enter")
+    settle(page)
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=True)
+
+
+def start_training(page, server, epochs: int, samples: int, classes: int = 2) -> str:
+    """Fill the Train page for a small_cnn run on synthetic and press Train; return the run id."""
+    url, root = server["url"], server["root"]
+    before = {run.id for run in runs.list_runs(root)}
+    page.goto(f"{url}/train")
+    page.get_by_text("Hyper-parameters").wait_for()
+    choose(page, "Backbone", "small_cnn:")
+    choose(page, "Strategy", "scratch:")
+    page.get_by_text("Hyper-parameters").click()
+    number(page, "Image size (pixels)", 16)
+    number(page, "Images per class (cap, 0 = all)", samples)
+    number(page, "Epochs", epochs)
+    number(page, "Batch size", 16)
+    number(page, "Synthetic classes", classes)
+    page.get_by_role("button", name="Train", exact=True).click()
+    new = wait_for(lambda: {run.id for run in runs.list_runs(root)} - before, "the new run's folder", 60)
+    (run_id,) = new
+    page.wait_for_url(f"**run={run_id}*")
+    return run_id
+
+
+def wait_for(predicate, what: str, seconds: float = 240):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def batch_events(run) -> list:
+    events, _ = run.events(0)
+    return [e for e in events if e["type"] == "batch"]
+
+
+# -- the test --------------------------------------------------------------------------
+
+def test_browser_end_to_end_with_reliability_drills(server):
+    url, root = server["url"], server["root"]
+    a, b, c = new_page(server), new_page(server), new_page(server)
+
+    # 1. A long run, then two small ones that must queue behind it.
+    long_id = start_training(a, server, epochs=200, samples=200)
+    b_id = start_training(b, server, epochs=3, samples=60)
+    c_id = start_training(c, server, epochs=1, samples=20)
+    assert len({long_id, b_id, c_id}) == 3
+    c.get_by_text("Queued (position 2)").wait_for()
+    b.get_by_text("Queued (position 1)").wait_for()
+    shot(c, "train-queued")
+
+    # 2. Kill A's worker mid-epoch.
+    long_run = runs.get(long_id, root)
+    wait_for(lambda: len(batch_events(long_run)) >= 2, "the long run to be mid-epoch")
+    a.get_by_test_id("stProgress").wait_for()
+    shot(a, "train-live")
+    pid = long_run.status()["pid"]
+    kept = len(batch_events(long_run))
+    os.kill(pid, signal.SIGKILL)
+    a.get_by_text("This run is failed").wait_for()
+    shot(a, "train-killed")
+    assert long_run.status()["status"] == "failed"
+    assert len(batch_events(long_run)) >= kept  # the events written before the kill are kept
+
+    # The queue goes on: B trains (live chart and progress), then shows its results.
+    b.get_by_test_id("stProgress").wait_for()
+    assert b.locator(".js-plotly-plot").count() >= 2  # live loss and accuracy curves
+    shot(b, "train-b-live")
+    b.get_by_test_id("stMetric").filter(has_text="Test accuracy").wait_for()
+    shot(b, "train-results")
+    b_run = runs.get(b_id, root)
+    assert b_run.status()["status"] == "done"
+    assert b.get_by_text(f"Run {b_id}").count() >= 1
+    wait_for(lambda: runs.get(c_id, root).status()["status"] == "done", "the third run to finish")
+
+    # 3. Two sessions classify at once.
+    resnet = server["resnet"]
+    for page in (a, c):
+        page.goto(f"{url}/classify?run={resnet.id}")
+        page.get_by_text("Images (JPEG, PNG").wait_for()
+    for page in (a, c):
+        page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(CHINA))
+    for page in (a, c):
+        page.get_by_text("ImageNet head (resnet50)").first.wait_for()
+        page.get_by_text("Transferred head").first.wait_for()
+        page.locator(".js-plotly-plot").nth(1).wait_for()
+    a.wait_for_timeout(1000)  # let plotly finish drawing before the screenshot
+    shot(a, "classify")
+
+    # 4. Compare picked runs: the table.
+    page = b
+    page.goto(f"{url}/compare")
+    page.get_by_text("Pick finished runs").click()
+    settle(page)
+    picker = page.get_by_test_id("stMultiSelect").first
+    for run_id in (b_id, c_id):
+        picker.click()
+        page.get_by_role("option").filter(has_text=run_id).first.click()
+        settle(page)
+    page.keyboard.press("Escape")
+    page.get_by_test_id("stDataFrame").first.wait_for()
+    shot(page, "compare")
+
+    # 5. Every run folder still loads, the finished models too.
+    import keras
+
+    found = runs.list_runs(root)
+    assert {r.id for r in found} >= {long_id, b_id, c_id, resnet.id}
+    for run in found:
+        assert run.summary()["run_id"] == run.id
+        assert run.config.dataset == "synthetic"
+        json.dumps(run.metrics)
+        if run.status()["status"] == "done":
+            keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+    assert [r.status()["status"] for r in (runs.get(i, root) for i in (long_id, b_id, c_id))] == \
+        ["failed", "done", "done"]
