@@ -58,6 +58,7 @@ def _parser():
     list_cmd = sub.add_parser("list", help="list datasets, backbones, heads, strategies and optimizers")
     list_cmd.add_argument("--json", action="store_true")
     list_cmd.set_defaults(handler=cmd_list)
+    _add_export_parser(sub)
     return parser
 
 
@@ -237,4 +238,28 @@ def cmd_list(args) -> int:
         print(f"{kind}:")
         for name, description in entries.items():
             print(f"  {name:20} {description}")
+    return 0
+
+
+# -- export ----------------------------------------------------------------------------
+
+def _add_export_parser(sub):
+    export = sub.add_parser("export", help="export a finished run (keras, savedmodel zip, tflite, labels, card)")
+    export.add_argument("run_id")
+    export.add_argument("--format", required=True, choices=("keras", "savedmodel", "tflite", "labels", "card"),
+                        help="keras: the .keras model; savedmodel: a zipped TF SavedModel; tflite: TFLite "
+                             "(uint8 RGB image of the run's image size in); labels: labels.txt; card: a model card")
+    export.add_argument("--quantize", action="store_true", help="tflite only: dynamic-range 8-bit weights")
+    export.add_argument("--out", required=True, help="file to write, or an existing folder")
+    export.add_argument("--runs-dir")
+    export.set_defaults(handler=cmd_export)
+
+
+def cmd_export(args) -> int:
+    """Write one export of a finished run and print the path written."""
+    from tl import export, runs
+
+    run = runs.get(args.run_id, args.runs_dir)
+    path = export.export(run, args.format, args.out, quantize=args.quantize)
+    print(f"Wrote {path} ({path.stat().st_size:,} bytes)")
     return 0
