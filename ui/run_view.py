@@ -38,6 +38,31 @@ def dataset_preview(cfg) -> None:
             st.image([data.read(i) for i in members], width=56, caption=[name] + [""] * (len(members) - 1))
 
 
+def estimate_caption(cfg) -> None:
+    """One line: the run's estimated peak memory and CPU time, and the budget if one is set."""
+    from tl import budget
+    from tl.datasets import DATASETS
+
+    count = budget.images_hint(cfg)
+    if count is None and not DATASETS[cfg.dataset].downloads:
+        try:
+            count = len(load_data(data_key(cfg)))
+        except UserError:
+            return  # the preview above already says why
+    if count is None:
+        return
+    found = budget.estimate(cfg, count)
+    try:
+        limit = budget.budget_mb()
+    except UserError as exc:
+        st.caption(str(exc))
+        return
+    over = limit is not None and found.memory_mb > limit
+    st.caption(f"{found.describe()} ({count:,} images)."
+               + (f" Budget: {limit:,.0f} MB{' - too much, Train will suggest a smaller setting' if over else ''}."
+                  if limit else ""))
+
+
 # -- live progress ---------------------------------------------------------------------
 
 def live_progress(run, manager) -> None:
