@@ -44,7 +44,9 @@ def estimate_caption(cfg) -> None:
     from tl.datasets import DATASETS
 
     count = budget.images_hint(cfg)
-    if count is None and not DATASETS[cfg.dataset].downloads:
+    # A download is read only once the preview above asked for it.
+    readable = not DATASETS[cfg.dataset].downloads or st.session_state.get("train_preview_download")
+    if count is None and readable:
         try:
             count = len(load_data(data_key(cfg)))
         except UserError:
