@@ -7,6 +7,9 @@ multipage mode, and a deep link (/train) on a fresh server skips this file.
 import streamlit as st
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/school:", layout="wide")
+# Root-level secrets (e.g. TL_MEMORY_BUDGET_MB on Community Cloud) become environment
+# variables only once the secrets file is read; the app reads no secret otherwise.
+st.secrets.load_if_toml_exists()
 
 PAGES = [
     st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from tl.errors import UserError
-from ui.run_view import dataset_preview, live_progress, results, runs_list
+from ui.run_view import dataset_preview, estimate_caption, live_progress, results, runs_list
 from ui.state import current_run, job_manager, runs_dir, show_run
 from ui.train_form import config_form
 
@@ -15,6 +15,7 @@ cfg = config_form(root)
 if cfg is not None:
     with st.expander("Dataset preview", expanded=True):
         dataset_preview(cfg)
+    estimate_caption(cfg)
     if st.button("Train", key="train_start", type="primary"):
         try:
             run = manager.submit(cfg)

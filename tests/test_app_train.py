@@ -64,7 +64,7 @@ def test_train_small_cnn_from_the_page_to_results(runs_root):
     assert labels[:2] == ["Test accuracy", "Test loss"]
     assert at.metric[0].value == f"{run.metrics['test_accuracy']:.1%}"
     assert len(at.get("plotly_chart")) >= 5  # counts, loss, accuracy, per-class, confusion
-    assert len(at.get("download_button")) == 3
+    assert len(at.get("download_button")) == 5  # model, config, metrics, labels.txt, model card
     mistakes = run.metrics["misclassified"]
     assert mistakes, "the tiny run should get some test images wrong"
     captions = [c for img in at.get("image") for c in img.captions if "→" in c]

@@ -71,6 +71,7 @@ def _parser():
     download = sub.add_parser("download", help="download a dataset into the Keras cache (progress per 10%%)")
     download.add_argument("dataset")
     download.set_defaults(handler=cmd_download)
+    _add_export_parser(sub)
     return parser
 
 
@@ -404,4 +405,28 @@ def cmd_download(args) -> int:
         raise ConfigError(f"Expected a downloadable dataset, one of {names}. Received: {args.dataset!r}.")
     fetch_with_progress(args.dataset)
     print(datasets.fetch(datasets.DOWNLOADS[spec.download]))
+    return 0
+
+
+# -- export ----------------------------------------------------------------------------
+
+def _add_export_parser(sub):
+    export = sub.add_parser("export", help="export a finished run (keras, savedmodel zip, tflite, labels, card)")
+    export.add_argument("run_id")
+    export.add_argument("--format", required=True, choices=("keras", "savedmodel", "tflite", "labels", "card"),
+                        help="keras: the .keras model; savedmodel: a zipped TF SavedModel; tflite: TFLite "
+                             "(uint8 RGB image of the run's image size in); labels: labels.txt; card: a model card")
+    export.add_argument("--quantize", action="store_true", help="tflite only: dynamic-range 8-bit weights")
+    export.add_argument("--out", required=True, help="file to write, or an existing folder")
+    export.add_argument("--runs-dir")
+    export.set_defaults(handler=cmd_export)
+
+
+def cmd_export(args) -> int:
+    """Write one export of a finished run and print the path written."""
+    from tl import export, runs
+
+    run = runs.get(args.run_id, args.runs_dir)
+    path = export.export(run, args.format, args.out, quantize=args.quantize)
+    print(f"Wrote {path} ({path.stat().st_size:,} bytes)")
     return 0

@@ -47,8 +47,11 @@ def assemble(backbone, head, *, image_size: int, preprocess: str, pooled: bool, 
     from tl.backbones import preprocess_layer
 
     inputs = keras.Input((None, None, 3), name="image")
+    # training=False is stored with the call: Keras's image preprocessing layers default
+    # to training=True and pass that on to the layers after them, so without it a plain
+    # model(x) ran BatchNorm and Dropout in training mode.
     x = layers.Resizing(image_size, image_size, interpolation="bilinear", antialias=True,
-                        dtype="float32", name="resize")(inputs)
+                        dtype="float32", name="resize")(inputs, training=False)
     x = preprocess_layer(preprocess)(x)
     x = backbone(x)
     if pooled:

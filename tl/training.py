@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tl import datasets, runs
+from tl import budget, datasets, runs
 from tl.backbones import cut_layer, set_trainable_top
 from tl.config import RunConfig
 from tl.errors import Cancelled, ConfigError, TrainingFailed, UserError
@@ -28,11 +28,13 @@ def prepare(cfg: RunConfig, runs_dir=None, run_id: str | None = None) -> "runs.R
     its run folder with status ``queued``.
 
     Raises:
-        UserError: with one sentence, before any folder is made.
+        UserError: with one sentence, before any folder is made (a
+            :class:`tl.budget.BudgetError` when the run would not fit the memory budget).
     """
     data = datasets.load(cfg)
     if cfg.weights.startswith("run:") and STRATEGIES[cfg.strategy].pretrained:
         source_run(cfg, runs_dir)
+    budget.check(cfg, len(data))  # $TL_MEMORY_BUDGET_MB, e.g. on Streamlit Community Cloud
     run = runs.create(cfg, runs_dir, run_id)
     if data.skipped:
         run.event("log", message=f"Skipped {len(data.skipped)} file(s) that are not readable images.")

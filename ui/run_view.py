@@ -77,6 +77,33 @@ def _leakage_warning(data) -> None:
                    f"e.g. {example}): test accuracy will look better than it is; remove the duplicates.")
 
 
+def estimate_caption(cfg) -> None:
+    """One line: the run's estimated peak memory and CPU time, and the budget if one is set."""
+    from tl import budget
+    from tl.datasets import DATASETS
+
+    count = budget.images_hint(cfg)
+    # A download is read only once the preview above asked for it.
+    readable = not DATASETS[cfg.dataset].downloads or st.session_state.get("train_preview_download")
+    if count is None and readable:
+        try:
+            count = len(load_data(data_key(cfg)))
+        except UserError:
+            return  # the preview above already says why
+    if count is None:
+        return
+    found = budget.estimate(cfg, count)
+    try:
+        limit = budget.budget_mb()
+    except UserError as exc:
+        st.caption(str(exc))
+        return
+    over = limit is not None and found.memory_mb > limit
+    st.caption(f"{found.describe()} ({count:,} images)."
+               + (f" Budget: {limit:,.0f} MB{' - too much, Train will suggest a smaller setting' if over else ''}."
+                  if limit else ""))
+
+
 # -- live progress ---------------------------------------------------------------------
 
 def live_progress(run, manager) -> None:
@@ -167,6 +194,7 @@ def results(run) -> None:
                                 on_select="rerun", selection_mode="points")
     _mistakes(run, metrics, _clicked_cell(picked))
     _downloads(run)
+    _export_downloads(run)
 
 
 def _curves(run) -> None:
@@ -222,6 +250,34 @@ def _downloads(run) -> None:
                        file_name="config.json", key=f"dl_config_{run.id}", on_click="ignore")
     c3.download_button("metrics.json", data=json.dumps(run.metrics, indent=2), file_name="metrics.json",
                        key=f"dl_metrics_{run.id}", on_click="ignore")
+
+
+# (format, quantize, label); labels and the card are instant, the rest take seconds to build.
+EXPORTS = (("savedmodel", False, "SavedModel (.zip)"), ("tflite", False, "TFLite (float)"),
+           ("tflite", True, "TFLite (8-bit weights)"), ("labels", False, "labels.txt"),
+           ("card", False, "Model card (.md)"))
+
+
+def _export_downloads(run) -> None:
+    """Other formats: a Build button, then a download. Builds are kept in the run's
+    exports/ folder, so reruns and other sessions download without converting again."""
+    from tl import export
+
+    st.markdown("**Export** (the TFLite models take a uint8 RGB image of "
+                f"{run.config.image_size}x{run.config.image_size}; see the model card)")
+    for column, (fmt, quantize, label) in zip(st.columns(len(EXPORTS)), EXPORTS):
+        key = f"{fmt}{'_int8' if quantize else ''}_{run.id}"
+        path = run.path / export.EXPORTS_DIR / export.filename(run, fmt, quantize)
+        instant = fmt in ("labels", "card")
+        if not path.is_file() and (instant or column.button(f"Build {label}", key=f"build_{key}")):
+            try:
+                with column, st.spinner(f"Building {label}..."):
+                    export.cached(run, fmt, quantize)
+            except UserError as exc:
+                column.error(str(exc))
+        if path.is_file():
+            column.download_button(label, data=lambda path=path: path.read_bytes(), file_name=path.name,
+                                   key=f"dl_{key}", on_click="ignore")
 
 
 # -- runs list -------------------------------------------------------------------------

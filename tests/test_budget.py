@@ -1,0 +1,94 @@
+"""The memory guard: estimates, refusal with a suggestion that fits, and where it applies."""
+
+import subprocess
+import sys
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tl import budget, cli, runs, training
+from tl.config import RunConfig
+
+from conftest import REPO, tiny_config
+
+CLOUD_MB = 2500
+HEAVY = dict(backbone="resnet50", strategy="fine_tune", image_size=224, batch_size=64)
+
+
+def test_heavy_fine_tune_is_refused_with_a_suggestion_that_fits():
+    cfg = RunConfig(**HEAVY)
+    images = budget.images_hint(cfg)
+    with pytest.raises(budget.BudgetError) as caught:
+        budget.check(cfg, images, budget=CLOUD_MB)
+    message = str(caught.value)
+    needed = budget.estimate(cfg, images).memory_mb
+    assert needed > CLOUD_MB
+    assert message.startswith(f"This run needs about {needed:,.0f} MB of memory but the budget is 2,500 MB")
+    changes, smaller = budget.suggest(cfg, images, CLOUD_MB)
+    assert changes and "try " + ", ".join(f"{k}={v}" for k, v in changes.items()) in message
+    suggested = cfg.replace(**changes)
+    assert budget.check(suggested, images, budget=CLOUD_MB).memory_mb == smaller.memory_mb <= CLOUD_MB
+
+
+def test_the_default_config_fits_the_cloud_budget():
+    cfg = RunConfig()
+    found = budget.check(cfg, budget.images_hint(cfg), budget=CLOUD_MB)
+    assert found.memory_mb <= CLOUD_MB
+    assert found.describe().startswith("Estimated peak memory ~")
+
+
+def test_estimates_grow_with_the_work():
+    cfg = RunConfig(backbone="resnet50", strategy="fine_tune")
+    base = budget.estimate(cfg, 400)
+    assert budget.estimate(cfg.replace(batch_size=64), 400).memory_mb > base.memory_mb
+    assert budget.estimate(cfg.replace(image_size=224), 400).memory_mb > base.memory_mb
+    assert budget.estimate(cfg.replace(strategy="feature_extraction"), 400).memory_mb < base.memory_mb
+    assert budget.estimate(cfg, 4000).seconds > base.seconds
+
+
+def test_budget_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(budget.BUDGET_ENV, raising=False)
+    assert budget.budget_mb() is None
+    budget.check(RunConfig(**HEAVY), 400)  # no budget: no refusal
+    monkeypatch.setenv(budget.BUDGET_ENV, "0")
+    assert budget.budget_mb() is None
+    monkeypatch.setenv(budget.BUDGET_ENV, "lots")
+    with pytest.raises(budget.BudgetError, match="must be a number of megabytes"):
+        budget.budget_mb()
+
+
+def test_prepare_and_the_cli_refuse_before_any_run_folder(runs_dir, monkeypatch, capsys):
+    monkeypatch.setenv(budget.BUDGET_ENV, str(CLOUD_MB))
+    heavy = tiny_config(**HEAVY)
+    with pytest.raises(budget.BudgetError):
+        training.prepare(heavy, runs_dir)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**heavy.to_dict()}.items()
+             if k in ("dataset", "backbone", "weights", "strategy", "image_size", "batch_size", "samples_per_class")]
+    assert cli.main(["train", *flags, "--runs-dir", str(runs_dir)]) == 2
+    assert "error: This run needs about" in capsys.readouterr().err
+    assert runs.list_runs(runs_dir) == [] and not any(runs_dir.iterdir())
+
+
+def test_train_page_shows_the_estimate_and_the_refusal(tmp_path, monkeypatch):
+    monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv(budget.BUDGET_ENV, str(CLOUD_MB))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=60).run()
+    at.switch_page("app_pages/train.py").run()
+    assert not at.exception, at.exception
+    captions = [c.value for c in at.caption if c.value.startswith("Estimated peak memory")]
+    expected = budget.estimate(RunConfig(), budget.images_hint(RunConfig())).describe()
+    assert captions == [f"{expected} (400 images). Budget: 2,500 MB."]
+    at.selectbox(key="train_strategy").set_value("fine_tune").run()
+    at.number_input(key="train_image_size").set_value(224)
+    at.number_input(key="train_batch_size").set_value(64).run()
+    assert any("too much" in c.value for c in at.caption)
+    at.button(key="train_start").click().run()
+    assert not at.exception, at.exception
+    assert at.error[0].value.startswith("This run needs about")
+    assert runs.list_runs(tmp_path / "runs") == []
+
+
+def test_budget_imports_without_tensorflow():
+    code = "import sys, tl.budget; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,319 @@
+"""Export a finished run: .keras, SavedModel (zip), TFLite (float or quantised), labels, model card.
+
+Every format takes plain RGB images with pixel values 0-255; the backbone's preprocessing
+is inside. The ``.keras`` model and the SavedModel also resize inside (any image size);
+the TFLite model has a fixed input, ``(1, S, S, 3)`` uint8 with ``S`` the run's
+``image_size``, because the anti-aliased resize the Keras model uses is not a TFLite
+operation: resize a photo to ``S x S`` before feeding it (see :func:`tflite_usage`).
+
+Importing this module does not import TensorFlow.
+"""
+
+import tempfile
+import zipfile
+from pathlib import Path
+
+from tl.errors import UserError
+from tl.files import atomic_write_bytes
+
+FORMATS = ("keras", "savedmodel", "tflite", "labels", "card")
+EXPORTS_DIR = "exports"
+
+
+class ExportError(UserError):
+    """A run cannot be exported (not finished, or the conversion failed)."""
+
+
+# -- entry point -----------------------------------------------------------------------
+
+def export(run, fmt: str, out, quantize: bool = False) -> Path:
+    """Write ``run`` in format ``fmt`` to ``out`` and return the file written.
+
+    Args:
+        run: a finished :class:`tl.runs.Run`.
+        fmt: one of :data:`FORMATS`.
+        out: a file path, or an existing folder (the file then gets :func:`filename`).
+        quantize: for ``tflite``, dynamic-range quantise the weights to 8 bits.
+
+    Raises:
+        ExportError: the run is not done, the format is unknown, or conversion failed.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"Expected `format` to be one of {list(FORMATS)}. Received: format={fmt!r}.")
+    if quantize and fmt != "tflite":
+        raise ExportError("--quantize applies to the tflite format only; leave it out for "
+                          f"format {fmt!r}.")
+    check_exportable(run)
+    out = Path(out).expanduser()
+    if out.is_dir():
+        out = out / filename(run, fmt, quantize)
+    if not out.parent.is_dir():
+        raise ExportError(f"Folder '{out.parent}' does not exist; create it or choose another --out path.")
+    if fmt == "tflite":
+        return export_tflite(run, out, quantize=quantize)
+    writer = {"keras": export_keras, "savedmodel": export_savedmodel,
+              "labels": export_labels, "card": export_model_card}[fmt]
+    return writer(run, out)
+
+
+def check_exportable(run) -> None:
+    """Raise :class:`ExportError` unless ``run`` finished training and has its model."""
+    status = run.status().get("status")
+    if status != "done":
+        raise ExportError(f"Run '{run.id}' is {status}; only a finished run (status done) can be "
+                          "exported. Wait for it to finish or pick another run.")
+    if not run.model_path.is_file():
+        raise ExportError(f"Run '{run.id}' has no model.keras file; train it again to export it.")
+
+
+def filename(run, fmt: str, quantize: bool = False) -> str:
+    """The default file name of an export, e.g. ``<run id>-int8.tflite``."""
+    if fmt == "tflite":
+        return f"{run.id}{'-int8' if quantize else ''}.tflite"
+    return {"keras": f"{run.id}.keras", "savedmodel": f"{run.id}-savedmodel.zip",
+            "labels": "labels.txt", "card": "MODEL_CARD.md"}[fmt]
+
+
+def cached(run, fmt: str, quantize: bool = False) -> Path:
+    """The export in ``<run>/exports/``, built the first time it is asked for.
+
+    The app calls this so a page rerun (or another session) never converts twice.
+    """
+    folder = run.path / EXPORTS_DIR
+    path = folder / filename(run, fmt, quantize)
+    if not path.is_file():
+        folder.mkdir(exist_ok=True)
+        export(run, fmt, path, quantize=quantize)
+    return path
+
+
+# -- one function per format -----------------------------------------------------------
+
+def export_keras(run, out) -> Path:
+    """Copy the run's ``model.keras`` (loads with ``keras.saving.load_model``, safe mode)."""
+    out = Path(out)
+    atomic_write_bytes(out, run.model_path.read_bytes())
+    return out
+
+
+def export_savedmodel(run, out) -> Path:
+    """A zipped TensorFlow SavedModel whose ``serve`` endpoint (also ``serving_default``)
+    maps ``image``: float32 ``(batch, height, width, 3)`` RGB 0-255 to probabilities."""
+    import keras
+    import tensorflow as tf
+
+    model = load_model(run)
+    with tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".savedmodel-") as tmp:
+        folder = Path(tmp) / "savedmodel"
+        try:
+            archive = keras.export.ExportArchive()
+            archive.track(model)
+            archive.add_endpoint(
+                "serve", lambda image: model(image, training=False),
+                input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32, name="image")])
+            archive.write_out(str(folder), verbose=False)
+        except Exception as exc:
+            raise _failed(run, "a SavedModel", exc) from None
+        return _zip_folder(folder, Path(out), root=f"{run.id}-savedmodel")
+
+
+def export_tflite(run, out, quantize: bool = False) -> Path:
+    """A TFLite model: uint8 ``(1, S, S, 3)`` RGB in, float32 ``(1, classes)`` probabilities out.
+
+    ``S`` is the run's ``image_size``. Preprocessing is inside; resizing is not (see the
+    module docstring). With ``quantize``, dynamic-range quantisation stores weights in
+    8 bits (about 4x smaller) and keeps float inputs and outputs.
+    """
+    import keras
+    import tensorflow as tf
+
+    model = load_model(run)
+    size = run.config.image_size
+    layers = inference_layers(model)
+
+    def serve(image):
+        x = tf.cast(image, tf.float32)
+        for layer in layers:
+            x = layer(x, training=False)
+        return x
+
+    # Converted from a SavedModel written by Keras's ExportArchive, which tracks every
+    # variable explicitly (from_concrete_functions lost weights of some loaded models).
+    with tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".tflite-") as tmp:
+        try:
+            archive = keras.export.ExportArchive()
+            archive.track(model)
+            archive.add_endpoint("serve", serve, input_signature=[
+                tf.TensorSpec((1, size, size, 3), tf.uint8, name="image")])
+            archive.write_out(tmp, verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serve"])
+            if quantize:
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            content = converter.convert()
+        except Exception as exc:
+            raise _failed(run, "TFLite", exc) from None
+    out = Path(out)
+    atomic_write_bytes(out, content)
+    return out
+
+
+def export_labels(run, out) -> Path:
+    """``labels.txt``: one class name per line, in the model's output order."""
+    out = Path(out)
+    atomic_write_bytes(out, ("\n".join(run.labels) + "\n").encode())
+    return out
+
+
+def export_model_card(run, out) -> Path:
+    """The model card (markdown, see :func:`model_card`)."""
+    out = Path(out)
+    atomic_write_bytes(out, model_card(run).encode())
+    return out
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def load_model(run):
+    """The run's model, loaded in safe mode without its optimizer."""
+    import keras
+
+    check_exportable(run)
+    return keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+
+
+def inference_layers(model) -> list:
+    """The model's layers after the input and the resize, in order (the model is a chain)."""
+    return [layer for layer in model.layers
+            if layer.name != "resize" and type(layer).__name__ != "InputLayer"]
+
+
+def _failed(run, what: str, exc: Exception) -> ExportError:
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return ExportError(f"Could not convert run '{run.id}' to {what} ({first}); the .keras model "
+                       "still works, download that instead.")
+
+
+def _zip_folder(folder: Path, out: Path, root: str) -> Path:
+    tmp = out.with_name(f".{out.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, f"{root}/{path.relative_to(folder)}")
+    tmp.replace(out)
+    return out
+
+
+def unzip_savedmodel(path, into) -> Path:
+    """Extract a SavedModel zip written by :func:`export_savedmodel`; return its folder."""
+    into = Path(into)
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(into)
+        root = archive.namelist()[0].split("/", 1)[0]
+    return into / root
+
+
+def tflite_usage(size: int) -> str:
+    """How to feed the TFLite model, as Python text for the model card."""
+    return f"""```python
+import numpy as np
+from PIL import Image
+import tensorflow as tf  # or: from ai_edge_litert.interpreter import Interpreter
+
+interpreter = tf.lite.Interpreter(model_path="model.tflite")
+interpreter.allocate_tensors()
+image = Image.open("photo.jpg").convert("RGB").resize(({size}, {size}), Image.BILINEAR)
+x = np.asarray(image, dtype=np.uint8)[None]          # (1, {size}, {size}, 3), RGB 0-255
+interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+interpreter.invoke()
+probs = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
+labels = open("labels.txt").read().splitlines()
+print(labels[int(probs.argmax())], float(probs.max()))
+```"""
+
+
+def model_card(run) -> str:
+    """A markdown model card: data, config, metrics, intended use, limits, how to use."""
+    cfg, metrics, labels = run.config, run.metrics, run.labels
+    info = _read_labels_file(run)
+    counts = info.get("counts", {})
+    total = sum(counts.values()) if counts else None
+    sizes = {k: metrics.get(f"{k}_size") for k in ("train", "val", "test")}
+    per_class = metrics.get("per_class_accuracy", {})
+    lines = [
+        f"# Model card: {cfg.name or run.id}",
+        "",
+        f"Run `{run.id}`: a `{cfg.backbone}` backbone transferred with strategy `{cfg.strategy}` and "
+        f"head `{cfg.head}` to {len(labels)} classes. Made with Transfer Learning Studio.",
+        "",
+        "## Data",
+        "",
+        f"- Dataset: `{info.get('dataset', cfg.dataset)}`"
+        + (f" (folder `{cfg.data_dir}`)" if cfg.data_dir else ""),
+        f"- Classes ({len(labels)}), in output order: {', '.join(labels)}",
+        f"- Images used: {total if total is not None else 'unknown'} "
+        f"(at most {cfg.samples_per_class or 'all'} per class)",
+        f"- Split (seed {cfg.seed}, stratified): {sizes['train']} train / {sizes['val']} validation / "
+        f"{sizes['test']} test",
+        "",
+        "| class | images | test accuracy |",
+        "|---|---:|---:|",
+        *[f"| {name} | {counts.get(name, '')} | {_pct(per_class.get(name))} |" for name in labels],
+        "",
+        "## Configuration",
+        "",
+        "| field | value |",
+        "|---|---|",
+        *[f"| {key} | `{value}` |" for key, value in cfg.to_dict().items() if value not in (None, "", [])],
+        "",
+        "## Metrics (test split)",
+        "",
+        f"- Test accuracy: {_pct(metrics.get('test_accuracy'))}",
+        f"- Test loss: {metrics.get('test_loss', float('nan')):.4f}",
+        f"- Best validation accuracy: {_pct(metrics.get('best_val_accuracy'))} (epoch {metrics.get('best_epoch')})",
+        f"- Trainable / total parameters: {metrics.get('trainable_params')} / {metrics.get('total_params')}",
+        f"- Training time: {metrics.get('train_seconds')} s on {metrics.get('device', {}).get('kind', 'unknown')}",
+        "",
+        "## Intended use",
+        "",
+        f"Classifying photos into the {len(labels)} classes above, in settings like the training "
+        "images, as a starting point or a teaching example. Not for decisions about people, "
+        "safety, health or money without a proper evaluation on data from where it will be used.",
+        "",
+        "## Limits",
+        "",
+        f"- Trained on {sizes['train']} images and tested on only {sizes['test']}: the test accuracy "
+        "has a wide margin of error, and the model knows nothing outside these classes (it will "
+        "still pick one of them for any image).",
+        f"- Images are seen at {cfg.image_size}x{cfg.image_size} pixels; fine detail smaller than that is lost.",
+        *_weights_limits(cfg),
+        "",
+        "## How to use",
+        "",
+        f"Every format takes RGB images with values 0-255 and returns one probability per class, "
+        f"in the order of `labels.txt`. The `.keras` model and the SavedModel resize inside "
+        f"(any size); the TFLite models take uint8 `(1, {cfg.image_size}, {cfg.image_size}, 3)`:",
+        "",
+        tflite_usage(cfg.image_size),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _read_labels_file(run) -> dict:
+    from tl.files import read_json
+
+    return read_json(run.path / "labels.json", {})
+
+
+def _weights_limits(cfg) -> list:
+    from tl.strategies import STRATEGIES
+
+    if STRATEGIES[cfg.strategy].pretrained and cfg.weights == "imagenet":
+        return ["- The backbone was pretrained on ImageNet, so it inherits ImageNet's biases: mostly "
+                "Western, everyday photographs, with some classes and groups of people under-represented."]
+    return [f"- The backbone started from weights `{cfg.weights if STRATEGIES[cfg.strategy].pretrained else 'none'}` "
+            "(not ImageNet), so it learned only from the images above."]
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
