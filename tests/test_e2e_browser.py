@@ -175,8 +175,20 @@ def batch_events(run) -> list:
 # -- the test --------------------------------------------------------------------------
 
 def test_browser_end_to_end_with_reliability_drills(server):
+    pages = [new_page(server) for _ in range(3)]
+    try:
+        _end_to_end(server, *pages)
+    except Exception:
+        for name, page in zip("abc", pages):
+            shot(page, f"failure-{name}")
+        raise
+
+
+def _end_to_end(server, a, b, c):
     url, root = server["url"], server["root"]
-    a, b, c = new_page(server), new_page(server), new_page(server)
+    a.goto(url)
+    a.get_by_text("Which strategy fits your data?").wait_for()
+    shot(a, "home")
 
     # 1. A long run, then two small ones that must queue behind it.
     long_id = start_training(a, server, epochs=200, samples=200)
@@ -230,12 +242,16 @@ def test_browser_end_to_end_with_reliability_drills(server):
     page.goto(f"{url}/compare")
     page.get_by_text("Pick finished runs").click()
     settle(page)
-    picker = page.get_by_test_id("stMultiSelect").first
+    picker = page.get_by_test_id("stMultiSelect").first.locator("input")
     for run_id in (b_id, c_id):
         picker.click()
-        page.get_by_role("option").filter(has_text=run_id).first.click()
+        picker.fill(run_id)  # filters the options down to this run
+        page.get_by_role("option").filter(has_text=run_id).first.wait_for()
+        picker.press("Enter")
         settle(page)
     page.keyboard.press("Escape")
+    for run_id in (b_id, c_id):
+        page.get_by_test_id("stMultiSelect").get_by_text(run_id).first.wait_for()
     page.get_by_test_id("stDataFrame").first.wait_for()
     shot(page, "compare")
 

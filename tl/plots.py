@@ -148,6 +148,9 @@ def compare_curves(runs: list, metric: str = "val_accuracy", x: str = "epoch") -
         fig.add_scatter(x=xs, y=[h.get(metric) for h in history], name=run["label"], mode="lines+markers")
     if "accuracy" in metric:
         fig.update_yaxes(range=[0, 1.02])
+    # Run labels are long: legend below the plot, so the lines keep the figure's width.
+    fig.update_layout(height=HEIGHT + 22 * len(runs),
+                      legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0))
     return fig
 
 
