@@ -42,11 +42,12 @@ def tflite_probs(path, images):
         import tensorflow as tf
 
         interpreter = tf.lite.Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
     given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    assert list(given["shape"]) == [1, SIZE, SIZE, 3] and given["dtype"] == np.uint8
+    assert list(given["shape_signature"]) == [1, -1, -1, 3] and given["dtype"] == np.uint8  # any size
     out = []
     for image in images:
+        interpreter.resize_tensor_input(given["index"], (1, *image.shape))
+        interpreter.allocate_tensors()
         interpreter.set_tensor(given["index"], image[None])
         interpreter.invoke()
         out.append(interpreter.get_tensor(taken["index"])[0])
@@ -67,6 +68,24 @@ def test_tflite_float_matches_keras(trained, tmp_path):
     lite = tflite_probs(path, images)
     np.testing.assert_array_equal(lite.argmax(axis=1), probs.argmax(axis=1))
     np.testing.assert_allclose(lite, probs, atol=1e-3)
+
+
+def test_tflite_resizes_inside_any_image_size(trained, tmp_path):
+    """Other sizes go in as they are. TFLite resizes with plain bilinear interpolation where
+    the Keras model anti-aliases, so answers are close, not identical (at the run's own size
+    they are identical: the tests above)."""
+    import tensorflow as tf
+
+    run, model, images, _ = trained
+    path = export.export(run, "tflite", tmp_path)
+    for shape in ((2 * SIZE, 2 * SIZE), (SIZE + 7, 3 * SIZE)):
+        bigger = np.clip(np.round(tf.image.resize(images[:60], shape).numpy()), 0, 255).astype(np.uint8)
+        expected = model.predict(bigger.astype("float32"), verbose=0)
+        lite = tflite_probs(path, bigger)
+        assert lite.shape == expected.shape
+        np.testing.assert_allclose(lite.sum(axis=1), 1.0, atol=1e-5)
+        agreement = (lite.argmax(axis=1) == expected.argmax(axis=1)).mean()
+        assert agreement >= 0.85, (shape, agreement)
 
 
 def test_tflite_quantized_is_smaller_and_agrees_on_top1(trained, tmp_path):
@@ -112,7 +131,7 @@ def test_keras_copy_labels_and_model_card(trained, tmp_path):
     for text in ("## Data", "## Configuration", "## Metrics", "## Intended use", "## Limits",
                  "disk, square, triangle, ring", f"{metrics['test_accuracy']:.1%}",
                  f"{metrics['train_size']} train / {metrics['val_size']} validation / {metrics['test_size']} test",
-                 "| disk | 300 |", "(1, 16, 16, 3)", f"Trained on {metrics['train_size']} images"):
+                 "| disk | 300 |", "resize it to 16x16", f"Trained on {metrics['train_size']} images"):
         assert text in card, text
 
 

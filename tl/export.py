@@ -1,10 +1,12 @@
 """Export a finished run: .keras, SavedModel (zip), TFLite (float or quantised), labels, model card.
 
 Every format takes plain RGB images with pixel values 0-255; the backbone's preprocessing
-is inside. The ``.keras`` model and the SavedModel also resize inside (any image size);
-the TFLite model has a fixed input, ``(1, S, S, 3)`` uint8 with ``S`` the run's
-``image_size``, because the anti-aliased resize the Keras model uses is not a TFLite
-operation: resize a photo to ``S x S`` before feeding it (see :func:`tflite_usage`).
+is inside, and so is resizing: every format accepts any image size. The ``.keras`` model
+and the SavedModel resize exactly as in training (bilinear, anti-aliased). TFLite has no
+anti-aliased resize, so the TFLite models resize with plain bilinear interpolation: the
+same result when enlarging or at the run's ``image_size`` ``S``, slightly different when
+shrinking a much larger photo (shrink it to about ``S x S`` first for the closest match;
+see :func:`tflite_usage`).
 
 Importing this module does not import TensorFlow.
 """
@@ -118,11 +120,12 @@ def export_savedmodel(run, out) -> Path:
 
 
 def export_tflite(run, out, quantize: bool = False) -> Path:
-    """A TFLite model: uint8 ``(1, S, S, 3)`` RGB in, float32 ``(1, classes)`` probabilities out.
+    """A TFLite model: one uint8 RGB image ``(1, height, width, 3)`` of any size in, float32
+    ``(1, classes)`` probabilities out.
 
-    ``S`` is the run's ``image_size``. Preprocessing is inside; resizing is not (see the
-    module docstring). With ``quantize``, dynamic-range quantisation stores weights in
-    8 bits (about 4x smaller) and keeps float inputs and outputs.
+    Resizing (plain bilinear, see the module docstring) and preprocessing are inside. With
+    ``quantize``, dynamic-range quantisation stores weights in 8 bits (about 4x smaller) and
+    keeps float inputs and outputs.
     """
     import keras
     import tensorflow as tf
@@ -133,6 +136,8 @@ def export_tflite(run, out, quantize: bool = False) -> Path:
 
     def serve(image):
         x = tf.cast(image, tf.float32)
+        # RESIZE_BILINEAR is a TFLite builtin; the anti-aliased kernel is not.
+        x = tf.image.resize(x, (size, size), method="bilinear", antialias=False)
         for layer in layers:
             x = layer(x, training=False)
         return x
@@ -144,7 +149,7 @@ def export_tflite(run, out, quantize: bool = False) -> Path:
             archive = keras.export.ExportArchive()
             archive.track(model)
             archive.add_endpoint("serve", serve, input_signature=[
-                tf.TensorSpec((1, size, size, 3), tf.uint8, name="image")])
+                tf.TensorSpec((1, None, None, 3), tf.uint8, name="image")])
             archive.write_out(tmp, verbose=False)
             converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serve"])
             if quantize:
@@ -220,10 +225,13 @@ from PIL import Image
 import tensorflow as tf  # or: from ai_edge_litert.interpreter import Interpreter
 
 interpreter = tf.lite.Interpreter(model_path="model.tflite")
+image = Image.open("photo.jpg").convert("RGB")
+image.thumbnail(({size} * 2, {size} * 2))                # optional: closest to the Keras model
+x = np.asarray(image, dtype=np.uint8)[None]          # (1, height, width, 3), RGB 0-255
+index = interpreter.get_input_details()[0]["index"]
+interpreter.resize_tensor_input(index, x.shape)      # any size: resizing is inside
 interpreter.allocate_tensors()
-image = Image.open("photo.jpg").convert("RGB").resize(({size}, {size}), Image.BILINEAR)
-x = np.asarray(image, dtype=np.uint8)[None]          # (1, {size}, {size}, 3), RGB 0-255
-interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+interpreter.set_tensor(index, x)
 interpreter.invoke()
 probs = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
 labels = open("labels.txt").read().splitlines()
@@ -290,8 +298,9 @@ def model_card(run) -> str:
         "## How to use",
         "",
         f"Every format takes RGB images with values 0-255 and returns one probability per class, "
-        f"in the order of `labels.txt`. The `.keras` model and the SavedModel resize inside "
-        f"(any size); the TFLite models take uint8 `(1, {cfg.image_size}, {cfg.image_size}, 3)`:",
+        f"in the order of `labels.txt`. Every format resizes inside (any size); the TFLite models "
+        f"take one uint8 image `(1, height, width, 3)` and resize it to {cfg.image_size}x{cfg.image_size} "
+        f"with plain bilinear interpolation:",
         "",
         tflite_usage(cfg.image_size),
         "",
