@@ -42,6 +42,8 @@ def test_zip_upload_on_the_train_page_is_stored_and_previewed(tmp_path):
     assert not at.exception, at.exception
     assert [s.value for s in at.success] == ["Stored: 2 classes, 9 images; skipped 1 junk files."]
     assert not at.error, [e.value for e in at.error]
+    at.run()  # a rerun keeps the session's result: ingesting again would say "Already stored"
+    assert [s.value for s in at.success] == ["Stored: 2 classes, 9 images; skipped 1 junk files."]
     assert any("Images per class" in str(c.proto.spec) for c in at.get("plotly_chart"))  # the preview
     stored = list((tmp_path / "data").iterdir())
     assert len(stored) == 1 and sorted(p.name for p in (stored[0] / "data").iterdir()) == ["cats", "dogs"]

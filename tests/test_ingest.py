@@ -179,6 +179,14 @@ def test_second_scan_of_an_unchanged_folder_reads_no_image(tmp_path, monkeypatch
     assert len(datasets.scan_folder_cached(root).files) == 7 and len(opened) == 7
 
 
+def test_a_damaged_scan_cache_file_is_scanned_again(tmp_path):
+    root = write_image_folder(tmp_path / "photos", {"a": 3, "b": 3})
+    first = datasets.scan_folder_cached(root, cache_dir=tmp_path / "scans")
+    (cache_file,) = (tmp_path / "scans").iterdir()
+    cache_file.write_text('{"class_names": ["a"')  # a torn write
+    assert datasets.scan_folder_cached(root, cache_dir=tmp_path / "scans") == first
+
+
 def test_identical_images_in_two_splits_are_reported(tmp_path):
     root = write_image_folder(tmp_path / "photos", {"a": 10, "b": 10})
     for i in range(10):  # b's images are copies of a's: every copy pair is a duplicate

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from tl.errors import DataError, DownloadError
+from tl.files import read_json
 from tl.images import IMAGE_EXTENSIONS, ImageError, decode_image
 
 SYNTHETIC_SHAPES = ("disk", "square", "triangle", "ring", "cross",
@@ -203,31 +204,22 @@ class FolderScan:
     skipped: list
 
 
-def scan_folder(root) -> tuple[list, list, list, list]:
-    """List a folder of class sub-folders.
-
-    Returns:
-        ``(class_names, paths, labels, skipped)`` where ``skipped`` holds
-        ``(relative path, reason)`` for junk and files that are not readable images.
-
-    Raises:
-        DataError: the folder is missing, has no or one class, or a class has no images.
-    """
-    root = Path(root).expanduser()
-    scan = scan_folder_cached(root)
-    return scan.class_names, [root / rel for rel in scan.files], scan.labels, scan.skipped
+def is_junk(name: str) -> bool:
+    """Whether a file or folder name is OS clutter or hidden (skipped in image folders)."""
+    return name.lower() in JUNK_NAMES or name.startswith(".")
 
 
 def scan_folder_cached(root, cache_dir=None) -> FolderScan:
-    """:func:`scan_folder`'s result, cached in a JSON file keyed by every file's path, size
-    and modification time, so scanning an unchanged folder again reads no image.
+    """List a folder of class sub-folders; the result is cached in a JSON file keyed by
+    every file's path, size and modification time, so scanning an unchanged folder again
+    reads no image.
 
     Args:
         root: the folder of class sub-folders.
         cache_dir: where the JSON files go (default: ``<cache root>/scans``).
 
     Raises:
-        DataError: as :func:`scan_folder`.
+        DataError: the folder is missing, has no or one class, or a class has no images.
     """
     root = Path(root).expanduser()
     class_dirs = _class_dirs(root)
@@ -241,7 +233,10 @@ def scan_folder_cached(root, cache_dir=None) -> FolderScan:
             st = os.stat(os.path.join(root, rel))
             key.update(f"{label}|{rel}|{st.st_size}|{st.st_mtime_ns}\0".encode())
     cache_file = Path(cache_dir or _scan_cache_dir()) / f"{key.hexdigest()[:16]}.json"
-    cached = read_json_quietly(cache_file)
+    try:
+        cached = read_json(cache_file)
+    except (OSError, ValueError):  # a damaged cache file only costs a rescan
+        cached = None
     if cached:
         return FolderScan(**cached)
     scan = _scan(root, class_dirs, listing)
@@ -274,7 +269,7 @@ def _class_dirs(root: Path) -> list:
         raise DataError(f"Data folder '{root}' does not exist; give a folder with {LAYOUT_HINT}.")
     class_dirs = sorted(
         p for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in JUNK_NAMES
+        if p.is_dir() and not is_junk(p.name)
     )
     if not class_dirs:
         raise DataError(f"Data folder '{root}' has no class sub-folders; it needs {LAYOUT_HINT}.")
@@ -294,7 +289,7 @@ def _scan(root: Path, class_dirs, listing) -> FolderScan:
         found = 0
         for rel in rels:
             path = root / rel
-            if path.name.lower() in JUNK_NAMES or path.name.startswith("."):
+            if is_junk(path.name):
                 skipped.append((rel, "junk file"))
                 continue
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -325,19 +320,9 @@ def _scan_cache_dir() -> Path:
     return cache_root() / "scans"
 
 
-def read_json_quietly(path):
-    """A JSON file's content, or ``None`` when it is missing or unreadable."""
-    import json
-
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _walk_files(folder: Path):
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if d.lower() not in JUNK_NAMES and not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not is_junk(d))
         for filename in sorted(filenames):
             yield os.path.join(dirpath, filename)
 

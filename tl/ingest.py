@@ -12,6 +12,7 @@ Plain Python: no TensorFlow, no Streamlit.
 """
 
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tl.datasets import is_junk
 from tl.errors import DataError
 from tl.files import atomic_write_json, read_json
 from tl.images import IMAGE_EXTENSIONS
@@ -105,7 +107,7 @@ def ingest_zip(source, root=None, limits: Limits = LIMITS, name: str = "The zip"
             raise DataError(f"{name} is not a zip file; upload a .zip of class folders ({LAYOUT})."
                             ) from None
         with archive:
-            entries = [_zip_entry(archive, info, name) for info in archive.infolist() if not info.is_dir()]
+            entries = [_zip_entry(archive, info) for info in archive.infolist() if not info.is_dir()]
             compressed = sum(info.compress_size for info in archive.infolist())
             _check_entries(entries, limits, name, compressed=compressed)
             folders = [_safe_parts(info.filename, name) for info in archive.infolist() if info.is_dir()]
@@ -139,7 +141,7 @@ def ingest_files(files, root=None, limits: Limits = LIMITS, name: str = "The upl
     if found:
         return found
     entries = [_Entry(raw=rel, size=len(data), compressed=len(data), link=False,
-                      open=lambda data=data: _BytesReader(data)) for rel, data in pairs]
+                      open=lambda data=data: io.BytesIO(data)) for rel, data in pairs]
     _check_entries(entries, limits, name, compressed=None)
     return _store(root, digest, entries, limits, name)
 
@@ -148,7 +150,6 @@ def ingest_files(files, root=None, limits: Limits = LIMITS, name: str = "The upl
 
 LAYOUT = ("one folder per class with its images inside, for example cats/1.jpg and "
           "dogs/2.jpg (optionally inside one top folder)")
-JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -163,20 +164,7 @@ class _Entry:
     skip: str | None = None
 
 
-class _BytesReader:
-    def __init__(self, data):
-        import io
-
-        self._buffer = io.BytesIO(data)
-
-    def __enter__(self):
-        return self._buffer
-
-    def __exit__(self, *exc):
-        self._buffer.close()
-
-
-def _zip_entry(archive, info, name) -> _Entry:
+def _zip_entry(archive, info) -> _Entry:
     mode = info.external_attr >> 16
     return _Entry(raw=info.filename, size=info.file_size, compressed=info.compress_size,
                   link=stat.S_ISLNK(mode), open=lambda: archive.open(info))
@@ -227,9 +215,7 @@ def _check_entries(entries, limits: Limits, name: str, compressed) -> None:
 
 
 def _junk_reason(parts) -> str | None:
-    if not parts:
-        return "junk files"
-    if any(p.lower() in JUNK_NAMES or p.startswith(".") for p in parts):
+    if not parts or any(is_junk(p) for p in parts):
         return "junk files"
     if Path(parts[-1]).suffix.lower() not in IMAGE_EXTENSIONS:
         return "non-image files"
@@ -255,7 +241,7 @@ def _layout(entries, folders, name: str) -> tuple[int, dict]:
     others = [e.parts for e in entries if e.skip == "non-image files"] + [p + ("",) for p in folders]
     prefix = images[0][:strip]
     for parts in others:
-        if len(parts) >= strip + 2 and parts[:strip] == prefix and _junk_reason(parts[:-1] + ("x.png",)) is None:
+        if len(parts) >= strip + 2 and parts[:strip] == prefix and not any(is_junk(p) for p in parts[:-1]):
             counts.setdefault(parts[strip], 0)
     if len(counts) == 1:
         raise DataError(f"{name} has only one class ('{next(iter(counts))}'); a classifier needs at "
@@ -378,8 +364,6 @@ def _existing(root: Path, digest: str) -> Ingested | None:
 
 def _binary(source):
     """``(binary file object, whether to close it)`` for a path, bytes or file object."""
-    import io
-
     if isinstance(source, (bytes, bytearray, memoryview)):
         return io.BytesIO(bytes(source)), True
     if isinstance(source, (str, os.PathLike)):

@@ -183,10 +183,9 @@ def ingest_upload(kind: str, files):
         try:
             with st.spinner("Checking and storing the images..."):
                 if kind == "zip":
-                    memo[key] = ingest.ingest_zip(files[0], root=ingest.data_root(runs.runs_root()),
-                                                  name=f"'{files[0].name}'")
+                    memo[key] = ingest.ingest_zip(files[0], name=f"'{files[0].name}'")
                 else:
-                    memo[key] = ingest.ingest_files(files, root=ingest.data_root(runs.runs_root()))
+                    memo[key] = ingest.ingest_files(files)
         except UserError as exc:
             memo[key] = str(exc)
     stored = memo[key]
