@@ -3,6 +3,8 @@
 import csv
 import io
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -129,3 +131,17 @@ def test_stop_a_sweep_from_its_progress_view(runs_root):
     assert not at.exception, at.exception
     assert not at.get("progress")  # the sweep is over: no live view
     assert at.dataframe[0].value["status"].tolist() == ["cancelled", "cancelled"]
+
+
+def test_the_compare_page_does_not_import_tensorflow(runs_root):
+    # Both modes render (and the similarity measurement waits for "Run comparison") without Keras.
+    code = ("import sys\nfrom streamlit.testing.v1 import AppTest\n"
+            f"at = AppTest.from_file({APP!r}, default_timeout=60).run()\n"
+            "at.switch_page('app_pages/compare.py').run()\n"
+            "at.selectbox(key='compare_backbone').set_value('resnet50').run()\n"
+            "at.radio(key='compare_mode').set_value('Pick finished runs').run()\n"
+            "assert not at.exception, at.exception\n"
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+            "print(loaded[:5]); sys.exit(1 if loaded else 0)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]

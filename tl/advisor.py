@@ -5,7 +5,7 @@ similarity to ImageNet can also be measured (:func:`measure_similarity`, which i
 Keras when called).
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -31,9 +31,7 @@ class Advice:
     basis: str = ""
 
     def to_dict(self) -> dict:
-        return {"case": self.case, "strategy": self.strategy, "head": self.head, "reason": self.reason,
-                "images_per_class": self.images_per_class, "basis": self.basis,
-                "similarity": self.similarity.to_dict() if self.similarity else None}
+        return asdict(self)  # the similarity, when set, as a nested dict
 
 
 _TABLE = {
@@ -104,7 +102,7 @@ class Similarity:
     reason: str
 
     def to_dict(self) -> dict:
-        return {"similar": self.similar, "score": self.score, "sample": self.sample, "reason": self.reason}
+        return asdict(self)
 
 
 def imagenet_confidence(probs) -> float:
@@ -212,9 +210,8 @@ def advise(per_class: int, similarity: Similarity, assume_similar: bool = True) 
     When ``similarity.similar`` is ``None`` (not measurable), ``assume_similar`` decides,
     and the reason says it was assumed.
     """
-    similar = similarity.similar if similarity.similar is not None else assume_similar
-    advice = recommend(per_class, similar)
-    how = "measured" if similarity.similar is not None else "assumed"
-    return Advice(advice.case, advice.strategy, advice.head, advice.reason,
-                  similarity=similarity, images_per_class=int(per_class),
-                  basis=f"{per_class:,} images per class; similarity {how}: {similarity.reason}")
+    measured = similarity.similar is not None
+    return replace(recommend(per_class, similarity.similar if measured else assume_similar),
+                   similarity=similarity, images_per_class=int(per_class),
+                   basis=f"{per_class:,} images per class; similarity {'measured' if measured else 'assumed'}: "
+                         f"{similarity.reason}")

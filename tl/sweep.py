@@ -34,6 +34,7 @@ COLUMNS = ("strategy", "run_id", "status", "head", "backbone", "test_accuracy", 
 METRIC_COLUMNS = ("test_accuracy", "best_val_accuracy", "train_seconds", "extract_seconds",
                   "trainable_params", "total_params", "images_per_second", "epochs_run")
 WITHIN = 0.01  # "within a point": one percentage point of test accuracy
+ACTIVE = ("queued", "running")  # the statuses of a run that has not finished
 
 
 class SweepNotFound(UserError, LookupError):
@@ -138,9 +139,10 @@ class Sweep:
 
     def statuses(self) -> dict:
         """strategy -> status, "not started" for strategies without a run yet."""
-        ids = self.run_ids
+        record = self.record  # one read: the strategies and their run ids together
+        ids = record.get("runs", {})
         result = {}
-        for name in self.strategies:
+        for name in record["strategies"]:
             try:
                 result[name] = runs.get(ids[name], self.root).status()["status"] if name in ids else "not started"
             except UserError:
@@ -149,7 +151,7 @@ class Sweep:
 
     def active(self) -> bool:
         """Whether any run of it is queued or running."""
-        return any(status in ("queued", "running") for status in self.statuses().values())
+        return any(status in ACTIVE for status in self.statuses().values())
 
     def add_run(self, strategy: str, run_id: str) -> None:
         record = self.record
@@ -200,7 +202,7 @@ def submit(sweep: Sweep, manager) -> list:
     """Queue one run per strategy with the app's job manager; return the runs.
 
     Raises:
-        UserError: the data cannot be read (nothing is queued then) .
+        UserError: the data cannot be read (nothing is queued then).
     """
     made = []
     for cfg in sweep_configs(sweep.config, sweep.strategies, sweep.id):
@@ -237,11 +239,12 @@ def stop(sweep: Sweep, manager=None) -> None:
     """Stop a sweep: runs still queued end ``cancelled``; running ones are asked to stop
     (through ``manager`` when the app runs them); finished runs are left as they are."""
     for run in sweep.runs():
-        if run.status()["status"] not in ("queued", "running"):
+        status = run.status()["status"]
+        if status not in ACTIVE:
             continue
         if manager is not None:
             manager.cancel(run.id)
-        elif run.status()["status"] == "queued":
+        elif status == "queued":
             run.set_status("cancelled", reason="The sweep was stopped before this run started.")
         else:
             run.request_cancel()

@@ -120,33 +120,35 @@ def sweep_view(sweep, manager) -> None:
     if advice:
         st.info(f"**Advisor**: {advice['case']} → **{advice['strategy']}**. {advice['basis']}",
                 icon=":material/lightbulb:")
-    seen_key = f"sweep_finished_{sweep.id}"
-    st.session_state[seen_key] = _finished(sweep)
-    if sweep.active():
-        _live(sweep, manager, seen_key)
+    statuses = sweep.statuses()
+    active = any(status in sweeps.ACTIVE for status in statuses.values())
+    if active:
+        _live(sweep, manager, _finished(statuses))
     else:
-        st.dataframe(_status_table(sweep), hide_index=True, key="sweep_status")
+        st.dataframe(_status_table(sweep, statuses), hide_index=True, key="sweep_status")
     done = [run for run in sweep.runs() if run.status()["status"] == "done"]
     if not done:
         return
-    comparison(done, labels={run.id: run.config.strategy for run in done}, key="sweep")
-    verdict = sweeps.verdict(advice["strategy"], sweeps.rows(done)) if advice else None
-    if verdict and not sweep.active():
+    table = comparison(done, labels={run.id: run.config.strategy for run in done}, key="sweep")
+    verdict = sweeps.verdict(advice["strategy"], table) if advice else None
+    if verdict and not active:
         (st.success if verdict["ok"] else st.warning)(verdict["message"])
 
 
-def _finished(sweep) -> int:
-    return sum(status in runs.FINISHED for status in sweep.statuses().values())
+def _finished(statuses: dict) -> int:
+    return sum(status in runs.FINISHED for status in statuses.values())
 
 
-def _live(sweep, manager, seen_key) -> None:
+def _live(sweep, manager, finished: int) -> None:
+    """Progress of an active sweep, refreshed every ``LIVE_SECONDS``; the whole page
+    reruns once the number of finished runs differs from the ``finished`` it showed."""
     @st.fragment(run_every=LIVE_SECONDS)
     def live():
-        if _finished(sweep) != st.session_state.get(seen_key):
+        statuses = sweep.statuses()
+        if _finished(statuses) != finished:
             st.rerun()  # the whole page: a result to fill in, or the sweep has ended
-        table = _status_table(sweep)
-        done = sum(row["status"] in runs.FINISHED for row in table)
-        st.progress(done / len(table), text=f"{done} of {len(table)} runs finished")
+        table = _status_table(sweep, statuses)
+        st.progress(finished / len(table), text=f"{finished} of {len(table)} runs finished")
         st.dataframe(table, hide_index=True, key="sweep_status")
         if st.button("Stop sweep", key="sweep_stop"):
             sweeps.stop(sweep, manager)
@@ -155,10 +157,10 @@ def _live(sweep, manager, seen_key) -> None:
     live()
 
 
-def _status_table(sweep) -> list:
+def _status_table(sweep, statuses: dict) -> list:
     ids = sweep.run_ids
     table = []
-    for strategy, status in sweep.statuses().items():
+    for strategy, status in statuses.items():
         row = {"strategy": strategy, "status": status, "epochs": "", "test accuracy": None, "run": ids.get(strategy, "")}
         if strategy in ids and status not in ("not started", "deleted"):
             run = runs.Run(sweep.root / ids[strategy])
@@ -172,9 +174,10 @@ def _status_table(sweep) -> list:
 
 # -- any runs side by side ---------------------------------------------------------------
 
-def comparison(run_list: list, labels: dict, key: str) -> None:
+def comparison(run_list: list, labels: dict, key: str) -> list:
     """The table (with a CSV download), validation curves against epoch and time,
-    test accuracy against training time with the Pareto front, and per-class accuracy."""
+    test accuracy against training time with the Pareto front, and per-class accuracy.
+    Returns the table's rows (:func:`tl.sweep.rows`)."""
     table = sweeps.rows(run_list)
     st.dataframe(table, hide_index=True, key=f"{key}_table", column_config={
         "test_accuracy": st.column_config.NumberColumn("test accuracy", format="%.4f"),
@@ -199,6 +202,7 @@ def comparison(run_list: list, labels: dict, key: str) -> None:
     left.caption("Training time includes feature extraction (zero when cached features were reused).")
     right.plotly_chart(plots.compare_per_class([{"label": labels[run.id], "metrics": run.metrics}
                                                 for run in run_list]), key=f"{key}_per_class")
+    return table
 
 
 def pick_runs(root: str) -> None:
