@@ -2,6 +2,7 @@
 
 import hashlib
 
+import numpy as np
 import streamlit as st
 
 from tl import plots, runs
@@ -10,6 +11,7 @@ from tl.images import IMAGE_EXTENSIONS
 from ui.state import runs_dir
 
 UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
+DISPLAY_SIDE = 768
 
 
 @st.cache_resource(show_spinner="Loading the run's model and its ImageNet head...", max_entries=2)
@@ -20,12 +22,57 @@ def load_predictor(root: str, run_id: str):
     return Predictor(runs.get(run_id, root))
 
 
-def _run_label(run) -> str:
-    cfg = run.config
-    accuracy = run.metrics.get("test_accuracy")
+def _run_label(row: dict) -> str:
+    accuracy = row["test_accuracy"]
     score = f", test accuracy {accuracy:.1%}" if accuracy is not None else ""
-    name = f"{cfg.name}: " if cfg.name else ""
-    return f"{name}{cfg.dataset} · {cfg.backbone} · {cfg.strategy}{score} ({run.id})"
+    name = f"{row['name']}: " if row["name"] else ""
+    return f"{name}{row['dataset']} · {row['backbone']} · {row['strategy']}{score} ({row['run_id']})"
+
+
+def _shrink(image, side: int = DISPLAY_SIDE):
+    """A copy at most ``side`` pixels wide and high, for the browser (a phone photo would
+    otherwise travel to it at full size on every rerun)."""
+    from PIL import Image
+
+    if max(image.shape[:2]) <= side:
+        return image
+    picture = Image.fromarray(image)
+    picture.thumbnail((side, side), Image.BILINEAR)
+    return np.asarray(picture)
+
+
+def _decode(name: str, data: bytes):
+    from tl.images import decode_image
+    from tl.predict import DRAFT_SIZE
+
+    return decode_image(data, name=name, draft_size=DRAFT_SIZE)
+
+
+@st.cache_data(show_spinner="Classifying...", max_entries=64)
+def classify(root: str, run_id: str, digest: str, name: str, _data: bytes):
+    """Decode and classify one upload once per (run, image content): the top-10 of both
+    heads (fewer are shown by slicing), a display-sized copy and the original size; or the
+    one-sentence reason the file cannot be used. Changing k or toggling Grad-CAM reuses it."""
+    from tl.images import ImageError
+    from tl.predict import MAX_TOP_K
+
+    try:
+        image = _decode(name, _data)
+    except ImageError as exc:
+        return None, str(exc)
+    result = load_predictor(root, run_id).predict(image, MAX_TOP_K)
+    return (_shrink(image), image.shape[:2], result), None
+
+
+@st.cache_data(show_spinner="Computing where the head looks...", max_entries=64)
+def explain(root: str, run_id: str, digest: str, name: str, head: str, _data: bytes):
+    """Grad-CAM of ``head``'s top class, blended over the display-sized copy, and its method."""
+    from tl.gradcam import overlay, resize_map
+
+    image = _decode(name, _data)
+    heat = load_predictor(root, run_id).grad_cam(image, head)
+    shown = _shrink(image)
+    return overlay(shown, resize_map(heat.values, *shown.shape[:2])), heat.method
 
 
 def _inputs() -> list:
@@ -41,67 +88,54 @@ def _inputs() -> list:
     return found
 
 
-def _show(predictor, index: int, name: str, data: bytes, k: int, explain: bool) -> None:
-    from tl.gradcam import overlay
-    from tl.images import ImageError, decode_image
-    from tl.predict import DRAFT_SIZE
-
-    try:
-        image = decode_image(data, name=name, draft_size=DRAFT_SIZE)
-    except ImageError as exc:
-        st.error(str(exc), icon=":material/broken_image:")
+def _show(root: str, run_id: str, predictor, index: int, name: str, data: bytes, k: int, heat: bool) -> None:
+    digest = hashlib.sha256(data).hexdigest()
+    found, error = classify(root, run_id, digest, name, data)
+    if error:
+        st.error(error, icon=":material/broken_image:")
         return
-    result = predictor.predict(image, k)
+    shown, (height, width), result = found
     with st.container(border=True):
         picture, left, right = st.columns([1, 2, 2])
-        picture.image(image, caption=f"{name} ({image.shape[1]}x{image.shape[0]})", width="stretch")
+        picture.image(shown, caption=f"{name} ({width}x{height})", width="stretch")
         if result.shared:
             picture.caption(f"One backbone pass for both heads: {result.backbone_seconds * 1000:.0f} ms.")
-        with left:
-            if result.imagenet is None:
-                st.markdown("**ImageNet head**")
-                st.info(result.imagenet_reason, icon=":material/info:")
-            else:
-                st.plotly_chart(plots.top_k(result.imagenet.labels, result.imagenet.scores,
-                                            f"ImageNet head ({predictor.cfg.backbone})",
-                                            result.imagenet.seconds), key=f"cls_imagenet_{index}")
-                if explain:
-                    _heat(predictor, image, "imagenet", result.imagenet.labels[0], overlay)
-        with right:
-            st.plotly_chart(plots.top_k(result.transfer.labels, result.transfer.scores,
-                                        "Transferred head (your classes)", result.transfer.seconds),
-                            key=f"cls_transfer_{index}")
-            if explain:
-                _heat(predictor, image, "transfer", result.transfer.labels[0], overlay)
-
-
-def _heat(predictor, image, head: str, label: str, overlay) -> None:
-    heat = predictor.grad_cam(image, head)
-    how = ("Grad-CAM" if heat.method == "grad-cam" else
-           "Saliency (the feature map is a single cell at this input size, so Grad-CAM has nothing to weigh)")
-    st.image(overlay(image, heat), caption=f"{how}: where it looks for '{label}'", width="stretch")
+        columns = ((left, "imagenet", result.imagenet, f"ImageNet head ({predictor.cfg.backbone})"),
+                   (right, "transfer", result.transfer, "Transferred head (your classes)"))
+        for column, head, answer, title in columns:
+            with column:
+                if answer is None:
+                    st.markdown(f"**{title}**")
+                    st.info(result.imagenet_reason, icon=":material/info:")
+                    continue
+                st.plotly_chart(plots.top_k(answer.labels[:k], answer.scores[:k], title, answer.seconds),
+                                key=f"cls_{head}_{index}")
+                if heat:
+                    blended, method = explain(root, run_id, digest, name, head, data)
+                    how = ("Grad-CAM" if method == "grad-cam" else "Saliency (the feature map is a single "
+                           "cell at this input size, so Grad-CAM has nothing to weigh)")
+                    st.image(blended, caption=f"{how}: where it looks for '{answer.labels[0]}'", width="stretch")
 
 
 st.title("Classify")
 st.markdown("Upload photos and compare what the backbone's original **ImageNet classifier** sees "
             "with what **your transferred head** predicts.")
 root = runs_dir()
-finished = [run for run in runs.list_runs(root) if run.status().get("status") == "done"]
+finished = {row["run_id"]: row for row in (run.summary() for run in runs.list_runs(root)) if row["status"] == "done"}
 if not finished:
     st.info("No finished run yet: train one on the Train page first.", icon=":material/info:")
     st.page_link("app_pages/train.py", label="Open Train", icon=":material/model_training:")
     st.stop()
 
-ids = [run.id for run in finished]
+ids = list(finished)
 wanted = st.query_params.get("run")
-by_id = {run.id: run for run in finished}
 run_id = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in ids else 0,
-                      format_func=lambda rid: _run_label(by_id[rid]), key="classify_run")
+                      format_func=lambda rid: _run_label(finished[rid]), key="classify_run")
 if st.query_params.get("run") != run_id:
     st.query_params["run"] = run_id
 left, right = st.columns(2)
 k = left.slider("Classes to show per head (top-k)", 1, 10, 5, key="classify_k")
-explain = right.toggle("Show where each head looks (Grad-CAM)", key="classify_gradcam")
+heat = right.toggle("Show where each head looks (Grad-CAM)", key="classify_gradcam")
 items = _inputs()
 if not items:
     st.caption("Upload one or more images to classify them.")
@@ -116,9 +150,8 @@ if predictor.imagenet_weights is None and predictor.imagenet_reason is None:
                "its labels are noise.", icon=":material/warning:")
 seen = set()
 for index, (name, data) in enumerate(items):
-    digest = hashlib.sha256(data).hexdigest()
-    if digest in seen:
+    if data in seen:
         st.caption(f"{name}: the same image as one above, skipped.")
         continue
-    seen.add(digest)
-    _show(predictor, index, name, data, k, explain)
+    seen.add(data)
+    _show(root, run_id, predictor, index, name, data, k, heat)

@@ -175,20 +175,14 @@ def measure_similarity(data, backbone: str, sample: int = SIMILARITY_SAMPLE, see
 
 def _imagenet_classifier(spec, weights):
     """The backbone with its ImageNet top, or a :class:`Similarity` saying why not."""
-    import keras
+    from tl.backbones import imagenet_classifier
+    from tl.downloads import keras_home
+    from tl.errors import DownloadError
 
-    from tl.downloads import failed_url, keras_home
-
-    constructor = getattr(keras.applications, spec.application)
     try:
-        return constructor(include_top=True, weights=weights)
-    except Exception as exc:  # Keras raises a bare Exception for a failed download
-        message = str(exc)
-        if "URL fetch failure" not in message and "urlopen" not in message.lower():
-            raise
-        url = failed_url(message) or ""
-        filename = url.rsplit("/", 1)[-1] or f"{spec.name} weights"
-        return Similarity(None, None, 0, f"The ImageNet classifier weights for {spec.name} ({filename}) are not "
+        return imagenet_classifier(spec.name, weights)
+    except DownloadError as exc:
+        return Similarity(None, None, 0, f"The ImageNet classifier weights for {spec.name} ({exc.filename}) are not "
                                          f"in {keras_home()}/models and could not be downloaded (no internet?), "
                                          "so similarity to ImageNet was not measured.")
 

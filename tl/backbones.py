@@ -6,7 +6,7 @@ The registry is plain metadata; Keras is imported inside the builders only.
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl.downloads import failed_url, keras_home
+from tl.downloads import failed_url, is_fetch_failure, keras_home
 from tl.errors import ConfigError, DownloadError
 
 # Per-channel affine maps from RGB 0-255 to what each family of ImageNet weights expects
@@ -156,7 +156,7 @@ def _build_application(spec: BackboneSpec, image_size: int, weights):
         return constructor(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
     except Exception as exc:  # Keras raises a bare Exception for a failed download.
         message = str(exc)
-        if "URL fetch failure" in message or "urlopen" in message.lower():
+        if is_fetch_failure(message):
             raise weights_download_error(spec.name, message) from None
         if weights not in (None, "imagenet"):
             raise ConfigError(
@@ -166,17 +166,42 @@ def _build_application(spec: BackboneSpec, image_size: int, weights):
         raise
 
 
+def imagenet_classifier(name: str, weights="imagenet"):
+    """The backbone with its ImageNet top (Keras's ``include_top=True`` model) at its native
+    input size, expecting preprocessed input.
+
+    Args:
+        name: registry name of a backbone that has an ImageNet head.
+        weights: ``"imagenet"`` (downloaded once into the Keras cache) or ``None``.
+
+    Raises:
+        DownloadError: the weights are not cached and cannot be downloaded.
+    """
+    import keras
+
+    spec = get_spec(name)
+    constructor = getattr(keras.applications, spec.application)
+    try:
+        return constructor(include_top=True, weights=weights)
+    except Exception as exc:  # Keras raises a bare Exception for a failed download.
+        if is_fetch_failure(exc):
+            raise weights_download_error(spec.name, str(exc)) from None
+        raise
+
+
 def weights_download_error(backbone: str, message: str) -> DownloadError:
     """Turn Keras's failed-download exception into one sentence with the file and folder."""
     url = failed_url(message)
     filename = url.rsplit("/", 1)[-1] if url else f"{backbone} weights"
     url = url or "the Keras applications bucket"
     folder = Path(keras_home()) / "models"
-    return DownloadError(
+    error = DownloadError(
         f"Could not download the ImageNet weights for {backbone} ({filename}) from {url}: "
         f"there seems to be no internet connection. Download the file by hand into {folder}, "
         "or choose weights 'none'."
     )
+    error.filename = filename  # for callers that word the consequence their own way
+    return error
 
 
 def _layer_output(base, cut: str, name: str):

@@ -64,7 +64,7 @@ def grad_cam(features, head, image: np.ndarray, index: int | None = None,
     if cam is None:
         method = "saliency"
         cam = np.abs(grad_input.numpy()[0]).max(axis=-1)
-    return HeatMap(_normalise(_resize(_normalise(cam), image.shape[0], image.shape[1])), int(class_index), method)
+    return HeatMap(_normalise(resize_map(_normalise(cam), image.shape[0], image.shape[1])), int(class_index), method)
 
 
 def _normalise(values: np.ndarray) -> np.ndarray:
@@ -74,7 +74,8 @@ def _normalise(values: np.ndarray) -> np.ndarray:
     return values / top if top > 0 else values
 
 
-def _resize(values: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_map(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``values`` (2-D float) resized to ``height x width`` with bilinear interpolation."""
     from PIL import Image
 
     resized = Image.fromarray(values.astype(np.float32)).resize((width, height), Image.BILINEAR)

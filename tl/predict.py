@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tl.downloads import is_fetch_failure
 from tl.errors import DownloadError, UserError
 
 DEFAULT_TOP_K = 5
@@ -147,7 +148,6 @@ class Predictor:
         if not self.shared:
             self.transfer_path = _split_run_model(model)
             self.imagenet_path = None if top is None else _split_imagenet(top, self.spec)
-            self.imagenet_size = None if top is None else self.spec.native_size
         del model, top
         gc.collect()
 
@@ -176,20 +176,12 @@ class Predictor:
 
     def _imagenet_application(self):
         """The backbone with its ImageNet top, at the native input size."""
-        import keras
+        from tl.backbones import imagenet_classifier
 
-        from tl.backbones import weights_download_error
-
-        spec = self.spec
-        constructor = getattr(keras.applications, spec.application)
         try:
-            return constructor(include_top=True, weights=self.imagenet_weights)
-        except Exception as exc:  # Keras raises a bare Exception for a failed download
-            message = str(exc)
-            if "URL fetch failure" in message or "urlopen" in message.lower():
-                error = weights_download_error(spec.name, message)
-                raise DownloadError(f"No ImageNet column: {error}") from None
-            raise
+            return imagenet_classifier(self.spec.name, self.imagenet_weights)
+        except DownloadError as exc:
+            raise DownloadError(f"No ImageNet column: {exc}") from None
 
     def _build_shared(self, model, top) -> bool:
         """One trunk, two outputs (the run's cut and the last block); ``False`` when the
@@ -221,7 +213,6 @@ class Predictor:
         features = keras.Model(inputs, trunk(x), name="features")
         self.transfer_path = _Path(features, 0, _run_head(model))
         self.imagenet_path = _Path(features, 1, imagenet_head)
-        self.imagenet_size = size
         return True
 
     # -- prediction --------------------------------------------------------------------
@@ -258,7 +249,7 @@ class Predictor:
         try:
             decoded = module.decode_predictions(probs[None], top=k)[0]
         except Exception as exc:
-            if "URL fetch failure" in str(exc) or "urlopen" in str(exc).lower():
+            if is_fetch_failure(exc):
                 raise DownloadError(
                     "No ImageNet column: the ImageNet class names (imagenet_class_index.json) "
                     "could not be downloaded; put the file in the Keras cache's models folder.")
@@ -279,12 +270,11 @@ class Predictor:
 
 
 def _run_path(path: _Path, batch):
+    """Probabilities of one path's own backbone pass and head, and the seconds both took."""
     started = time.perf_counter()
     features = path.features.predict_on_batch(batch)
-    if path.index is not None:
-        features = features[path.index]
-    probs = path.head.predict_on_batch(features)[0]
-    return np.asarray(probs, dtype=np.float64), time.perf_counter() - started
+    probs, _ = _timed(path.head, features if path.index is None else features[path.index])
+    return probs, time.perf_counter() - started
 
 
 def _timed(head, features):
