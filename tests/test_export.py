@@ -1,5 +1,6 @@
 """Exports of one trained run: TFLite (float, quantised) and SavedModel agree with Keras."""
 
+import shutil
 import subprocess
 import sys
 import warnings
@@ -139,8 +140,24 @@ def test_cached_exports_are_built_once(trained):
     run, _, _, _ = trained
     first = export.cached(run, "labels")
     assert first == run.path / "exports" / "labels.txt"
-    stamp = first.stat().st_mtime_ns
-    assert export.cached(run, "labels").stat().st_mtime_ns == stamp
+    # Every write is a new file renamed into place, so a rebuild would change the inode.
+    stamp = (first.stat().st_ino, first.stat().st_mtime_ns)
+    again = export.cached(run, "labels").stat()
+    assert (again.st_ino, again.st_mtime_ns) == stamp
+
+
+def test_an_unloadable_model_is_one_sentence_and_leaves_nothing(trained, tmp_path):
+    run, _, _, _ = trained
+    root = tmp_path / "runs"
+    shutil.copytree(run.path, root / run.id)
+    broken = runs.get(run.id, root)
+    broken.model_path.write_bytes(b"not a keras file")
+    out = tmp_path / "out"
+    out.mkdir()
+    for fmt in ("savedmodel", "tflite"):
+        with pytest.raises(export.ExportError, match=f"The model of run '{run.id}' could not be loaded"):
+            export.export(broken, fmt, out)
+    assert list(out.iterdir()) == []
 
 
 def test_cli_export_and_refusals(trained, tmp_path, capsys):

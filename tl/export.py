@@ -5,7 +5,7 @@ is inside, and so is resizing: every format accepts any image size. The ``.keras
 and the SavedModel resize exactly as in training (bilinear, anti-aliased). TFLite has no
 anti-aliased resize, so the TFLite models resize with plain bilinear interpolation: the
 same result when enlarging or at the run's ``image_size`` ``S``, slightly different when
-shrinking a much larger photo (shrink it to about ``S x S`` first for the closest match;
+shrinking a much larger photo (shrink it to about ``2S x 2S`` first for the closest match;
 see :func:`tflite_usage`).
 
 Importing this module does not import TensorFlow.
@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from tl.errors import UserError
-from tl.files import atomic_write_bytes
+from tl.files import atomic_write_bytes, read_json
 
 FORMATS = ("keras", "savedmodel", "tflite", "labels", "card")
 EXPORTS_DIR = "exports"
@@ -116,7 +116,10 @@ def export_savedmodel(run, out) -> Path:
             archive.write_out(str(folder), verbose=False)
         except Exception as exc:
             raise _failed(run, "a SavedModel", exc) from None
-        return _zip_folder(folder, Path(out), root=f"{run.id}-savedmodel")
+        # Zipped inside the temporary folder (same file system), then renamed into place:
+        # readers never see half a zip, and a failure leaves nothing behind.
+        zipped = _zip_folder(folder, Path(tmp) / "savedmodel.zip", root=f"{run.id}-savedmodel")
+        return zipped.replace(out)
 
 
 def export_tflite(run, out, quantize: bool = False) -> Path:
@@ -179,11 +182,19 @@ def export_model_card(run, out) -> Path:
 # -- helpers ---------------------------------------------------------------------------
 
 def load_model(run):
-    """The run's model, loaded in safe mode without its optimizer."""
+    """The run's model, loaded in safe mode without its optimizer.
+
+    Raises:
+        ExportError: the run is not done, or its ``model.keras`` cannot be loaded.
+    """
     import keras
 
     check_exportable(run)
-    return keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+    try:
+        return keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+    except Exception as exc:
+        raise ExportError(f"The model of run '{run.id}' could not be loaded ({_first_line(exc)}); "
+                          "train it again to export it.") from None
 
 
 def inference_layers(model) -> list:
@@ -193,18 +204,20 @@ def inference_layers(model) -> list:
 
 
 def _failed(run, what: str, exc: Exception) -> ExportError:
-    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    return ExportError(f"Could not convert run '{run.id}' to {what} ({first}); the .keras model "
-                       "still works, download that instead.")
+    return ExportError(f"Could not convert run '{run.id}' to {what} ({_first_line(exc)}); the .keras "
+                       "model still works, download that instead.")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _zip_folder(folder: Path, out: Path, root: str) -> Path:
-    tmp = out.with_name(f".{out.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 archive.write(path, f"{root}/{path.relative_to(folder)}")
-    tmp.replace(out)
     return out
 
 
@@ -242,7 +255,7 @@ print(labels[int(probs.argmax())], float(probs.max()))
 def model_card(run) -> str:
     """A markdown model card: data, config, metrics, intended use, limits, how to use."""
     cfg, metrics, labels = run.config, run.metrics, run.labels
-    info = _read_labels_file(run)
+    info = read_json(run.path / "labels.json", {})
     counts = info.get("counts", {})
     total = sum(counts.values()) if counts else None
     sizes = {k: metrics.get(f"{k}_size") for k in ("train", "val", "test")}
@@ -306,12 +319,6 @@ def model_card(run) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _read_labels_file(run) -> dict:
-    from tl.files import read_json
-
-    return read_json(run.path / "labels.json", {})
 
 
 def _weights_limits(cfg) -> list:
