@@ -78,7 +78,7 @@ def measure(label: str, overrides: dict) -> dict:
                                  str(Path(tmp) / "runs"), "--json"], cwd=REPO, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, _, usage = os.wait4(proc.pid, 0)
         seconds = time.time() - started
     summary = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
     return {"run": label, "status": summary.get("status"), "peak_mb": round(usage.ru_maxrss / 1024),
