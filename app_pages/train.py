@@ -4,7 +4,7 @@ import streamlit as st
 
 from tl.errors import UserError
 from ui.run_view import dataset_preview, estimate_caption, live_progress, results, runs_list
-from ui.state import current_run, job_manager, runs_dir, show_run
+from ui.state import current_run, data_key, job_manager, load_data, runs_dir, show_run
 from ui.train_form import config_form
 
 st.title("Train")
@@ -18,7 +18,7 @@ if cfg is not None:
     estimate_caption(cfg)
     if st.button("Train", key="train_start", type="primary"):
         try:
-            run = manager.submit(cfg)
+            run = manager.submit(cfg, data=load_data(data_key(cfg)))  # the preview's copy
         except UserError as exc:
             st.error(str(exc))
         else:

@@ -353,7 +353,7 @@ def cmd_compare(args) -> int:
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        sweeps.run_in_process(sweep, args.runs_dir, on_event=_printer(out), on_run=on_run)
+        sweeps.run_in_process(sweep, args.runs_dir, on_event=_printer(out), on_run=on_run, data=data)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -413,9 +413,11 @@ def cmd_download(args) -> int:
 def _add_export_parser(sub):
     export = sub.add_parser("export", help="export a finished run (keras, savedmodel zip, tflite, labels, card)")
     export.add_argument("run_id")
-    export.add_argument("--format", required=True, choices=("keras", "savedmodel", "tflite", "labels", "card"),
+    from tl.export import FORMATS
+
+    export.add_argument("--format", required=True, choices=FORMATS,
                         help="keras: the .keras model; savedmodel: a zipped TF SavedModel; tflite: TFLite "
-                             "(uint8 RGB image of the run's image size in); labels: labels.txt; card: a model card")
+                             "(a uint8 RGB image of any size in, resized inside); labels: labels.txt; card: a model card")
     export.add_argument("--quantize", action="store_true", help="tflite only: dynamic-range 8-bit weights")
     export.add_argument("--out", required=True, help="file to write, or an existing folder")
     export.add_argument("--runs-dir")

@@ -76,15 +76,19 @@ def filename(run, fmt: str, quantize: bool = False) -> str:
             "labels": "labels.txt", "card": "MODEL_CARD.md"}[fmt]
 
 
+def cached_path(run, fmt: str, quantize: bool = False) -> Path:
+    """Where :func:`cached` keeps an export: ``<run>/exports/<file name>``."""
+    return run.path / EXPORTS_DIR / filename(run, fmt, quantize)
+
+
 def cached(run, fmt: str, quantize: bool = False) -> Path:
     """The export in ``<run>/exports/``, built the first time it is asked for.
 
     The app calls this so a page rerun (or another session) never converts twice.
     """
-    folder = run.path / EXPORTS_DIR
-    path = folder / filename(run, fmt, quantize)
+    path = cached_path(run, fmt, quantize)
     if not path.is_file():
-        folder.mkdir(exist_ok=True)
+        path.parent.mkdir(exist_ok=True)
         export(run, fmt, path, quantize=quantize)
     return path
 
@@ -187,14 +191,11 @@ def load_model(run):
     Raises:
         ExportError: the run is not done, or its ``model.keras`` cannot be loaded.
     """
-    import keras
-
     check_exportable(run)
     try:
-        return keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
-    except Exception as exc:
-        raise ExportError(f"The model of run '{run.id}' could not be loaded ({_first_line(exc)}); "
-                          "train it again to export it.") from None
+        return run.load_model()
+    except UserError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def inference_layers(model) -> list:

@@ -82,8 +82,9 @@ class JobManager:
 
     # -- public API ----------------------------------------------------------------------
 
-    def submit(self, cfg) -> runs.Run:
-        """Create a run for ``cfg`` (status queued) and start it when a slot is free.
+    def submit(self, cfg, data=None) -> runs.Run:
+        """Create a run for ``cfg`` (status queued) and start it when a slot is free;
+        ``data`` is the config's dataset if the caller has it loaded already.
 
         Returns:
             The new :class:`tl.runs.Run`.
@@ -91,7 +92,7 @@ class JobManager:
         Raises:
             UserError: the config cannot run (checked before any folder is made).
         """
-        run = training.prepare(cfg, self.root)  # reads the data: kept outside the lock
+        run = training.prepare(cfg, self.root, data=data)  # may read the data: outside the lock
         with self._lock:
             self._queue.append(run.id)
             self._start_queued()

@@ -116,8 +116,6 @@ class Predictor:
     """
 
     def __init__(self, run, imagenet_weights=_DEFAULT, share: bool = True):
-        import keras
-
         if imagenet_weights is _DEFAULT:
             imagenet_weights = IMAGENET_WEIGHTS
 
@@ -129,11 +127,7 @@ class Predictor:
         self.cfg = run.config
         self.class_names = run.labels
         self.imagenet_weights = imagenet_weights
-        try:
-            model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
-        except Exception as exc:
-            raise UserError(f"The model of run {run.id} could not be loaded "
-                            f"({str(exc).splitlines()[0][:160]}); train it again.") from None
+        model = run.load_model()
         self.input_size = int(self.cfg.image_size)
         self.imagenet_reason = self._imagenet_unavailable()
         self.shared = False

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tl.config import RunConfig
-from tl.errors import RunNotFound
+from tl.errors import RunNotFound, UserError
 from tl.files import append_jsonl, atomic_write_json, read_json, read_jsonl
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -73,6 +73,21 @@ class Run:
     @property
     def labels(self) -> list:
         return read_json(self.path / "labels.json", {}).get("class_names", [])
+
+    def load_model(self):
+        """The saved model (images in, probabilities out), in safe mode, without optimizer.
+
+        Raises:
+            UserError: ``model.keras`` is missing or cannot be loaded, in one sentence.
+        """
+        import keras
+
+        try:
+            return keras.saving.load_model(self.model_path, safe_mode=True, compile=False)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(f"The model of run '{self.id}' could not be loaded ({first}); "
+                            "train it again.") from None
 
     def events(self, start: int = 0):
         """``(events, next_offset)`` from byte offset ``start`` of the event log."""

@@ -204,25 +204,29 @@ def submit(sweep: Sweep, manager) -> list:
     Raises:
         UserError: the data cannot be read (nothing is queued then).
     """
+    from tl import datasets
+
+    data = datasets.load(sweep.config)  # every run of a sweep reads the same data
     made = []
     for cfg in sweep_configs(sweep.config, sweep.strategies, sweep.id):
-        run = manager.submit(cfg)
+        run = manager.submit(cfg, data=data)
         sweep.add_run(cfg.strategy, run.id)
         made.append(run)
     return made
 
 
-def run_in_process(sweep: Sweep, runs_dir=None, on_event=None, on_run=None) -> list:
+def run_in_process(sweep: Sweep, runs_dir=None, on_event=None, on_run=None, data=None) -> list:
     """Create every run of ``sweep`` (queued), then train them one after another here.
 
     A run that is no longer queued when its turn comes (the sweep was stopped) is
-    skipped. ``on_run(run)`` is called before each run trains. Returns the runs.
+    skipped. ``on_run(run)`` is called before each run trains; ``data`` is the sweep's
+    dataset if the caller has loaded it. Returns the runs.
     """
     from tl import jobs, training
 
     made = []
     for cfg in sweep_configs(sweep.config, sweep.strategies, sweep.id):
-        run = training.prepare(cfg, runs_dir)
+        run = training.prepare(cfg, runs_dir, data=data)
         jobs.claim(run)  # trained here: an app's job manager on this folder must not start it
         sweep.add_run(cfg.strategy, run.id)
         made.append(run)

@@ -23,15 +23,16 @@ BATCH_EVENT_SECONDS = 0.5
 
 # -- entry points ----------------------------------------------------------------------
 
-def prepare(cfg: RunConfig, runs_dir=None, run_id: str | None = None) -> "runs.Run":
+def prepare(cfg: RunConfig, runs_dir=None, run_id: str | None = None, data=None) -> "runs.Run":
     """Check that ``cfg`` can run (data readable, weights reference valid), then create
-    its run folder with status ``queued``.
+    its run folder with status ``queued``. ``data``: the config's dataset when the caller
+    has already loaded it (the app's preview, a sweep), so it is not read again.
 
     Raises:
         UserError: with one sentence, before any folder is made (a
             :class:`tl.budget.BudgetError` when the run would not fit the memory budget).
     """
-    data = datasets.load(cfg)
+    data = datasets.load(cfg) if data is None else data
     if cfg.weights.startswith("run:") and STRATEGIES[cfg.strategy].pretrained:
         source_run(cfg, runs_dir)
     budget.check(cfg, len(data))  # $TL_MEMORY_BUDGET_MB, e.g. on Streamlit Community Cloud
@@ -415,9 +416,7 @@ def transfer_backbone(run, backbone) -> int:
     Raises:
         ConfigError: a layer the new backbone needs is missing from the run's backbone.
     """
-    import keras
-
-    saved = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+    saved = run.load_model()
     source = {layer.name: layer for layer in saved.get_layer("backbone").layers}
     copied = 0
     for layer in backbone.layers:

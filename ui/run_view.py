@@ -263,11 +263,11 @@ def _export_downloads(run) -> None:
     exports/ folder, so reruns and other sessions download without converting again."""
     from tl import export
 
-    st.markdown("**Export** (the TFLite models take a uint8 RGB image of "
-                f"{run.config.image_size}x{run.config.image_size}; see the model card)")
+    st.markdown("**Export** (the TFLite models take a uint8 RGB image of any size and resize it to "
+                f"{run.config.image_size}x{run.config.image_size} inside; see the model card)")
     for column, (fmt, quantize, label) in zip(st.columns(len(EXPORTS)), EXPORTS):
         key = f"{fmt}{'_int8' if quantize else ''}_{run.id}"
-        path = run.path / export.EXPORTS_DIR / export.filename(run, fmt, quantize)
+        path = export.cached_path(run, fmt, quantize)
         instant = fmt in ("labels", "card")
         if not path.is_file() and (instant or column.button(f"Build {label}", key=f"build_{key}")):
             try:
