@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,16 @@ def write_image_folder(root, counts: dict, size: int = 20, fmt: str = "png"):
             image = synthetic_image(7, label * 1000 + i, label % 10, size=size)
             Image.fromarray(image).save(folder / f"{i:03d}.{fmt}")
     return root
+
+
+def wait_for(check, what, timeout=180):
+    """Poll ``check()`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"Timed out after {timeout} s waiting for {what}.")
 
 
 @pytest.fixture

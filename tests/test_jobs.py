@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,7 +16,7 @@ from tl.errors import ConfigError, UserError
 from tl.files import read_json
 from tl.jobs import EXITED, JobManager
 
-from conftest import tiny_config
+from conftest import tiny_config, wait_for
 
 LONG = dict(epochs=200, samples_per_class=40, batch_size=8)  # still training when the test acts
 
@@ -37,13 +36,6 @@ def start_manager(runs_dir):
         manager.shutdown(cancel_running=True)
 
 
-def wait_for(check, what, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"Timed out after {timeout} s waiting for {what}.")
 
 
 def written(run) -> dict:

@@ -3,7 +3,6 @@
 import csv
 import io
 import json
-import time
 
 import pytest
 
@@ -13,7 +12,7 @@ from tl.errors import ConfigError
 from tl.files import read_json
 from tl.jobs import JobManager
 
-from conftest import TINY, tiny_config
+from conftest import TINY, tiny_config, wait_for
 
 
 def test_strategies_and_configs_of_a_sweep():
@@ -84,13 +83,6 @@ def test_compare_cli_bad_names_are_one_error_line(runs_dir, capsys):
     assert runs.list_runs(runs_dir) == [] and sweeps.list_sweeps(runs_dir) == []
 
 
-def wait_for(check, what, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"Timed out after {timeout} s waiting for {what}.")
 
 
 def test_a_stopped_sweep_keeps_finished_runs_and_cancels_the_rest(runs_dir):

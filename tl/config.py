@@ -63,6 +63,11 @@ class RunConfig:
             return self.fine_tune_learning_rate
         return self.learning_rate / 10
 
+    @property
+    def total_epochs(self) -> int:
+        """Epochs over all phases (``fine_tune`` adds its second phase's)."""
+        return self.epochs + (self.fine_tune_epochs if self.strategy == "fine_tune" else 0)
+
     # -- JSON -----------------------------------------------------------------------
     def to_dict(self) -> dict:
         """Return the config as a plain JSON-able dict."""

@@ -10,7 +10,7 @@ from tl.config import RunConfig
 from tl.datasets import DATASETS
 from tl.errors import UserError
 from tl.heads import HEADS
-from ui.state import data_key, load_data
+from ui.state import data_key, load_data, remember
 
 LIVE_SECONDS = 1.0
 DEFAULTS = RunConfig()
@@ -105,9 +105,7 @@ def current_sweep(root: str):
 
 
 def show_sweep(sweep_id: str) -> None:
-    st.session_state["sweep_id"] = sweep_id
-    if st.query_params.get("sweep") != sweep_id:
-        st.query_params["sweep"] = sweep_id
+    remember("sweep", sweep_id)
 
 
 # -- a sweep: progress, then results -----------------------------------------------------
@@ -165,7 +163,7 @@ def _status_table(sweep, statuses: dict) -> list:
         if strategy in ids and status not in ("not started", "deleted"):
             run = runs.Run(sweep.root / ids[strategy])
             cfg = run.config
-            total = cfg.epochs + (cfg.fine_tune_epochs if cfg.strategy == "fine_tune" else 0)
+            total = cfg.total_epochs
             row["epochs"] = f"{len(run.history)}/{total}"
             row["test accuracy"] = run.metrics.get("test_accuracy")
         table.append(row)

@@ -152,7 +152,7 @@ def _progress(run) -> dict:
     cache[run.id] = (offset, seen)
 
     cfg = run.config
-    total = cfg.epochs + (cfg.fine_tune_epochs if cfg.strategy == "fine_tune" else 0)
+    total = cfg.total_epochs
     done = len(run.history)
     fraction = done / total
     text = f"Epoch {done}/{total}"

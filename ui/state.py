@@ -56,6 +56,12 @@ def current_run(root: str):
 
 
 def show_run(run_id: str) -> None:
-    st.session_state["run_id"] = run_id
-    if st.query_params.get("run") != run_id:
-        st.query_params["run"] = run_id
+    remember("run", run_id)
+
+
+def remember(param: str, value: str) -> None:
+    """Keep ``value`` for this session (``session_state["<param>_id"]``) and in the URL
+    (``?<param>=``), so a reload or a shared link finds it again."""
+    st.session_state[f"{param}_id"] = value
+    if st.query_params.get(param) != value:
+        st.query_params[param] = value
