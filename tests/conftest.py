@@ -77,6 +77,14 @@ def wait_for(check, what, timeout=180):
 
 
 @pytest.fixture
+def runs_root(tmp_path, monkeypatch):
+    """A runs folder the app finds through ``$TL_RUNS_DIR`` (for AppTest pages)."""
+    root = tmp_path / "runs"
+    monkeypatch.setenv("TL_RUNS_DIR", str(root))
+    return root
+
+
+@pytest.fixture
 def runs_dir(tmp_path):
     path = tmp_path / "runs"
     path.mkdir()

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,7 @@ def test_real_photos_and_bad_files(app_with_run):
     charts = at.get("plotly_chart")
     assert len(charts) == 4  # two heads x two good photos
 
-    index = json.loads((Path(__import__("os").environ["KERAS_HOME"]) / "models" / "imagenet_class_index.json").read_text())
+    index = json.loads((Path(os.environ["KERAS_HOME"]) / "models" / "imagenet_class_index.json").read_text())
     names = {name.replace("_", " ") for _, name in index.values()}
     predictor = predict.Predictor(run, imagenet_weights=None)
     for (imagenet, transfer), path in zip((charts[0:2], charts[2:4]), (CHINA, CHELSEA)):

@@ -21,13 +21,6 @@ WAIT_SECONDS = 240
 
 
 @pytest.fixture
-def runs_root(tmp_path, monkeypatch):
-    root = tmp_path / "runs"
-    monkeypatch.setenv("TL_RUNS_DIR", str(root))
-    return root
-
-
-@pytest.fixture
 def downloads(monkeypatch):
     """The bytes each download button was given, by file name."""
     saved = {}

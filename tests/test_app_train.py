@@ -1,6 +1,5 @@
 import time
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from tl import runs
@@ -9,13 +8,6 @@ from conftest import REPO
 
 APP = str(REPO / "streamlit_app.py")
 WAIT_SECONDS = 240
-
-
-@pytest.fixture
-def runs_root(tmp_path, monkeypatch):
-    root = tmp_path / "runs"
-    monkeypatch.setenv("TL_RUNS_DIR", str(root))
-    return root
 
 
 def open_train():
