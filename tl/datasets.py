@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from tl.errors import DataError, DownloadError
-from tl.files import read_json
+from tl.files import read_json, sha256_of
 from tl.images import IMAGE_EXTENSIONS, ImageError, decode_image
 
 SYNTHETIC_SHAPES = ("disk", "square", "triangle", "ring", "cross",
@@ -561,11 +561,8 @@ def _download(download: Download, target: Path, progress) -> None:
 def _checksum_ok(path: Path, sha256: str | None) -> bool:
     if sha256 is None:
         return True
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest() == sha256
+        return sha256_of(handle) == sha256
 
 
 def _checksum_error(download: Download, target: Path) -> DownloadError:

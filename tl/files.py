@@ -84,3 +84,16 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def sha256_of(handle, chunk: int = 1024 * 1024) -> str:
+    """Hex sha256 of a binary file object, read in chunks from its start (it is left at the
+    start again), so a large download or upload is never held in memory."""
+    import hashlib
+
+    handle.seek(0)
+    digest = hashlib.sha256()
+    while block := handle.read(chunk):
+        digest.update(block)
+    handle.seek(0)
+    return digest.hexdigest()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tl.datasets import is_junk
 from tl.errors import DataError
-from tl.files import atomic_write_json, read_json
+from tl.files import atomic_write_json, read_json, sha256_of
 from tl.images import IMAGE_EXTENSIONS
 
 CHUNK = 1024 * 1024
@@ -96,7 +96,7 @@ def ingest_zip(source, root=None, limits: Limits = LIMITS, name: str = "The zip"
     """
     handle, close = _binary(source)
     try:
-        digest = _sha256(handle)
+        digest = sha256_of(handle, CHUNK)
         root = Path(root) if root else data_root()
         found = _existing(root, digest)
         if found:
@@ -372,12 +372,3 @@ def _binary(source):
         except OSError as exc:
             raise DataError(f"Cannot read '{source}' ({exc.strerror}).") from None
     return source, False
-
-
-def _sha256(handle) -> str:
-    handle.seek(0)
-    digest = hashlib.sha256()
-    while chunk := handle.read(CHUNK):
-        digest.update(chunk)
-    handle.seek(0)
-    return digest.hexdigest()
