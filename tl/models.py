@@ -39,8 +39,10 @@ def build(cfg, num_classes: int, weights=None):
                     pooled=strategy.uses_features, name=f"{cfg.backbone}_{cfg.strategy}")
 
 
-def assemble(backbone, head, *, image_size: int, preprocess: str, pooled: bool, name: str):
-    """Wrap ``backbone`` and ``head`` into the exported model (see the module docstring)."""
+def image_input(image_size: int, preprocess: str):
+    """``(inputs, x)``: an RGB 0-255 image of any size, resized to ``image_size`` and
+    preprocessed for the backbone (the ``image -> resize -> preprocess`` start of every
+    model here)."""
     import keras
     from keras import layers
 
@@ -52,7 +54,15 @@ def assemble(backbone, head, *, image_size: int, preprocess: str, pooled: bool, 
     # model(x) ran BatchNorm and Dropout in training mode.
     x = layers.Resizing(image_size, image_size, interpolation="bilinear", antialias=True,
                         dtype="float32", name="resize")(inputs, training=False)
-    x = preprocess_layer(preprocess)(x)
+    return inputs, preprocess_layer(preprocess)(x)
+
+
+def assemble(backbone, head, *, image_size: int, preprocess: str, pooled: bool, name: str):
+    """Wrap ``backbone`` and ``head`` into the exported model (see the module docstring)."""
+    import keras
+    from keras import layers
+
+    inputs, x = image_input(image_size, preprocess)
     x = backbone(x)
     if pooled:
         x = layers.GlobalAveragePooling2D(keepdims=True, name="pool")(x)

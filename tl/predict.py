@@ -182,6 +182,8 @@ class Predictor:
         ImageNet top cannot read the run's feature map (VGG16's Flatten below 224 px)."""
         import keras
 
+        from tl.models import image_input
+
         spec = self.spec
         size = self.input_size
         constructor = getattr(keras.applications, spec.application)
@@ -201,9 +203,7 @@ class Predictor:
                 base.get_layer(layer.name).set_weights(layer.get_weights())
         cut_name = backbone.layers[-1].name
         trunk = keras.Model(base.input, [base.get_layer(cut_name).output, base.output], name="trunk")
-        inputs = keras.Input((None, None, 3), name="image")
-        x = _fresh(model.get_layer("resize"))(inputs)
-        x = _fresh(model.get_layer("preprocess"))(x)
+        inputs, x = image_input(size, spec.preprocess)
         features = keras.Model(inputs, trunk(x), name="features")
         self.transfer_path = _Path(features, 0, _run_head(model))
         self.imagenet_path = _Path(features, 1, imagenet_head)
@@ -314,13 +314,10 @@ def _split_imagenet(top, spec) -> _Path:
     """The ImageNet application as resize+preprocess+trunk at its native size, and its top."""
     import keras
 
-    from tl.backbones import preprocess_layer
+    from tl.models import image_input
 
     last = _last_notop_layer(top)
-    inputs = keras.Input((None, None, 3), name="image")
-    x = keras.layers.Resizing(spec.native_size, spec.native_size, interpolation="bilinear",
-                              antialias=True, name="resize")(inputs)
-    x = preprocess_layer(spec.preprocess)(x)
+    inputs, x = image_input(spec.native_size, spec.preprocess)
     trunk = keras.Model(top.input, top.get_layer(last).output, name="trunk")
     features = keras.Model(inputs, trunk(x), name="features")
     head = _imagenet_top(top, last, tuple(trunk.output.shape[1:]))
@@ -337,15 +334,6 @@ def _last_notop_layer(top) -> str:
         if not isinstance(layer, top_types):
             return layer.name
     raise ValueError(f"{top.name} has no layers below its top")
-
-
-def _fresh(layer):
-    """A new layer with ``layer``'s config and weights, free of its model's graph."""
-    fresh = layer.__class__.from_config(layer.get_config())
-    if layer.weights:
-        fresh.build(layer.input.shape)
-        fresh.set_weights(layer.get_weights())
-    return fresh
 
 
 def _imagenet_top(top, last: str, feature_shape: tuple):
