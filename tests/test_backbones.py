@@ -34,7 +34,7 @@ def test_unknown_cut_is_a_config_error():
         build_backbone("small_cnn", 16, cut="nope")
 
 
-@pytest.mark.parametrize("name", sorted(n for n, s in BACKBONES.items() if s.pretrained))
+@pytest.mark.parametrize("name", sorted(n for n, s in BACKBONES.items() if s.pretrained and not s.is_lite))
 def test_preprocess_layer_matches_keras_preprocess_input(name):
     import importlib
 
@@ -44,6 +44,12 @@ def test_preprocess_layer_matches_keras_preprocess_input(name):
     expected = module.preprocess_input(images.copy())
     ours = preprocess_layer(spec.preprocess)(images)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), rtol=1e-5, atol=1e-4)
+
+
+def test_lite_preprocessing_is_minus_127_over_128():
+    images = np.random.default_rng(0).uniform(0, 255, (2, 5, 7, 3)).astype("float32")
+    ours = preprocess_layer(BACKBONES["efficientnet_lite0"].preprocess)(images)
+    np.testing.assert_allclose(np.asarray(ours), (images - 127.0) / 128.0, rtol=1e-5, atol=1e-5)
 
 
 def test_finetunable_layers_hold_weights_and_skip_batchnorm():

@@ -41,7 +41,7 @@ def test_estimates_grow_with_the_work():
     cfg = RunConfig(backbone="resnet50", strategy="fine_tune")
     base = budget.estimate(cfg, 400)
     assert budget.estimate(cfg.replace(batch_size=64), 400).memory_mb > base.memory_mb
-    assert budget.estimate(cfg.replace(image_size=224), 400).memory_mb > base.memory_mb
+    assert budget.estimate(cfg.replace(image_size=320), 400).memory_mb > base.memory_mb
     assert budget.estimate(cfg.replace(strategy="feature_extraction"), 400).memory_mb < base.memory_mb
     assert budget.estimate(cfg, 4000).seconds > base.seconds
 
@@ -78,8 +78,8 @@ def test_train_page_shows_the_estimate_and_the_refusal(tmp_path, monkeypatch):
     captions = [c.value for c in at.caption if c.value.startswith("Estimated peak memory")]
     expected = budget.estimate(RunConfig(), budget.images_hint(RunConfig())).describe()
     assert captions == [f"{expected} (400 images). Budget: 2,500 MB."]
+    at.selectbox(key="train_backbone").set_value("resnet50").run()
     at.selectbox(key="train_strategy").set_value("fine_tune").run()
-    at.number_input(key="train_image_size").set_value(224)
     at.number_input(key="train_batch_size").set_value(64).run()
     assert any("too much" in c.value for c in at.caption)
     at.button(key="train_start").click().run()

@@ -12,7 +12,7 @@ from conftest import REPO
 
 def test_defaults_are_valid_and_round_trip_through_json():
     cfg = RunConfig()
-    assert cfg.backbone == "resnet50"
+    assert cfg.backbone == "efficientnet_lite0"
     again = RunConfig.from_json(cfg.to_json())
     assert again == cfg
     assert json.loads(cfg.to_json())["tags"] == []

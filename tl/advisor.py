@@ -159,7 +159,7 @@ def measure_similarity(data, backbone: str, sample: int = SIMILARITY_SAMPLE, see
     from tl.backbones import BACKBONES, preprocess_affine
 
     spec = BACKBONES[backbone]
-    if spec.application is None or not spec.pretrained:
+    if spec.is_baseline or not spec.pretrained:
         return Similarity(None, None, 0, f"Backbone '{backbone}' has no ImageNet classifier, so similarity "
                                          "to ImageNet cannot be measured; pick a pretrained backbone to measure it.")
     model = _imagenet_classifier(spec, weights)
@@ -182,6 +182,8 @@ def _imagenet_classifier(spec, weights):
     try:
         return imagenet_classifier(spec.name, weights)
     except DownloadError as exc:
+        if spec.weights_offline:  # a pip package that is not installed: its own sentence says which
+            return Similarity(None, None, 0, f"{exc} Until then similarity to ImageNet is not measured.")
         return Similarity(None, None, 0, f"The ImageNet classifier weights for {spec.name} ({exc.filename}) are not "
                                          f"in {keras_home()}/models and could not be downloaded (no internet?), "
                                          "so similarity to ImageNet was not measured.")

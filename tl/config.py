@@ -26,11 +26,11 @@ class RunConfig:
 
     dataset: str = "synthetic"
     data_dir: str | None = None
-    backbone: str = "resnet50"
+    backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
     strategy: str = "feature_extraction"
     head: str = "gap_dropout_dense"
-    image_size: int = 128
+    image_size: int = 224
     batch_size: int = 32
     epochs: int = 5
     fine_tune_epochs: int = 5

@@ -182,12 +182,12 @@ class Predictor:
         ImageNet top cannot read the run's feature map (VGG16's Flatten below 224 px)."""
         import keras
 
+        from tl.backbones import constructor
         from tl.models import image_input
 
         spec = self.spec
         size = self.input_size
-        constructor = getattr(keras.applications, spec.application)
-        base = constructor(include_top=False, weights=None, input_shape=(size, size, 3))
+        base = constructor(spec)(include_top=False, weights=None, input_shape=(size, size, 3))
         last = base.layers[-1].name
         try:
             imagenet_head = _imagenet_top(top, last, tuple(base.output.shape[1:]))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tl import budget, datasets, runs
-from tl.backbones import cut_layer, set_trainable_top
+from tl.backbones import check_installed_weights, cut_layer, set_trainable_top
 from tl.config import RunConfig
 from tl.errors import Cancelled, ConfigError, TrainingFailed, UserError
 from tl.strategies import STRATEGIES
@@ -35,6 +35,8 @@ def prepare(cfg: RunConfig, runs_dir=None, run_id: str | None = None, data=None)
     data = datasets.load(cfg) if data is None else data
     if cfg.weights.startswith("run:") and STRATEGIES[cfg.strategy].pretrained:
         source_run(cfg, runs_dir)
+    if cfg.weights == "imagenet" and STRATEGIES[cfg.strategy].pretrained:
+        check_installed_weights(cfg.backbone)
     budget.check(cfg, len(data))  # $TL_MEMORY_BUDGET_MB, e.g. on Streamlit Community Cloud
     run = runs.create(cfg, runs_dir, run_id)
     if data.skipped:

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from tl import runs
-from tl.backbones import BACKBONES
+from tl.backbones import BACKBONES, check_installed_weights
 from tl.config import OPTIMIZERS, RunConfig
 from tl.datasets import DATASETS
 from tl.errors import UserError
@@ -17,6 +17,7 @@ WEIGHT_CHOICES = {
     "run": "An earlier run's backbone",
     "file": "A weights file on the server",
 }
+IMAGENET_INSTALLED = "ImageNet (installed with pip, no download)"
 
 
 def _describe(registry):
@@ -45,7 +46,7 @@ def config_form(root: str):
         with col1.expander("About this dataset"):
             dataset_card(DATASETS[dataset].card)
     backbone = col1.selectbox("Backbone", list(BACKBONES), key="train_backbone", format_func=_describe(BACKBONES),
-                              help="The pretrained network. mobilenet_v2 is the fastest on a CPU.")
+                              help="The pretrained network. efficientnet_lite0 is fast on a CPU and needs no download.")
     strategy = col2.selectbox("Strategy", list(STRATEGIES), key="train_strategy",
                               format_func=_describe(STRATEGIES),
                               help="How much of the backbone is trained; the Home page's advisor helps choose.")
@@ -72,8 +73,15 @@ def _weights_choice(col, backbone, strategy, root) -> str:
     options = list(WEIGHT_CHOICES) if BACKBONES[backbone].pretrained else ["none", "run", "file"]
     if st.session_state.get("train_weights") not in options:
         st.session_state["train_weights"] = options[0]
-    kind = col.selectbox("Weights", options, key="train_weights", format_func=WEIGHT_CHOICES.get,
+    offline = BACKBONES[backbone].weights_offline
+    kind = col.selectbox("Weights", options, key="train_weights",
+                         format_func=lambda k: IMAGENET_INSTALLED if k == "imagenet" and offline else WEIGHT_CHOICES[k],
                          help="Where the backbone starts: ImageNet, random, or your own earlier run.")
+    if kind == "imagenet":
+        try:
+            check_installed_weights(backbone)
+        except UserError as exc:
+            col.warning(str(exc), icon=":material/warning:")
     if kind == "run":
         done = [r.id for r in runs.list_runs(root)
                 if r.status().get("status") == "done" and r.config.backbone == backbone]

@@ -1,0 +1,75 @@
+"""A run trained from EfficientNet-Lite0's real ImageNet weights (the default backbone):
+`tl predict` names what is in real photos, Grad-CAM looks at the cat, and the saved model
+loads in safe mode and exports to TFLite with the same answers."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+
+from tl import cli, datasets, export
+from tl.predict import Predictor
+
+from conftest import tiny_config, train_run
+
+pytestmark = pytest.mark.xdist_group("lite-run")
+
+SKIMAGE = Path(skimage.data.__file__).parent
+CHELSEA, COFFEE = SKIMAGE / "chelsea.png", SKIMAGE / "coffee.png"
+CAT_LABELS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+COFFEE_LABELS = {"espresso", "cup", "coffee mug"}
+# A hand-drawn box around the cat's face in chelsea.png (451x300): eyes, nose and muzzle.
+FACE = (90, 40, 360, 280)  # x0, y0, x1, y1
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("lite-runs")
+
+
+@pytest.fixture(scope="module")
+def lite_run(runs_dir):
+    run = train_run(runs_dir, tiny_config(backbone="efficientnet_lite0", weights="imagenet", image_size=224,
+                                          strategy="feature_extraction", samples_per_class=10))
+    assert run.status()["status"] == "done", run.status()
+    return run
+
+
+def test_cli_predict_names_the_cat_and_the_coffee(lite_run, runs_dir, capsys):
+    code = cli.main(["predict", lite_run.id, str(CHELSEA), str(COFFEE), "--top", "3", "--json",
+                     "--runs-dir", str(runs_dir)])
+    assert code == 0
+    cat, coffee = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert cat["shared_backbone"] and cat["reason"] is None
+    assert cat["imagenet"][0]["label"] in CAT_LABELS and cat["imagenet"][0]["score"] > 0.5
+    assert COFFEE_LABELS & {item["label"] for item in coffee["imagenet"]}
+    assert {item["label"] for item in cat["transfer"]} <= set(lite_run.labels)
+
+
+def test_grad_cam_of_the_imagenet_head_looks_at_the_cat(lite_run):
+    image = skimage.data.chelsea()
+    heat = Predictor(lite_run).grad_cam(image, "imagenet")
+    assert heat.method == "grad-cam" and heat.values.shape == image.shape[:2]
+    x0, y0, x1, y1 = FACE
+    inside = np.zeros(image.shape[:2], dtype=bool)
+    inside[y0:y1, x0:x1] = True
+    assert heat.values[inside].mean() > 2 * heat.values[~inside].mean()
+
+
+def test_model_loads_in_safe_mode_and_tflite_agrees_on_top1(lite_run, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from test_export import tflite_probs
+
+    model = keras.saving.load_model(lite_run.model_path, safe_mode=True, compile=False)
+    data = datasets.load(lite_run.config)
+    images = [data.read(i) for i in range(len(data))]  # 32x32 synthetic shapes, enlarged inside
+    images.append(np.asarray(tf.image.resize(skimage.data.chelsea(), (224, 224), antialias=True)).round()
+                  .clip(0, 255).astype(np.uint8))
+    keras_probs = np.concatenate([model.predict(image[None].astype("float32"), verbose=0) for image in images])
+    lite = tflite_probs(export.export(lite_run, "tflite", tmp_path), images)
+    np.testing.assert_array_equal(lite.argmax(axis=1), keras_probs.argmax(axis=1))
+    np.testing.assert_allclose(lite, keras_probs, atol=2e-3)
