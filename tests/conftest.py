@@ -31,12 +31,13 @@ sys.path.insert(0, str(REPO))
 from tl.config import RunConfig  # noqa: E402
 from tl.datasets import synthetic_image  # noqa: E402
 
-# Small, fast defaults for runs in tests: a tiny synthetic set at 16 pixels, and a batch
+# Small, fast defaults for runs in tests: a tiny synthetic set at 16 pixels, a batch
 # larger than any split, so each Keras function is traced once (tracing, not compute, is
-# what a tiny run spends its time on).
+# what a tiny run spends its time on), and exactly the epochs asked for (no step floor, no
+# early stopping).
 TINY = dict(dataset="synthetic", backbone="small_cnn", weights="none", image_size=16,
             batch_size=64, epochs=1, fine_tune_epochs=1, fine_tune_layers=2,
-            samples_per_class=8, synthetic_classes=2)
+            samples_per_class=8, synthetic_classes=2, min_steps=0, early_stopping=0)
 
 
 def tiny_config(**changes) -> RunConfig:

@@ -18,7 +18,7 @@ from tl.jobs import EXITED, JobManager
 
 from conftest import tiny_config, wait_for
 
-LONG = dict(epochs=200, samples_per_class=40, batch_size=8)  # still training when the test acts
+LONG = dict(strategy="scratch", epochs=200, samples_per_class=40, batch_size=8)  # still training when the test acts
 
 
 @pytest.fixture

@@ -113,6 +113,9 @@ def estimate(cfg, num_images: int) -> Estimate:
         cfg: a :class:`tl.config.RunConfig`.
         num_images: images in the dataset after the per-class cap (all splits).
     """
+    from tl.strategies import head_on_features
+
+    cfg = cfg.resolved()
     params, act, width = BACKBONE_COSTS[cfg.backbone]
     size2 = cfg.image_size ** 2
     backprop = cfg.strategy in BACKPROP_STRATEGIES
@@ -122,7 +125,7 @@ def estimate(cfg, num_images: int) -> Estimate:
         trainable, k = params, K_TRAIN
     else:
         trainable, k = width * 16, K_FORWARD  # a head: small next to the backbone
-    features = cfg.strategy in ("feature_extraction", "earlier_layer")
+    features = head_on_features(cfg.strategy, cfg.head)
     parts = {
         "base": BASE_MB,
         "weights": 3 * params * 4 / MB,
@@ -136,15 +139,22 @@ def estimate(cfg, num_images: int) -> Estimate:
 
 def _seconds(cfg, num_images: int) -> float:
     from tl.backbones import BACKBONES
+    from tl.strategies import head_on_features
 
     train = num_images * (1 - cfg.val_fraction - cfg.test_fraction)
     val, test = num_images * cfg.val_fraction, num_images * cfg.test_fraction
+    # The head phase: one pass to cache pooled features (the fit itself costs next to
+    # nothing), or for a Flatten head its epochs on images.
+    pooled = head_on_features(cfg.strategy, cfg.head)
+    head = num_images if pooled else cfg.epochs * (train + val)
     if cfg.strategy in ("feature_extraction", "earlier_layer"):
-        forwards = num_images  # one pass to cache features; the head costs next to nothing
+        forwards = num_images
     elif cfg.strategy == "frozen":
-        forwards = cfg.epochs * (train + val) + test
+        forwards = head + cfg.epochs * (train + val) + test
     elif cfg.strategy == "fine_tune":
-        forwards = cfg.epochs * (train + val) + cfg.fine_tune_epochs * (3 * train + val) + test
+        forwards = head + cfg.fine_tune_epochs * (3 * train + val) + test
+    elif cfg.strategy == "full_fine_tune":
+        forwards = head + cfg.epochs * (3 * train + val) + test
     else:
         forwards = cfg.epochs * (3 * train + val) + test
     gmac = GMAC_224[cfg.backbone] * cfg.image_size ** 2 / 224 ** 2

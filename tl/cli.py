@@ -130,11 +130,14 @@ def _execute(run, args) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     metrics = run.metrics
+    for report in metrics.get("convergence") or []:
+        verdict = {True: "converged", False: "NOT converged", None: "convergence unknown"}[report.get("converged")]
+        print(f"Convergence ({report['phase']}): {verdict}, {report['summary']}", file=out)
     summary = {
         "run_id": run.id, "run_dir": str(run.path), "status": status["status"],
         "reason": status.get("reason"), "test_accuracy": metrics.get("test_accuracy"),
         "test_loss": metrics.get("test_loss"), "train_seconds": metrics.get("train_seconds"),
-        "trainable_params": metrics.get("trainable_params"),
+        "trainable_params": metrics.get("trainable_params"), "convergence": metrics.get("convergence"),
     }
     if args.json:
         print(json.dumps(summary))
@@ -176,6 +179,9 @@ def format_event(event) -> str:
         return (f"Data: {event['classes']} classes, {event['images']} images "
                 f"(train {event['train']} / val {event['val']} / test {event['test']})")
     if kind == "phase":
+        if event.get("method") == "exact":
+            return (f"Phase '{event['phase']}': fitting the head exactly (L-BFGS, a logistic regression on "
+                    f"standardised features), {event['trainable_params']:,} trainable parameters")
         return (f"Phase '{event['phase']}': {event['epochs']} epoch(s) at learning rate "
                 f"{event['learning_rate']:g}, {event['trainable_params']:,} trainable parameters")
     if kind == "features":
@@ -188,6 +194,12 @@ def format_event(event) -> str:
         return (f"  epoch {event['epoch']} step {event['step']}/{event['steps']} "
                 f"loss {_fmt(event['loss'])} acc {_fmt(event['accuracy'])}")
     if kind == "epoch":
+        if event.get("method") == "exact":  # one line per 10 L-BFGS iterations
+            if event["epoch"] % 10:
+                return ""
+            return (f"Iteration {event['epoch']} ({event['phase']}, exact fit): loss {_fmt(event['loss'])} "
+                    f"acc {_fmt(event['accuracy'])} | val loss {_fmt(event['val_loss'])} "
+                    f"val acc {_fmt(event['val_accuracy'])}")
         return (f"Epoch {event['epoch']} ({event['phase']}): loss {_fmt(event['loss'])} "
                 f"acc {_fmt(event['accuracy'])} | val loss {_fmt(event['val_loss'])} "
                 f"val acc {_fmt(event['val_accuracy'])} ({event['seconds']:.1f} s)")
@@ -324,7 +336,6 @@ def compare_config(args) -> RunConfig:
     backbone = BACKBONES.get(values.get("backbone", RunConfig.backbone))
     if "weights" not in values and backbone is not None:
         values["weights"] = "imagenet" if backbone.pretrained else "none"
-    values.setdefault("fine_tune_epochs", values.get("epochs", RunConfig.epochs))
     return RunConfig(**values)
 
 

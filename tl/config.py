@@ -13,6 +13,8 @@ from pathlib import Path
 from tl.errors import ConfigError
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
+# Fields whose None means "the strategy's default" (see RunConfig.resolved).
+STRATEGY_DEFAULTS = ("epochs", "fine_tune_epochs", "learning_rate", "early_stopping", "min_steps")
 CLASS_WEIGHTS = ("none", "balanced")
 
 
@@ -21,7 +23,10 @@ class RunConfig:
     """Everything that defines one training run.
 
     Defaults train in a few minutes on a CPU-only machine: a capped number of images per
-    class, a modest image size, and the cheapest transfer strategy.
+    class and the cheapest transfer strategy. ``None`` in ``epochs``, ``fine_tune_epochs``,
+    ``learning_rate``, ``early_stopping`` and ``min_steps`` means the strategy's own default
+    (``STRATEGIES[strategy].defaults``); :meth:`resolved` fills them in, and a run folder
+    records the resolved values.
     """
 
     dataset: str = "synthetic"
@@ -32,10 +37,10 @@ class RunConfig:
     head: str = "gap_dropout_dense"
     image_size: int = 224
     batch_size: int = 32
-    epochs: int = 5
-    fine_tune_epochs: int = 5
+    epochs: int | None = None
+    fine_tune_epochs: int | None = None
     fine_tune_layers: int = 10
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None
     fine_tune_learning_rate: float | None = None
     optimizer: str = "adam"
     dropout: float = 0.3
@@ -44,7 +49,8 @@ class RunConfig:
     samples_per_class: int = 100
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    early_stopping: int = 0
+    early_stopping: int | None = None
+    min_steps: int | None = None
     seed: int = 0
     synthetic_classes: int = 4
     name: str = ""
@@ -56,17 +62,28 @@ class RunConfig:
         _validate(self)
 
     # -- derived values -------------------------------------------------------------
+    def resolved(self) -> "RunConfig":
+        """A copy with every ``None`` that stands for a strategy default filled in."""
+        from tl.strategies import STRATEGIES
+
+        defaults = STRATEGIES[self.strategy].defaults
+        return self.replace(**{name: defaults[name] for name in STRATEGY_DEFAULTS
+                               if getattr(self, name) is None})
+
     @property
     def effective_fine_tune_learning_rate(self) -> float:
         """The fine-tuning learning rate: as given, else 10x lower than ``learning_rate``."""
         if self.fine_tune_learning_rate is not None:
             return self.fine_tune_learning_rate
-        return self.learning_rate / 10
+        return self.resolved().learning_rate / 10
 
     @property
     def total_epochs(self) -> int:
-        """Epochs over all phases (``fine_tune`` adds its second phase's)."""
-        return self.epochs + (self.fine_tune_epochs if self.strategy == "fine_tune" else 0)
+        """Epochs over the image-trained phases (``fine_tune``'s second phase is its
+        ``fine_tune_epochs``); a head fitted on cached features may run more (``min_steps``)
+        or fewer (early stopping)."""
+        cfg = self.resolved()
+        return cfg.fine_tune_epochs if cfg.strategy == "fine_tune" else cfg.epochs
 
     # -- JSON -----------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -128,7 +145,9 @@ def _one_of(name, value, options):
         )
 
 
-def _int_range(name, value, low, high=None):
+def _int_range(name, value, low, high=None, optional=False):
+    if optional and value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"Expected `{name}` to be an integer. Received: {name}={value!r}.")
     if value < low or (high is not None and value > high):
@@ -170,14 +189,16 @@ def _validate(cfg: RunConfig) -> None:
     spec = BACKBONES[cfg.backbone]
     _int_range("image_size", cfg.image_size, spec.min_size, 1024)
     _int_range("batch_size", cfg.batch_size, 1, 4096)
-    _int_range("epochs", cfg.epochs, 1, 1000)
-    _int_range("fine_tune_epochs", cfg.fine_tune_epochs, 0, 1000)
+    _int_range("epochs", cfg.epochs, 1, 1000, optional=True)
+    _int_range("fine_tune_epochs", cfg.fine_tune_epochs, 0, 1000, optional=True)
     _int_range("fine_tune_layers", cfg.fine_tune_layers, 1)
     _int_range("samples_per_class", cfg.samples_per_class, 0)
-    _int_range("early_stopping", cfg.early_stopping, 0, 1000)
+    _int_range("early_stopping", cfg.early_stopping, 0, 1000, optional=True)
+    _int_range("min_steps", cfg.min_steps, 0, 100_000, optional=True)
     _int_range("seed", cfg.seed, 0, 2**31 - 1)
     _int_range("synthetic_classes", cfg.synthetic_classes, 2, 10)
-    _float_range("learning_rate", cfg.learning_rate, 0.0, 10.0)
+    if cfg.learning_rate is not None:
+        _float_range("learning_rate", cfg.learning_rate, 0.0, 10.0)
     if cfg.fine_tune_learning_rate is not None:
         _float_range("fine_tune_learning_rate", cfg.fine_tune_learning_rate, 0.0, 10.0)
     _float_range("dropout", cfg.dropout, 0.0, 1.0, low_open=False, high_open=True)

@@ -1,9 +1,10 @@
 """The on-disk cache of pooled backbone features for the feature-extraction strategies.
 
-One ``.npy`` file per key, rows in item order. Writing streams chunk by chunk and
-reading uses ``pread`` of the requested rows, so memory stays flat however many images
-there are. A key covers everything that changes the features: backbone, weights, cut
-layer, image size, numeric precision and the data's fingerprint.
+One ``.npy`` file per key, rows in item order. Writing streams chunk by chunk; reading
+memory-maps the file and copies the requested rows out in one indexing operation, so
+memory stays flat however many images there are, and a split's features come back as one
+matrix (:meth:`FeatureStore.read`). A key covers everything that changes the features:
+backbone, weights, cut layer, image size, numeric precision and the data's fingerprint.
 """
 
 import hashlib
@@ -30,7 +31,7 @@ def cache_key(*, backbone: str, weights: str, cut: str | None, image_size: int,
 
 
 class FeatureStore:
-    """Read rows of a cached feature file without mapping it into memory."""
+    """Rows of a cached feature file, read through a memory map."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -53,17 +54,16 @@ class FeatureStore:
         return self.shape[1]
 
     def read(self, rows) -> np.ndarray:
-        """Return rows ``rows`` (any order, repeats allowed) as a float32 array."""
+        """Return rows ``rows`` (any order, repeats allowed) as one float32 ``(len, dim)``
+        array: a single fancy index into the memory map, which the OS serves page by page."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        fd = os.open(self.path, os.O_RDONLY)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"Rows outside 0..{len(self) - 1} of {self.path}.")
+        matrix = np.memmap(self.path, dtype=np.float32, mode="r", offset=self.offset, shape=self.shape)
         try:
-            for i, row in enumerate(rows):
-                data = os.pread(fd, self.row_bytes, self.offset + int(row) * self.row_bytes)
-                out[i] = np.frombuffer(data, dtype=np.float32)
+            return np.asarray(matrix[rows])  # fancy indexing copies the rows out of the map
         finally:
-            os.close(fd)
-        return out
+            del matrix  # unmap now, not at garbage collection
 
 
 def lookup(root, key: str) -> FeatureStore | None:

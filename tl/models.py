@@ -25,7 +25,7 @@ def build(cfg, num_classes: int, weights=None):
     """
     from tl.backbones import BACKBONES, build_backbone, cut_layer
     from tl.heads import build_head
-    from tl.strategies import STRATEGIES
+    from tl.strategies import STRATEGIES, head_on_features
 
     strategy = STRATEGIES[cfg.strategy]
     backbone = build_backbone(cfg.backbone, cfg.image_size, weights=weights,
@@ -33,7 +33,8 @@ def build(cfg, num_classes: int, weights=None):
     head_input = tuple(backbone.output.shape[1:])
     if strategy.uses_features:
         head_input = (1, 1, head_input[-1])
-    head = build_head(cfg.head, head_input, num_classes, cfg.dropout)
+    head = build_head(cfg.head, head_input, num_classes, cfg.dropout,
+                      standardize=head_on_features(cfg.strategy, cfg.head))
     return assemble(backbone, head, image_size=cfg.image_size,
                     preprocess=BACKBONES[cfg.backbone].preprocess,
                     pooled=strategy.uses_features, name=f"{cfg.backbone}_{cfg.strategy}")
@@ -71,14 +72,17 @@ def assemble(backbone, head, *, image_size: int, preprocess: str, pooled: bool, 
 
 
 def feature_extractor(model):
-    """The part of an assembled model that maps images to what the head reads."""
+    """The part of an assembled model that maps images to the backbone's pooled features
+    ``(1, 1, C)``: what the feature cache holds, and what a pooling head reads."""
     import keras
 
     try:
-        features = model.get_layer("pool").output
-    except ValueError:
-        features = model.get_layer("backbone").output
-    return keras.Model(model.input, features, name="features")
+        return keras.Model(model.input, model.get_layer("pool").output, name="features")
+    except ValueError:  # a model that feeds the feature map to its head: pool it here
+        inputs = keras.Input((None, None, 3), name="image")
+        x = model.get_layer("preprocess")(model.get_layer("resize")(inputs))
+        pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name="pool")(model.get_layer("backbone")(x))
+        return keras.Model(inputs, pooled, name="features")
 
 
 def count_params(weights) -> int:

@@ -305,8 +305,11 @@ def _run_head(model):
         x = model.get_layer("pool")(x)
     except ValueError:
         pass
+    from tl.heads import refresh_standardization
+
     clone = keras.models.clone_model(head)
     clone.set_weights(head.get_weights())
+    refresh_standardization(clone)
     return keras.Model(inputs, clone(x), name="transfer_head")
 
 

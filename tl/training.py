@@ -19,6 +19,8 @@ from tl.errors import Cancelled, ConfigError, TrainingFailed, UserError
 from tl.strategies import STRATEGIES
 
 BATCH_EVENT_SECONDS = 0.5
+MAX_EPOCHS = 1000
+MIN_DELTA = 1e-4  # a lower validation loss by less than this is not an improvement
 
 
 # -- entry points ----------------------------------------------------------------------
@@ -32,6 +34,7 @@ def prepare(cfg: RunConfig, runs_dir=None, run_id: str | None = None, data=None)
         UserError: with one sentence, before any folder is made (a
             :class:`tl.budget.BudgetError` when the run would not fit the memory budget).
     """
+    cfg = cfg.resolved()  # the run folder records the strategy's defaults it ran with
     data = datasets.load(cfg) if data is None else data
     if cfg.weights.startswith("run:") and STRATEGIES[cfg.strategy].pretrained:
         source_run(cfg, runs_dir)
@@ -94,6 +97,8 @@ def _train(run, cfg, runs_dir, emit) -> dict:
 
     from tl import devices
 
+    cfg = cfg.resolved()  # configs written before defaults were per strategy hold every value
+
     strategy, device = devices.setup()
     emit("device", **device)
     keras.utils.set_random_seed(cfg.seed)
@@ -138,8 +143,9 @@ class Learner:
         self.extract_seconds = 0.0
         self.feature_cache = None
         self._store = None
-        self.best = None  # (val_accuracy, -val_loss) of the best epoch so far
+        self.best = None  # the lowest validation loss so far
         self.best_epoch = None
+        self.fit_reports = []  # one per phase: how it ended (tl.callbacks.Progress.report)
         self.class_weights = None
         if cfg.class_weight == "balanced":
             self.class_weights = datasets.balanced_class_weights(
@@ -172,28 +178,147 @@ class Learner:
     def unfreeze_top(self, count: int | None, batchnorm: bool = False):
         """Make the last ``count`` weighted non-BatchNorm backbone layers trainable
         (``None``: all of them). With ``batchnorm``, BatchNorm layers train too."""
+        self._best_as_whole_model()
         chosen = set_trainable_top(self.backbone, count, batchnorm)
         if count is not None and count > len(chosen):
             self.emit("log", message=f"fine_tune_layers={count} is more than the backbone's "
                                      f"{len(chosen)} weighted layers; all of them are trainable.")
 
+    def set_batchnorm_momentum(self, momentum: float):
+        """Momentum of the backbone's BatchNorm moving statistics (for training from scratch)."""
+        import keras
+
+        for layer in self.backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = momentum
+
     # fitting
     def fit(self, phase: str, epochs: int, learning_rate: float):
-        """Compile the whole model and fit it on images for ``epochs`` epochs."""
+        """Compile the whole model and fit it on images for ``epochs`` epochs (more when
+        that is fewer than ``min_steps`` optimiser steps)."""
         train, val = self._image_pipelines()
-        self._fit(self.model, phase, epochs, learning_rate, train, val)
+        self._fit(self.model, phase, self._epochs_for(epochs, len(self.data.splits["train"])),
+                  learning_rate, train, val)
 
-    def fit_head_on_features(self, epochs: int, learning_rate: float):
-        """Train the head alone on the (cached) pooled features of the frozen backbone."""
-        from tl.features import feature_pipeline
+    def _epochs_for(self, epochs: int, train_size: int) -> int:
+        """``epochs``, raised so that they hold at least ``min_steps`` optimiser steps."""
+        steps = max(1, -(-train_size // self.cfg.batch_size))
+        needed = -(-(self.cfg.min_steps or 0) // steps)
+        if needed > epochs:
+            self.emit("log", message=f"{epochs} epoch(s) of {steps} step(s) are fewer than min_steps="
+                                     f"{self.cfg.min_steps}: training up to {min(needed, MAX_EPOCHS)} epochs.")
+        return min(max(epochs, needed), MAX_EPOCHS)
+
+    def warm_start_head(self):
+        """Fit the head on the frozen backbone's cached pooled features when it reads pooled
+        features; a Flatten head (it needs the spatial map) trains on images instead."""
+        from tl.strategies import head_on_features
+
+        if head_on_features(self.cfg.strategy, self.cfg.head):
+            self.fit_head_on_features()
+        else:
+            self.fit("head", self.cfg.epochs, self.cfg.learning_rate)
+
+    def fit_head_on_features(self):
+        """Fit the head alone on the (cached) pooled features of the frozen backbone.
+
+        The features are standardised with the training split's statistics (stored in the
+        head's ``standardize`` layer). A linear head is fitted exactly (L-BFGS, see
+        :mod:`tl.head_fit`); others take Adam steps on the in-memory features, for at least
+        ``min_steps`` steps, with early stopping on validation loss.
+        """
+        from tl.head_fit import Matrix
+        from tl.heads import set_standardization
+        from tl.strategies import fitted_exactly
 
         self.freeze_backbone()
         store = self._features()
-        splits, labels, cfg = self.data.splits, self.data.labels, self.cfg
-        train = feature_pipeline(store, splits["train"], labels[splits["train"]], cfg.batch_size,
-                                 shuffle=True, seed=cfg.seed, class_weights=self.class_weights)
-        val = feature_pipeline(store, splits["val"], labels[splits["val"]], cfg.batch_size)
-        self._fit(self.head, "head", epochs, learning_rate, train, val)
+        splits = self.data.splits
+        train, val = Matrix(store, splits["train"]), Matrix(store, splits["val"])
+        mean, variance = train.own_statistics()
+        set_standardization(self.head, mean, variance)
+        if fitted_exactly(self.cfg.strategy, self.cfg.head):
+            train.use_statistics(mean, variance)
+            val.use_statistics(mean, variance)
+            self._fit_exactly(train, val)
+        else:
+            self._fit_head_steps(store)
+
+    def _fit_exactly(self, train, val):
+        from tl.head_fit import fit_softmax
+        from tl.models import count_params
+
+        labels = self.data.labels
+        splits = self.data.splits
+        weights = None if self.class_weights is None else self.class_weights[labels[splits["train"]]]
+        self.trainable_params = count_params(self.head.trainable_weights)
+        self.emit("phase", phase="head", method="exact", epochs=None, learning_rate=None,
+                  trainable_params=self.trainable_params, first_epoch=self.epochs_done + 1)
+        recorder = _HistoryRecorder(self, "head")
+        fit = fit_softmax(train, labels[splits["train"]], self.data.num_classes, val=val,
+                          val_labels=labels[splits["val"]], sample_weight=weights,
+                          on_iteration=recorder.add)
+        recorder.flush()
+        predictions = self.head.get_layer("predictions")
+        predictions.set_weights([fit.kernel, fit.bias])
+        report = {
+            "phase": "head", "method": "exact", "iterations": fit.iterations, "converged": fit.converged,
+            "summary": (f"fitted exactly: converged in {fit.iterations} L-BFGS iterations" if fit.converged else
+                        f"fitted exactly: stopped after {fit.iterations} L-BFGS iterations without converging "
+                        f"({fit.message})"),
+        }
+        self.fit_reports.append(report)
+        last = fit.history[-1] if fit.history else {"val_accuracy": None, "val_loss": None}
+        if last["val_loss"] is not None:
+            self.best = None  # the optimum of the whole fit, not of one iteration
+            self.note_epoch(self.head, last["val_accuracy"], last["val_loss"])
+        self.emit("log", message=f"Head {report['summary']}.")
+
+    def _fit_head_steps(self, store):
+        import tensorflow as tf
+
+        from tl.features import feature_pipeline
+        from tl.head_fit import IN_MEMORY_BYTES
+
+        cfg, data = self.cfg, self.data
+        splits, labels = data.splits, data.labels
+        size = len(splits["train"]) * store.dim * 4
+        if size <= IN_MEMORY_BYTES:  # one matrix in memory: no per-row reads while fitting
+            def pipeline(rows, shuffle=False):
+                x = store.read(rows).reshape(-1, 1, 1, store.dim)
+                parts = (x, labels[rows].astype(np.int32))
+                if self.class_weights is not None and shuffle:
+                    parts += (self.class_weights[labels[rows]],)
+                ds = tf.data.Dataset.from_tensor_slices(parts)
+                if shuffle:
+                    ds = ds.shuffle(len(rows), seed=cfg.seed, reshuffle_each_iteration=True)
+                return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+
+            train, val = pipeline(splits["train"], shuffle=True), pipeline(splits["val"])
+        else:  # streamed from the memory-mapped cache, batch by batch
+            train = feature_pipeline(store, splits["train"], labels[splits["train"]], cfg.batch_size,
+                                     shuffle=True, seed=cfg.seed, class_weights=self.class_weights)
+            val = feature_pipeline(store, splits["val"], labels[splits["val"]], cfg.batch_size)
+        epochs = self._epochs_for(cfg.epochs, len(splits["train"]))
+        head = self._features_head()
+        self._fit(head, "head", epochs, cfg.learning_rate, train, val)
+        if head is not self.head:  # the copy's best epoch goes into the run's own head
+            if self.best is not None and self.best_weights[0] is head:
+                head.set_weights(self.best_weights[1])
+            _copy_weights(head, self.head)
+            self.best_weights = (self.head, self.head.get_weights())
+
+    def _features_head(self):
+        """The head as it reads pooled features: the run's own head, or for a strategy whose
+        head reads the feature map a copy built for ``(1, 1, C)`` (same layers and weights)."""
+        from tl.heads import build_head
+
+        if self.spec.uses_features:
+            return self.head
+        channels = self.head.input.shape[-1]
+        copy = build_head(self.cfg.head, (1, 1, channels), self.data.num_classes, self.cfg.dropout, standardize=True)
+        _copy_weights(self.head, copy)
+        return copy
 
     def _fit(self, model, phase, epochs, learning_rate, train, val):
         import keras
@@ -205,11 +330,12 @@ class Learner:
         model.compile(optimizer=make_optimizer(self.cfg.optimizer, learning_rate),
                       loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
         self.trainable_params = count_params(model.trainable_weights)
-        self.emit("phase", phase=phase, epochs=epochs, learning_rate=learning_rate,
+        self.emit("phase", phase=phase, method="steps", epochs=epochs, learning_rate=learning_rate,
                   trainable_params=self.trainable_params, first_epoch=self.epochs_done + 1)
+        progress = Progress(self, model, phase, learning_rate)
         model.fit(train, validation_data=val, epochs=self.epochs_done + epochs,
-                  initial_epoch=self.epochs_done, callbacks=[Progress(self, model, phase, learning_rate)],
-                  shuffle=False, verbose=0)
+                  initial_epoch=self.epochs_done, callbacks=[progress], shuffle=False, verbose=0)
+        self.fit_reports.append(progress.report(epochs))
 
     def _image_pipelines(self):
         if "images" not in self._pipelines:
@@ -264,33 +390,47 @@ class Learner:
 
     # best checkpoint
     def note_epoch(self, model, val_accuracy, val_loss) -> bool:
-        """Keep the weights of the best epoch so far (by val accuracy, then val loss).
+        """Keep the weights of the epoch with the lowest validation loss so far (of
+        ``model``, the part that is training).
 
         They are kept in memory and restored before evaluation, so model.keras holds the
         best epoch, not the last.
         """
-        score = (val_accuracy, -val_loss)
-        if self.best is not None and score <= self.best:
+        if self.best is not None and val_loss > self.best - MIN_DELTA:
             return False
-        self.best, self.best_epoch = score, self.epochs_done
+        self.best, self.best_epoch = val_loss, self.epochs_done
         self.best_weights = (model, model.get_weights())
         return True
 
+    def _best_as_whole_model(self):
+        """Before the backbone starts to change, turn a best checkpoint of the head alone
+        into one of the whole model (the head's best weights on today's backbone)."""
+        if self.best is None or self.best_weights[0] is self.model:
+            return
+        part, best = self.best_weights
+        current = part.get_weights()
+        part.set_weights(best)
+        self.best_weights = (self.model, self.model.get_weights())
+        part.set_weights(current)
+
     def restore_best(self):
+        from tl.heads import refresh_standardization
+
         if self.best is not None:
             model, weights = self.best_weights
             model.set_weights(weights)
+            refresh_standardization(self.head)
 
     # results
     def evaluate(self) -> dict:
         """Test-split metrics: accuracy, loss, confusion matrix, per-class, misclassified."""
-        from tl.features import feature_pipeline
-
         cfg, data = self.cfg, self.data
         test = data.splits["test"]
-        if self.spec.uses_features:
+        if self.spec.uses_features:  # the head alone on the cached test features, eagerly in chunks
             store = self._features()
-            probs = self.head.predict(feature_pipeline(store, test, data.labels[test], cfg.batch_size), verbose=0)
+            probs = np.concatenate([np.asarray(self.head(store.read(test[i:i + 4096])[:, None, None, :],
+                                                         training=False))
+                                    for i in range(0, len(test), 4096)] or [np.zeros((0, data.num_classes))])
         else:
             probs = self.model.predict(
                 datasets.image_pipeline(data, test, cfg.batch_size, image_size=cfg.image_size), verbose=0)
@@ -309,6 +449,7 @@ class Learner:
             epochs_run=epochs_run,
             best_val_accuracy=max(val_accs) if val_accs else None,
             best_epoch=self.best_epoch,
+            convergence=self.fit_reports,
             trainable_params=self.trainable_params,
             total_params=int(self.model.count_params()),
             train_size=len(data.splits["train"]), val_size=len(data.splits["val"]), test_size=len(test),
@@ -319,13 +460,19 @@ class Learner:
     def save_model(self):
         """Save the full model (images in, probabilities out) atomically as model.keras.
 
-        What is saved is an uncompiled clone: optimizer state would double or triple the
-        file for nothing a user of the exported model needs.
+        Optimizer state would double or triple the file for nothing a user of the exported
+        model needs, so a model that was compiled (it or its head) is saved as an
+        uncompiled clone; one fitted without an optimizer (an exact head) is saved as it is.
         """
         import keras
 
-        export = keras.Model.from_config(self.model.get_config())
-        export.set_weights(self.model.get_weights())
+        from tl.heads import refresh_standardization
+
+        export = self.model
+        if self.model.compiled or self.head.compiled:
+            export = keras.Model.from_config(self.model.get_config())
+            export.set_weights(self.model.get_weights())
+            refresh_standardization(export.get_layer("head"))
         tmp = self.run.path / ".model.tmp.keras"
         export.save(tmp)
         tmp.replace(self.run.model_path)
@@ -434,3 +581,47 @@ def transfer_backbone(run, backbone) -> int:
         layer.set_weights(match.get_weights())
         copied += 1
     return copied
+
+
+class _HistoryRecorder:
+    """Turns the iterations of an exact head fit into history entries and epoch events
+    (history.json at most twice a second), with the NaN guard and cancellation."""
+
+    def __init__(self, learner, phase):
+        self.learner, self.phase = learner, phase
+        self.started = self.last_write = time.time()
+
+    def add(self, entry):
+        learner = self.learner
+        if learner.run.cancel_requested():
+            self.flush()
+            raise Cancelled()
+        if not np.isfinite(entry["loss"]):
+            self.flush()
+            raise TrainingFailed("The head's loss became NaN while fitting it on the cached features; "
+                                 "the features hold non-finite values: delete the feature cache and train again.")
+        learner.epochs_done += 1
+        learner.images_seen += len(learner.data.splits["train"])
+        now = time.time()
+        record = {"epoch": learner.epochs_done, "phase": self.phase, "method": "exact", "learning_rate": None,
+                  "loss": entry["loss"], "accuracy": entry["accuracy"], "val_loss": entry["val_loss"],
+                  "val_accuracy": entry["val_accuracy"], "seconds": round(now - self.started, 4)}
+        self.started = now
+        learner.history.append(record)
+        learner.emit("epoch", **record)
+        if now - self.last_write >= BATCH_EVENT_SECONDS:
+            self.flush()
+
+    def flush(self):
+        self.last_write = time.time()
+        self.learner.run.write_json("history.json", self.learner.history)
+
+
+def _copy_weights(source, target) -> None:
+    """Copy weights layer by layer, by name, between two heads of the same architecture."""
+    from tl.heads import refresh_standardization
+
+    for layer in target.layers:
+        if layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+    refresh_standardization(target)

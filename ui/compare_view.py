@@ -10,6 +10,7 @@ from tl.config import RunConfig
 from tl.datasets import DATASETS
 from tl.errors import UserError
 from tl.heads import HEADS
+from tl.strategies import STRATEGIES
 from ui.state import data_key, load_data, remember
 
 LIVE_SECONDS = 1.0
@@ -38,8 +39,11 @@ def sweep_form():
     min_size = BACKBONES[backbone].min_size
     values = dict(
         dataset=dataset, data_dir=data_dir or None, backbone=backbone, head=head, weights=weights,
-        epochs=col2.number_input("Epochs", min_value=1, max_value=1000, value=DEFAULTS.epochs, key="compare_epochs",
-                                 help="Per strategy; fine_tune trains the head this long, then fine-tunes as long."),
+        epochs=col2.number_input("Epochs", min_value=1, max_value=1000, value=None, key="compare_epochs",
+                                 placeholder="auto: each strategy's default",
+                                 help="Passes over the images per strategy (fine_tune: its fine-tuning phase); "
+                                      "empty: each strategy's own default. Heads on cached features are fitted "
+                                      "to convergence either way."),
         samples_per_class=col2.number_input("Images per class (cap, 0 = all)", min_value=0,
                                             value=DEFAULTS.samples_per_class, step=50, key="compare_samples_per_class"),
         image_size=col3.number_input("Image size (pixels)", min_value=min_size, max_value=1024,
@@ -51,7 +55,7 @@ def sweep_form():
         values["synthetic_classes"] = col3.number_input("Synthetic classes", min_value=2, max_value=10,
                                                         value=DEFAULTS.synthetic_classes, key="compare_synthetic_classes")
     values = {k: int(v) if isinstance(v, float) else v for k, v in values.items()}
-    values["fine_tune_epochs"] = values["epochs"]
+    values["fine_tune_epochs"] = values["epochs"]  # None: each strategy's default
     options = sweeps.strategies_for(backbone)
     # All of them at first; later, keep the user's choice minus what a new backbone cannot run.
     chosen = st.session_state.get("compare_strategies", options)
@@ -162,12 +166,19 @@ def _status_table(sweep, statuses: dict) -> list:
         row = {"strategy": strategy, "status": status, "epochs": "", "test accuracy": None, "run": ids.get(strategy, "")}
         if strategy in ids and status not in ("not started", "deleted"):
             run = runs.Run(sweep.root / ids[strategy])
-            cfg = run.config
-            total = cfg.total_epochs
-            row["epochs"] = f"{len(run.history)}/{total}"
+            row["epochs"] = epochs_label(run.config, run.history)
             row["test accuracy"] = run.metrics.get("test_accuracy")
         table.append(row)
     return table
+
+
+def epochs_label(cfg, history) -> str:
+    """Progress in epochs of the image-trained phases ("12/30"), or the iterations of a head
+    fitted exactly on cached features."""
+    stepped = sum(1 for entry in history if entry.get("method") != "exact")
+    if STRATEGIES[cfg.strategy].uses_features and stepped == 0:
+        return f"{len(history)} iterations (exact fit)" if history else ""
+    return f"{stepped}/{cfg.total_epochs}"
 
 
 # -- any runs side by side ---------------------------------------------------------------

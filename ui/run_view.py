@@ -151,21 +151,25 @@ def _progress(run) -> dict:
             seen["phase"] = event
     cache[run.id] = (offset, seen)
 
-    cfg = run.config
-    total = cfg.total_epochs
     done = len(run.history)
-    fraction = done / total
-    text = f"Epoch {done}/{total}"
-    if seen["batches"]:
-        last = seen["batches"][-1]
-        fraction += (last["step"] / max(last["steps"] or 1, 1)) / total
-        text = f"Epoch {last['epoch']}/{total} · step {last['step']}/{last['steps']}"
-    elif seen["features"] and seen["features"].get("done") is not None and not done:
+    phase = seen["phase"]
+    fraction, text = 0.0, "Starting"
+    if phase and phase.get("method") == "exact":
+        iteration = done - phase["first_epoch"] + 1
+        fraction, text = 0.9, f"Fitting the head exactly on the cached features: iteration {max(iteration, 0)}"
+    elif phase:
+        planned = max(phase["epochs"] or 1, 1)
+        epoch = done - phase["first_epoch"] + 1
+        fraction, text = epoch / planned, f"Epoch {epoch}/{planned}"
+        if seen["batches"]:
+            last = seen["batches"][-1]
+            fraction = (last["epoch"] - phase["first_epoch"] + last["step"] / max(last["steps"] or 1, 1)) / planned
+            text = f"Epoch {last['epoch'] - phase['first_epoch'] + 1}/{planned} · step {last['step']}/{last['steps']}"
+        text += f" · phase {phase['phase']}"
+    elif seen["features"] and seen["features"].get("done") is not None:
         feat = seen["features"]
         fraction = feat["done"] / max(feat["images"], 1) * 0.5
         text = f"Extracting features: {feat['done']}/{feat['images']} images"
-    if seen["phase"]:
-        text += f" · phase {seen['phase']['phase']}"
     return {"fraction": min(max(fraction, 0.0), 1.0), "text": text, "batches": seen["batches"]}
 
 
@@ -187,6 +191,7 @@ def results(run) -> None:
     m2.metric("Test loss", f"{metrics['test_loss']:.3f}")
     m3.metric("Training time", f"{metrics['train_seconds']:.0f} s")
     m4.metric("Trainable / total parameters", f"{metrics['trainable_params']:,} / {metrics['total_params']:,}")
+    _convergence(metrics)
     _curves(run)
     left, right = st.columns(2)
     left.plotly_chart(plots.per_class_accuracy(metrics), key=f"per_class_{run.id}")
@@ -195,6 +200,18 @@ def results(run) -> None:
     _mistakes(run, metrics, _clicked_cell(picked))
     _downloads(run)
     _export_downloads(run)
+
+
+def _convergence(metrics) -> None:
+    """How each phase ended: converged (fitted exactly, early-stopped, validation loss
+    flat) or still improving, so under-training is not mistaken for a weak backbone."""
+    reports = metrics.get("convergence") or []
+    lines = [f"{r['phase']}: {r['summary']}" for r in reports]
+    if any(r.get("converged") is False for r in reports):
+        st.warning("Not converged: " + "; ".join(lines) + ". Raise the epochs (or at least this many steps) "
+                   "and train again.", icon=":material/trending_down:")
+    elif lines:
+        st.caption("Converged: " + "; ".join(lines) + ".")
 
 
 def _curves(run) -> None:

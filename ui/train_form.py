@@ -58,7 +58,7 @@ def config_form(root: str):
     values = dict(dataset=dataset, data_dir=data_dir or None, backbone=backbone, strategy=strategy,
                   head=head, weights=weights)
     with st.expander("Hyper-parameters", expanded=False):
-        values.update(_hyper_parameters(spec, dataset, backbone))
+        values.update(_hyper_parameters(spec, dataset, backbone, head))
     try:
         return RunConfig(**values)
     except UserError as exc:
@@ -94,9 +94,19 @@ def _weights_choice(col, backbone, strategy, root) -> str:
     return kind
 
 
-def _hyper_parameters(spec, dataset, backbone) -> dict:
+def _auto(spec, field: str) -> str:
+    """Placeholder of a field left to the strategy: its default."""
+    return f"auto: {spec.defaults[field]:g}"
+
+
+def _hyper_parameters(spec, dataset, backbone, head) -> dict:
+    """The hyper-parameters that apply to the strategy and head. Epochs, learning rate,
+    early stopping and the step floor start empty: the strategy's default (shown greyed)."""
+    from tl.strategies import fitted_exactly, head_on_features
+
     c1, c2, c3 = st.columns(3)
     min_size = BACKBONES[backbone].min_size
+    exact = fitted_exactly(spec.name, head)
     values = {
         "image_size": c1.number_input(
             "Image size (pixels)", min_value=min_size, max_value=1024, value=max(DEFAULTS.image_size, min_size),
@@ -105,48 +115,69 @@ def _hyper_parameters(spec, dataset, backbone) -> dict:
         "samples_per_class": c1.number_input(
             "Images per class (cap, 0 = all)", min_value=0, value=DEFAULTS.samples_per_class, step=50,
             key="train_samples_per_class", help="Caps each class to keep CPU runs short; 0 uses everything."),
-        "epochs": c1.number_input(
-            "Epochs", min_value=1, max_value=1000, value=DEFAULTS.epochs, key="train_epochs",
-            help="Passes over the training images (the head-training phase for fine_tune)."),
         "batch_size": c2.number_input(
             "Batch size", min_value=1, max_value=4096, value=DEFAULTS.batch_size, key="train_batch_size",
             help="Images per step; lower it if memory runs out."),
-        "learning_rate": c2.number_input(
-            "Learning rate", min_value=1e-6, max_value=1.0, value=DEFAULTS.learning_rate, format="%.5f",
-            key="train_learning_rate", help="Step size; lower it if the loss jumps or becomes NaN."),
-        "optimizer": c2.selectbox("Optimizer", OPTIMIZERS, key="train_optimizer",
-                                  help="adam is a safe default; sgd uses momentum 0.9."),
-        "dropout": c3.slider("Dropout", 0.0, 0.9, DEFAULTS.dropout, 0.05, key="train_dropout",
-                             help="Share of features dropped while training the head; raise it if it overfits."),
         "class_weight": c3.selectbox(
             "Class weights", ["none", "balanced"], key="train_class_weight",
             help="balanced makes rare classes count as much as common ones (for imbalanced data)."),
-        "early_stopping": c3.number_input(
-            "Early stopping patience (0 = off)", min_value=0, value=0, key="train_early_stopping",
-            help="Stop after this many epochs without a better validation accuracy."),
         "seed": c3.number_input("Seed", min_value=0, value=0, key="train_seed",
                                 help="Same seed, same split and same initial weights."),
     }
+    if head_on_features(spec.name, head):
+        st.caption("The head is first fitted on the frozen backbone's pooled features, cached on disk "
+                   + ("exactly: a logistic regression on standardised features, solved to convergence "
+                      "(no epochs or learning rate to choose)." if exact else
+                      "with Adam steps on the standardised features, early stopping on validation loss.")
+                   + ("" if spec.uses_features else " Then it trains on images as below."))
+    if not (exact and spec.uses_features):
+        values.update(_step_parameters(spec, c1, c2, c3))
     if "augment" in spec.applies:
         values["augment"] = c1.checkbox("Augment (flips, small rotations, zooms)", key="train_augment",
                                         help="Helps small datasets generalise; needs training on images.")
     if "fine_tune_epochs" in spec.applies:
         values["fine_tune_epochs"] = c2.number_input(
-            "Fine-tune epochs", min_value=0, value=DEFAULTS.fine_tune_epochs, key="train_fine_tune_epochs",
-            help="Epochs of the second phase, with the top layers unfrozen.")
+            "Fine-tune epochs", min_value=0, value=None, placeholder=_auto(spec, "fine_tune_epochs"),
+            key="train_fine_tune_epochs", help="Epochs of the second phase, with the top layers unfrozen.")
         values["fine_tune_layers"] = c2.number_input(
             "Layers to unfreeze", min_value=1, value=DEFAULTS.fine_tune_layers, key="train_fine_tune_layers",
             help="Weighted layers (conv/dense) counted from the top; BatchNorm stays frozen.")
     if "fine_tune_learning_rate" in spec.applies:
         values["fine_tune_learning_rate"] = c3.number_input(
-            "Fine-tune learning rate", min_value=1e-7, max_value=1.0, value=DEFAULTS.learning_rate / 10,
-            format="%.6f", key="train_fine_tune_learning_rate",
-            help="Low, so the pretrained weights move a little (10x lower than the head's by default).")
+            "Fine-tune learning rate", min_value=1e-7, max_value=1.0, value=None,
+            placeholder=f"auto: {spec.defaults['learning_rate'] / 10:g}", format="%.6f",
+            key="train_fine_tune_learning_rate",
+            help="Low, so the pretrained weights move a little (10x lower than the learning rate by default).")
     if dataset == "synthetic":
         values["synthetic_classes"] = c1.number_input(
             "Synthetic classes", min_value=2, max_value=10, value=DEFAULTS.synthetic_classes,
             key="train_synthetic_classes", help="How many shapes to tell apart.")
     return {k: (int(v) if isinstance(v, float) and k not in _FLOATS else v) for k, v in values.items()}
+
+
+def _step_parameters(spec, c1, c2, c3) -> dict:
+    """Epochs, learning rate, optimizer, dropout, early stopping and the step floor: for the
+    phases trained by gradient steps."""
+    return {
+        "epochs": c1.number_input(
+            "Epochs", min_value=1, max_value=1000, value=None, placeholder=_auto(spec, "epochs"), key="train_epochs",
+            help="Passes over the training images (at most, with early stopping); empty: the strategy's default."),
+        "min_steps": c1.number_input(
+            "At least this many steps", min_value=0, max_value=100_000, value=None,
+            placeholder=_auto(spec, "min_steps"), key="train_min_steps",
+            help="Small data has few steps per epoch: epochs are added until there are this many optimiser steps."),
+        "learning_rate": c2.number_input(
+            "Learning rate", min_value=1e-6, max_value=1.0, value=None, placeholder=_auto(spec, "learning_rate"),
+            format="%.5f", key="train_learning_rate", help="Step size; lower it if the loss jumps or becomes NaN."),
+        "optimizer": c2.selectbox("Optimizer", OPTIMIZERS, key="train_optimizer",
+                                  help="adam is a safe default; sgd uses momentum 0.9."),
+        "dropout": c3.slider("Dropout", 0.0, 0.9, DEFAULTS.dropout, 0.05, key="train_dropout",
+                             help="Share of features dropped while training the head; raise it if it overfits."),
+        "early_stopping": c3.number_input(
+            "Early stopping patience (0 = off)", min_value=0, max_value=1000, value=None,
+            placeholder=_auto(spec, "early_stopping"), key="train_early_stopping",
+            help="Stop after this many epochs without a lower validation loss; the best epoch's weights are kept."),
+    }
 
 
 _FLOATS = {"learning_rate", "fine_tune_learning_rate", "dropout"}
