@@ -13,9 +13,10 @@ class Progress(keras.callbacks.Callback):
     """Per-batch and per-epoch events, NaN guard, cancellation, best checkpoint and
     early stopping (on validation loss) for one phase."""
 
-    def __init__(self, learner, model, phase, learning_rate):
+    def __init__(self, learner, model, phase, learning_rate, patience=0):
         super().__init__()
         self.learner, self.watched, self.phase, self.lr = learner, model, phase, learning_rate
+        self.patience = patience
         self.last_event = 0.0
         self.last_write = 0.0
         self.stale = 0
@@ -73,7 +74,7 @@ class Progress(keras.callbacks.Callback):
             self.stale = 0
         else:
             self.stale += 1
-        patience = learner.cfg.early_stopping
+        patience = self.patience
         if patience and self.stale >= patience:
             self.stopped_at = epoch + 1
             learner.emit("log", message=f"Early stopping at epoch {epoch + 1}: no lower validation loss for "

@@ -76,7 +76,8 @@ def _parser():
 
 
 def _add_config_flags(parser):
-    """One ``--flag`` per RunConfig field, typed from the dataclass."""
+    """One ``--flag`` per RunConfig field, typed from the dataclass, with its default (or
+    each strategy's, for the fields whose default depends on the strategy) and its choices."""
     hints = typing.get_type_hints(RunConfig)
     for field in dataclasses.fields(RunConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -84,11 +85,28 @@ def _add_config_flags(parser):
         if field.name == "tags":
             parser.add_argument("--tag", dest="tags", action="append", help="label the run (repeatable)")
         elif kind is bool:
-            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"default: {field.default!r}")
         else:
             base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-            parser.add_argument(flag, dest=field.name, type=base, default=None,
-                                help=f"default: {field.default!r}" if field.default is not dataclasses.MISSING else None)
+            parser.add_argument(flag, dest=field.name, type=base, default=None, help=field_help(field))
+
+
+def field_help(field) -> str:
+    """``--help`` text of one config field: its choices and default."""
+    from tl.config import STRATEGY_DEFAULTS
+    from tl.strategies import STRATEGIES
+
+    if field.name in STRATEGY_DEFAULTS:
+        per = ", ".join(f"{name} {spec.defaults[field.name]:g}" for name, spec in STRATEGIES.items())
+        return f"default per strategy: {per}"
+    choices = {name: list(entries) for name, entries in registries().items()}
+    plural = {"dataset": "datasets", "backbone": "backbones", "head": "heads", "strategy": "strategies",
+              "optimizer": "optimizers"}.get(field.name)
+    default = f"default: {field.default!r}" if field.default is not dataclasses.MISSING else ""
+    if plural:
+        return f"one of {', '.join(choices[plural])} (`python -m tl list` explains them); {default}"
+    return default or None
 
 
 def config_from_args(args) -> RunConfig:

@@ -97,7 +97,10 @@ class StrategySpec:
 
 # epochs: the most passes over the training data; min_steps: at least this many optimiser
 # steps (small data: an epoch of 200 images is 7 steps); early_stopping: patience in epochs
-# on validation loss, best weights restored.
+# on validation loss, best weights restored. A head on cached features (a feature
+# strategy's, or any pretrained strategy's first phase) gets _HEAD_ON_FEATURES' budget when
+# it is not fitted exactly; the image-trained phases get their strategy's. The image phase
+# of full_fine_tune and fine_tune runs at a tenth of learning_rate.
 _HEAD_ON_FEATURES = dict(epochs=200, learning_rate=1e-3, early_stopping=20, min_steps=400, fine_tune_epochs=0)
 _IMAGE_FIELDS = ("augment",)
 STRATEGIES = {
@@ -111,15 +114,15 @@ STRATEGIES = {
                      _HEAD_ON_FEATURES),
         StrategySpec("frozen", frozen, False, "default", True, False, ("head", "frozen"), _IMAGE_FIELDS,
                      "Frozen backbone: the head is fitted on cached features, then trained on (augmented) images.",
-                     dict(_HEAD_ON_FEATURES, epochs=5, learning_rate=1e-4, early_stopping=3, min_steps=0)),
+                     dict(epochs=5, learning_rate=1e-4, early_stopping=3, min_steps=0, fine_tune_epochs=0)),
         StrategySpec("fine_tune", fine_tune, False, "default", True, True, ("head", "fine_tune"),
                      _IMAGE_FIELDS + ("fine_tune_epochs", "fine_tune_layers", "fine_tune_learning_rate"),
                      "Larger data, similar to ImageNet: fit the head, then fine-tune the top layers.",
-                     dict(_HEAD_ON_FEATURES, fine_tune_epochs=5, early_stopping=3, min_steps=0)),
+                     dict(epochs=5, learning_rate=1e-3, early_stopping=3, min_steps=0, fine_tune_epochs=5)),
         StrategySpec("full_fine_tune", full_fine_tune, False, "default", True, True, ("head", "full"),
                      _IMAGE_FIELDS + ("fine_tune_learning_rate",),
                      "Larger data, different from ImageNet: fit the head, then train everything from the pretrained start.",
-                     dict(_HEAD_ON_FEATURES, epochs=5, early_stopping=3, min_steps=0)),
+                     dict(epochs=5, learning_rate=1e-3, early_stopping=3, min_steps=0, fine_tune_epochs=0)),
         StrategySpec("scratch", scratch, False, "default", False, True, ("scratch",), _IMAGE_FIELDS,
                      "No transfer: the same architecture from random weights (the baseline).",
                      dict(epochs=100, learning_rate=3e-3, early_stopping=10, min_steps=300, fine_tune_epochs=0)),

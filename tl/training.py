@@ -193,33 +193,43 @@ class Learner:
                 layer.momentum = momentum
 
     # fitting
-    def fit(self, phase: str, epochs: int, learning_rate: float):
+    def fit(self, phase: str, epochs: int, learning_rate: float, budget: dict | None = None):
         """Compile the whole model and fit it on images for ``epochs`` epochs (more when
-        that is fewer than ``min_steps`` optimiser steps)."""
+        that is fewer than ``min_steps`` optimiser steps). ``budget`` overrides the config's
+        ``min_steps`` and ``early_stopping`` for this phase."""
+        budget = self._budget(budget)
         train, val = self._image_pipelines()
-        self._fit(self.model, phase, self._epochs_for(epochs, len(self.data.splits["train"])),
-                  learning_rate, train, val)
+        self._fit(self.model, phase, self._epochs_for(epochs, len(self.data.splits["train"]), budget["min_steps"]),
+                  learning_rate, train, val, budget["early_stopping"])
 
-    def _epochs_for(self, epochs: int, train_size: int) -> int:
+    def _budget(self, budget: dict | None) -> dict:
+        cfg = self.cfg
+        return dict({"epochs": cfg.epochs, "learning_rate": cfg.learning_rate, "min_steps": cfg.min_steps,
+                     "early_stopping": cfg.early_stopping}, **(budget or {}))
+
+    def _epochs_for(self, epochs: int, train_size: int, min_steps: int) -> int:
         """``epochs``, raised so that they hold at least ``min_steps`` optimiser steps."""
         steps = max(1, -(-train_size // self.cfg.batch_size))
-        needed = -(-(self.cfg.min_steps or 0) // steps)
+        needed = -(-(min_steps or 0) // steps)
         if needed > epochs:
             self.emit("log", message=f"{epochs} epoch(s) of {steps} step(s) are fewer than min_steps="
-                                     f"{self.cfg.min_steps}: training up to {min(needed, MAX_EPOCHS)} epochs.")
+                                     f"{min_steps}: training up to {min(needed, MAX_EPOCHS)} epochs.")
         return min(max(epochs, needed), MAX_EPOCHS)
 
     def warm_start_head(self):
-        """Fit the head on the frozen backbone's cached pooled features when it reads pooled
-        features; a Flatten head (it needs the spatial map) trains on images instead."""
-        from tl.strategies import head_on_features
+        """Before an image-trained phase: fit the head on the frozen backbone's cached pooled
+        features when it reads pooled features (with the head budget of the feature
+        strategies, whatever this strategy's image epochs); a Flatten head, which needs the
+        spatial map, trains on images for the strategy's epochs at the head's learning rate."""
+        from tl.strategies import STRATEGIES, head_on_features
 
+        budget = STRATEGIES["feature_extraction"].defaults
         if head_on_features(self.cfg.strategy, self.cfg.head):
-            self.fit_head_on_features()
+            self.fit_head_on_features(budget)
         else:
-            self.fit("head", self.cfg.epochs, self.cfg.learning_rate)
+            self.fit("head", self.cfg.epochs, budget["learning_rate"], {"min_steps": 0})
 
-    def fit_head_on_features(self):
+    def fit_head_on_features(self, budget: dict | None = None):
         """Fit the head alone on the (cached) pooled features of the frozen backbone.
 
         The features are standardised with the training split's statistics (stored in the
@@ -242,7 +252,7 @@ class Learner:
             val.use_statistics(mean, variance)
             self._fit_exactly(train, val)
         else:
-            self._fit_head_steps(store)
+            self._fit_head_steps(store, self._budget(budget))
 
     def _fit_exactly(self, train, val):
         from tl.head_fit import fit_softmax
@@ -274,7 +284,7 @@ class Learner:
             self.note_epoch(self.head, last["val_accuracy"], last["val_loss"])
         self.emit("log", message=f"Head {report['summary']}.")
 
-    def _fit_head_steps(self, store):
+    def _fit_head_steps(self, store, budget):
         import tensorflow as tf
 
         from tl.features import feature_pipeline
@@ -299,9 +309,9 @@ class Learner:
             train = feature_pipeline(store, splits["train"], labels[splits["train"]], cfg.batch_size,
                                      shuffle=True, seed=cfg.seed, class_weights=self.class_weights)
             val = feature_pipeline(store, splits["val"], labels[splits["val"]], cfg.batch_size)
-        epochs = self._epochs_for(cfg.epochs, len(splits["train"]))
+        epochs = self._epochs_for(budget["epochs"], len(splits["train"]), budget["min_steps"])
         head = self._features_head()
-        self._fit(head, "head", epochs, cfg.learning_rate, train, val)
+        self._fit(head, "head", epochs, budget["learning_rate"], train, val, budget["early_stopping"])
         if head is not self.head:  # the copy's best epoch goes into the run's own head
             if self.best is not None and self.best_weights[0] is head:
                 head.set_weights(self.best_weights[1])
@@ -320,7 +330,7 @@ class Learner:
         _copy_weights(self.head, copy)
         return copy
 
-    def _fit(self, model, phase, epochs, learning_rate, train, val):
+    def _fit(self, model, phase, epochs, learning_rate, train, val, patience):
         import keras
 
         from tl.callbacks import Progress
@@ -332,7 +342,7 @@ class Learner:
         self.trainable_params = count_params(model.trainable_weights)
         self.emit("phase", phase=phase, method="steps", epochs=epochs, learning_rate=learning_rate,
                   trainable_params=self.trainable_params, first_epoch=self.epochs_done + 1)
-        progress = Progress(self, model, phase, learning_rate)
+        progress = Progress(self, model, phase, learning_rate, patience)
         model.fit(train, validation_data=val, epochs=self.epochs_done + epochs,
                   initial_epoch=self.epochs_done, callbacks=[progress], shuffle=False, verbose=0)
         self.fit_reports.append(progress.report(epochs))
