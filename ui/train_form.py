@@ -125,11 +125,12 @@ def _hyper_parameters(spec, dataset, backbone, head) -> dict:
                                 help="Same seed, same split and same initial weights."),
     }
     if head_on_features(spec.name, head):
-        st.caption("The head is first fitted on the frozen backbone's pooled features, cached on disk "
-                   + ("exactly: a logistic regression on standardised features, solved to convergence "
-                      "(no epochs or learning rate to choose)." if exact else
-                      "with Adam steps on the standardised features, early stopping on validation loss.")
-                   + ("" if spec.uses_features else " Then it trains on images as below."))
+        st.caption(("The head is fitted exactly on the frozen backbone's pooled features (cached on disk): a "
+                    "logistic regression on standardised features, solved to convergence, so there are no epochs "
+                    "or learning rate to choose for it." if exact else
+                    "The head is fitted on the frozen backbone's pooled features (cached on disk) by Adam steps on "
+                    "standardised features, with early stopping on validation loss.")
+                   + ("" if spec.uses_features else " Then the model trains on images as set here."))
     if not (exact and spec.uses_features):
         values.update(_step_parameters(spec, c1, c2, c3))
     if "augment" in spec.applies:
