@@ -151,6 +151,8 @@ def start_training(page, server, epochs: int, samples: int, classes: int = 2) ->
     number(page, "Image size (pixels)", 16)
     number(page, "Images per class (cap, 0 = all)", samples)
     number(page, "Epochs", epochs)
+    number(page, "At least this many steps", 0)  # exactly these epochs: no step floor,
+    number(page, "Early stopping patience (0 = off)", 0)  # no early stop
     number(page, "Batch size", 16)
     number(page, "Synthetic classes", classes)
     page.get_by_role("button", name="Train", exact=True).click()

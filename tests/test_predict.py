@@ -92,6 +92,25 @@ def _convs(model) -> int:
     return found
 
 
+def test_imagenet_names_are_keras_own_and_need_no_download(tmp_path, monkeypatch):
+    import urllib.request
+
+    from tl import imagenet_labels
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    imagenet_labels.class_index.cache_clear()
+    keras_index = class_index()  # Keras's imagenet_class_index.json, byte for byte
+    ours = imagenet_labels.class_index()
+    assert [(wnid, name.replace(" ", "_")) for wnid, name in ours] == [tuple(keras_index[str(i)]) for i in range(1000)]
+    probs = np.full(1000, 0.5 / 999)
+    probs[285] = 0.5
+    assert imagenet_labels.decode(probs, 2)[0] == ("Egyptian cat", 0.5)
+
+
 def test_shared_path_runs_the_backbone_once_per_image(shared, frozen_run, photo, monkeypatch):
     separate = Predictor(frozen_run, imagenet_weights=None, share=False)
     assert not separate.shared

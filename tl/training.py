@@ -279,8 +279,7 @@ class Learner:
         }
         self.fit_reports.append(report)
         last = fit.history[-1] if fit.history else {"val_accuracy": None, "val_loss": None}
-        if last["val_loss"] is not None:
-            self.best = None  # the optimum of the whole fit, not of one iteration
+        if last["val_loss"] is not None:  # the fit's optimum is the head phase's best (it comes first)
             self.note_epoch(self.head, last["val_accuracy"], last["val_loss"])
         self.emit("log", message=f"Head {report['summary']}.")
 
