@@ -6,7 +6,7 @@ import time
 import keras
 
 from tl.errors import Cancelled, TrainingFailed
-from tl.training import BATCH_EVENT_SECONDS
+from tl.history import BATCH_EVENT_SECONDS, HistoryFile, phase_report
 
 
 class Progress(keras.callbacks.Callback):
@@ -18,7 +18,7 @@ class Progress(keras.callbacks.Callback):
         self.learner, self.watched, self.phase, self.lr = learner, model, phase, learning_rate
         self.patience = patience
         self.last_event = 0.0
-        self.last_write = 0.0
+        self.file = HistoryFile(learner)
         self.stale = 0
         self.first_epoch = learner.epochs_done + 1
         self.stopped_at = None
@@ -64,11 +64,7 @@ class Progress(keras.callbacks.Callback):
             "seconds": round(time.time() - self.epoch_started, 3),
         }
         learner.history.append(entry)
-        # history.json at most twice a second (a head on cached features runs hundreds of
-        # short epochs); the last epoch is written by on_train_end.
-        if time.time() - self.last_write >= BATCH_EVENT_SECONDS:
-            self.last_write = time.time()
-            learner.run.write_json("history.json", learner.history)
+        self.file.appended()  # the last epoch is written by on_train_end
         learner.emit("epoch", **entry)
         if entry["val_loss"] is not None and learner.note_epoch(self.watched, entry["val_accuracy"], val_loss):
             self.stale = 0
@@ -82,37 +78,12 @@ class Progress(keras.callbacks.Callback):
             self.watched.stop_training = True
 
     def on_train_end(self, logs=None):
-        self.learner.run.write_json("history.json", self.learner.history)
+        self.file.flush()
 
     def report(self, planned: int) -> dict:
-        """Whether this phase converged: early-stopped, or validation loss flat at its end."""
+        """How this phase ended (:func:`tl.history.phase_report`)."""
         losses = [h["val_loss"] for h in self.learner.history[self.first_epoch - 1:] if h.get("val_loss") is not None]
-        ran = len(losses)
-        found = {"phase": self.phase, "method": "steps", "epochs": ran, "planned_epochs": planned,
-                 "early_stopped_at": self.stopped_at}
-        if self.stopped_at:
-            return dict(found, converged=True, summary=f"early-stopped at epoch {self.stopped_at} "
-                                                       "(validation loss no longer falling)")
-        if ran < 3:
-            return dict(found, converged=None, summary=f"{ran} epoch(s): too few to tell whether it converged")
-        tail = losses[-max(3, ran // 5):]
-        if _still_falling(tail):
-            return dict(found, converged=False, summary=f"validation loss still falling after {ran} epochs: "
-                                                        "more epochs would help")
-        return dict(found, converged=True, summary=f"validation loss flat over the last {len(tail)} of {ran} epochs")
-
-
-def _still_falling(tail) -> bool:
-    """Whether a run of validation losses still trends down: the least-squares line through
-    their logarithms drops by more than 10% over the run, and by more than 0.01 (a loss
-    already near zero that halves is not under-training)."""
-    import numpy as np
-
-    values = np.maximum(np.asarray(tail, dtype=float), 1e-12)
-    slope = np.polyfit(np.arange(len(values)), np.log(values), 1)[0]
-    span = len(values) - 1
-    fitted_start = float(np.exp(np.log(values).mean() - slope * span / 2))
-    return slope * span < np.log(0.9) and fitted_start * (1 - np.exp(slope * span)) > 0.01
+        return phase_report(self.phase, losses, planned, self.stopped_at)
 
 
 def _num(value):

@@ -1,7 +1,8 @@
 """``python -m tl``: train, list runs and registries, run a queued run (for the app).
 
 The same functions the app calls: :func:`tl.training.prepare` and
-:func:`tl.training.execute`. Errors a user can cause print one sentence and exit 2.
+:func:`tl.training.execute`. Errors a user can cause print one sentence and exit 2. (One
+module for every subcommand, so ``--help`` and the handlers are read side by side.)
 """
 
 import argparse

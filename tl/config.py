@@ -173,7 +173,7 @@ def _float_range(name, value, low, high, *, low_open=True, high_open=False):
 def _validate(cfg: RunConfig) -> None:
     # Imported here to avoid an import cycle; these modules hold metadata only.
     from tl.backbones import BACKBONES
-    from tl.datasets import DATASETS
+    from tl.data.registry import DATASETS
     from tl.heads import HEADS
     from tl.strategies import STRATEGIES
 

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl.datasets import is_junk
+from tl.data.folder import is_junk
 from tl.errors import DataError
 from tl.files import atomic_write_json, read_json, sha256_of
 from tl.images import IMAGE_EXTENSIONS

@@ -15,19 +15,10 @@ from pathlib import Path
 from tl.config import RunConfig
 from tl.errors import RunNotFound, UserError
 from tl.files import append_jsonl, atomic_write_json, read_json, read_jsonl
+from tl.paths import cache_root, runs_root  # noqa: F401  (runs.runs_root / runs.cache_root)
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
-
-
-def runs_root(runs_dir=None) -> Path:
-    """The runs folder: the argument, else ``$TL_RUNS_DIR``, else ``./runs``."""
-    return Path(runs_dir or os.environ.get("TL_RUNS_DIR") or "runs").expanduser().resolve()
-
-
-def cache_root(runs_dir=None) -> Path:
-    """Where cached features live: ``$TL_CACHE_DIR``, else ``<runs root>/.cache``."""
-    return Path(os.environ.get("TL_CACHE_DIR") or runs_root(runs_dir) / ".cache").expanduser()
 
 
 class Run:

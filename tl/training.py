@@ -2,13 +2,14 @@
 
 :func:`prepare` checks a config (data, weights) and creates the run folder;
 :func:`execute` trains it. The CLI, the app's job manager and the tests all go through
-these two functions.
+these two functions. (Longer than the other modules: the :class:`Learner`'s phases share
+one model, one data split, one best checkpoint and one event stream, so they stay one
+class; where the backbone starts is :mod:`tl.weights`, the history :mod:`tl.history`,
+the exact head fit :mod:`tl.head_fit`, the test metrics :mod:`tl.metrics`.)
 """
 
-import hashlib
 import time
 import traceback
-from pathlib import Path
 
 import numpy as np
 
@@ -16,9 +17,11 @@ from tl import budget, datasets, runs
 from tl.backbones import check_installed_weights, cut_layer, set_trainable_top
 from tl.config import RunConfig
 from tl.errors import Cancelled, ConfigError, TrainingFailed, UserError
+from tl.history import BATCH_EVENT_SECONDS, ExactFitRecorder
+from tl.metrics import classification_report  # noqa: F401  (training.classification_report)
 from tl.strategies import STRATEGIES
+from tl.weights import initial_weights, source_run, transfer_backbone
 
-BATCH_EVENT_SECONDS = 0.5
 MAX_EPOCHS = 1000
 MIN_DELTA = 1e-4  # a lower validation loss by less than this is not an improvement
 
@@ -264,7 +267,7 @@ class Learner:
         self.trainable_params = count_params(self.head.trainable_weights)
         self.emit("phase", phase="head", method="exact", epochs=None, learning_rate=None,
                   trainable_params=self.trainable_params, first_epoch=self.epochs_done + 1)
-        recorder = _HistoryRecorder(self, "head")
+        recorder = ExactFitRecorder(self, "head")
         fit = fit_softmax(train, labels[splits["train"]], self.data.num_classes, val=val,
                           val_labels=labels[splits["val"]], sample_weight=weights,
                           on_iteration=recorder.add)
@@ -487,37 +490,7 @@ class Learner:
         tmp.replace(self.run.model_path)
 
 
-def classification_report(probs, labels, class_names) -> dict:
-    """Accuracy, loss, confusion matrix, per-class accuracy and the misclassified items
-    (their positions in ``labels``, most confident mistakes first)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels)
-    predicted = probs.argmax(axis=1)
-    k = len(class_names)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
-    per_class = {
-        name: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
-        for i, name in enumerate(class_names)
-    }
-    picked = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
-    wrong = np.flatnonzero(predicted != labels)
-    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")]
-    return {
-        "test_accuracy": float((predicted == labels).mean()) if len(labels) else 0.0,
-        "test_loss": float(-np.log(picked).mean()) if len(labels) else 0.0,
-        "class_names": list(class_names),
-        "confusion_matrix": confusion.tolist(),
-        "per_class_accuracy": per_class,
-        "misclassified": [
-            {"index": int(i), "true": class_names[labels[i]], "predicted": class_names[predicted[i]],
-             "confidence": round(float(probs[i, predicted[i]]), 6)}
-            for i in wrong
-        ],
-    }
-
-
-# -- weights ---------------------------------------------------------------------------
+# -- optimizers ---------------------------------------------------------------------
 
 def make_optimizer(name: str, learning_rate: float):
     """Build optimizer ``name`` ("adam", "sgd" with momentum 0.9, "rmsprop")."""
@@ -531,99 +504,6 @@ def make_optimizer(name: str, learning_rate: float):
         return keras.optimizers.RMSprop(learning_rate)
     raise ConfigError(f"Expected `optimizer` to be one of ['adam', 'rmsprop', 'sgd']. Received: optimizer={name!r}.")
 
-
-def initial_weights(cfg: RunConfig, runs_dir=None):
-    """What the backbone starts from, and a string that identifies it for the feature cache.
-
-    Returns ``(weights, identity)`` where ``weights`` is ``None``, ``"imagenet"``, a file
-    path, or a :class:`tl.runs.Run` whose backbone to copy.
-    """
-    if not STRATEGIES[cfg.strategy].pretrained or cfg.weights == "none":
-        return None, f"none:seed={cfg.seed}"
-    if cfg.weights == "imagenet":
-        return "imagenet", "imagenet"
-    if cfg.weights.startswith("run:"):
-        run = source_run(cfg, runs_dir)
-        stamp = run.model_path.stat().st_mtime_ns
-        return run, f"run:{run.id}:{stamp}"
-    path = Path(cfg.weights).expanduser()
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return str(path), f"file:{digest}"
-
-
-def source_run(cfg: RunConfig, runs_dir=None):
-    """The finished run that ``weights='run:<id>'`` names, checked to be usable."""
-    run_id = cfg.weights[4:]
-    try:
-        run = runs.get(run_id, runs_dir)
-    except UserError:
-        raise ConfigError(f"weights='run:{run_id}' names no run in {runs.runs_root(runs_dir)}; "
-                          "`python -m tl runs` lists them.") from None
-    if run.status().get("status") != "done" or not run.model_path.exists():
-        raise ConfigError(f"Run '{run_id}' has not finished training, so its backbone cannot be reused; "
-                          "pick a run with status done.")
-    if run.config.backbone != cfg.backbone:
-        raise ConfigError(f"Run '{run_id}' used backbone '{run.config.backbone}'; set backbone to "
-                          f"'{run.config.backbone}' to start from its weights.")
-    return run
-
-
-def transfer_backbone(run, backbone) -> int:
-    """Copy weights layer by layer (by name) from ``run``'s saved backbone into ``backbone``.
-
-    Raises:
-        ConfigError: a layer the new backbone needs is missing from the run's backbone.
-    """
-    saved = run.load_model()
-    source = {layer.name: layer for layer in saved.get_layer("backbone").layers}
-    copied = 0
-    for layer in backbone.layers:
-        if not layer.weights:
-            continue
-        match = source.get(layer.name)
-        shapes = [tuple(w.shape) for w in layer.weights]
-        if match is None or [tuple(w.shape) for w in match.weights] != shapes:
-            raise ConfigError(
-                f"Run '{run.id}' has no matching weights for layer '{layer.name}' (was it cut "
-                "earlier, or trained at another image size?); pick another run or strategy."
-            )
-        layer.set_weights(match.get_weights())
-        copied += 1
-    return copied
-
-
-class _HistoryRecorder:
-    """Turns the iterations of an exact head fit into history entries and epoch events
-    (history.json at most twice a second), with the NaN guard and cancellation."""
-
-    def __init__(self, learner, phase):
-        self.learner, self.phase = learner, phase
-        self.started = self.last_write = time.time()
-
-    def add(self, entry):
-        learner = self.learner
-        if learner.run.cancel_requested():
-            self.flush()
-            raise Cancelled()
-        if not np.isfinite(entry["loss"]):
-            self.flush()
-            raise TrainingFailed("The head's loss became NaN while fitting it on the cached features; "
-                                 "the features hold non-finite values: delete the feature cache and train again.")
-        learner.epochs_done += 1
-        learner.images_seen += len(learner.data.splits["train"])
-        now = time.time()
-        record = {"epoch": learner.epochs_done, "phase": self.phase, "method": "exact", "learning_rate": None,
-                  "loss": entry["loss"], "accuracy": entry["accuracy"], "val_loss": entry["val_loss"],
-                  "val_accuracy": entry["val_accuracy"], "seconds": round(now - self.started, 4)}
-        self.started = now
-        learner.history.append(record)
-        learner.emit("epoch", **record)
-        if now - self.last_write >= BATCH_EVENT_SECONDS:
-            self.flush()
-
-    def flush(self):
-        self.last_write = time.time()
-        self.learner.run.write_json("history.json", self.learner.history)
 
 
 def _copy_weights(source, target) -> None:

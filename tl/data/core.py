@@ -1,0 +1,130 @@
+"""Data, the labelled item collection every dataset becomes; the per-class cap, the seeded
+stratified split and balanced class weights."""
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from tl.errors import DataError
+
+
+@dataclass
+class Data:
+    """A labelled image collection, already capped and split.
+
+    Attributes:
+        name: dataset name.
+        class_names: one name per class, index = label.
+        labels: ``(N,)`` int class index of each item.
+        keys: a stable identity per item (relative path, or generator index).
+        fingerprint: hash of where the items come from and which items were selected.
+        image_size: the side of the square images :meth:`read` returns, or ``None`` when
+            sizes vary (files), in which case pipelines resize each image to batch them.
+        reader: item index -> RGB uint8 array.
+        splits: "train", "val", "test" -> item indices.
+        skipped: ``(key, reason)`` for files left out (not images, unreadable).
+        content_hashes: a hash of each item's file bytes (folder datasets), to find
+            identical images across splits (:func:`leakage`); ``None`` otherwise.
+    """
+
+    name: str
+    class_names: list
+    labels: np.ndarray
+    keys: list
+    fingerprint: str
+    image_size: int | None
+    reader: Callable
+    splits: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+    content_hashes: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def read(self, index: int) -> np.ndarray:
+        """Return item ``index`` as an RGB uint8 array."""
+        return self.reader(int(index))
+
+    def read_batch(self, indices) -> np.ndarray:
+        """Return several same-size items as one ``(B, H, W, 3)`` uint8 array."""
+        return np.stack([self.reader(int(i)) for i in indices])
+
+    def counts(self, split: str | None = None) -> dict:
+        """Images per class, for the whole data or one split."""
+        labels = self.labels if split is None else self.labels[self.splits[split]]
+        found = np.bincount(labels, minlength=self.num_classes)
+        return {name: int(n) for name, n in zip(self.class_names, found)}
+
+
+
+
+def cap(data: Data, per_class: int, seed: int) -> Data:
+    """Keep at most ``per_class`` items of each class (a seeded choice), in item order."""
+    if not per_class or np.bincount(data.labels).max() <= per_class:
+        return data
+    rng = np.random.default_rng([seed, 1])
+    keep = []
+    for label in range(data.num_classes):
+        members = np.flatnonzero(data.labels == label)
+        keep.append(np.sort(rng.permutation(members)[:per_class]))
+    keep = np.sort(np.concatenate(keep))
+    reader = data.reader
+    return Data(
+        name=data.name,
+        class_names=data.class_names,
+        labels=data.labels[keep],
+        keys=[data.keys[i] for i in keep],
+        fingerprint=content_hash([data.fingerprint, "cap"] + [str(i) for i in keep]),
+        image_size=data.image_size,
+        reader=lambda index: reader(int(keep[index])),
+        skipped=data.skipped,
+        content_hashes=None if data.content_hashes is None else [data.content_hashes[i] for i in keep],
+    )
+
+
+def stratified_split(labels, class_names, val_fraction, test_fraction, seed) -> dict:
+    """Split item indices per class into train/val/test, the same for the same seed.
+
+    Every class gets at least one item in each split.
+
+    Raises:
+        DataError: a class has fewer than 3 items.
+    """
+    rng = np.random.default_rng([seed, 2])
+    parts = {"train": [], "val": [], "test": []}
+    for label, name in enumerate(class_names):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n = len(members)
+        n_test = max(1, round(n * test_fraction))
+        n_val = max(1, round(n * val_fraction))
+        if n - n_test - n_val < 1:
+            raise DataError(
+                f"Class '{name}' has only {n} image(s); each class needs at least 3 (one each "
+                "for training, validation and test), so add images or remove the class."
+            )
+        parts["test"].append(members[:n_test])
+        parts["val"].append(members[n_test:n_test + n_val])
+        parts["train"].append(members[n_test + n_val:])
+    return {split: np.sort(np.concatenate(chunks)) for split, chunks in parts.items()}
+
+
+def balanced_class_weights(labels, num_classes) -> np.ndarray:
+    """Weights ``n / (k * n_c)`` so every class contributes equally to the loss."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = len(labels) / (num_classes * np.maximum(counts, 1))
+    return weights.astype(np.float32)
+
+
+def content_hash(parts) -> str:
+    """16 hex digits of the sha256 of ``parts`` (as strings, each ended by a NUL)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(str(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
