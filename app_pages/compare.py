@@ -2,12 +2,17 @@
 
 import streamlit as st
 
+from tl.errors import UserError
 from ui.compare_view import current_sweep, pick_runs, show_sweep, start_sweep, sweep_form, sweep_view
 from ui.state import job_manager, runs_dir
 
 st.title("Compare")
 root = runs_dir()
-manager = job_manager(root)
+try:
+    manager = job_manager(root)
+except UserError as exc:  # the runs folder is read-only, a file, ...
+    st.error(str(exc))
+    st.stop()
 
 mode = st.radio("What to compare", ["Run every strategy (sweep)", "Pick finished runs"], key="compare_mode",
                 horizontal=True, label_visibility="collapsed")

@@ -9,7 +9,11 @@ from ui.train_form import config_form
 
 st.title("Train")
 root = runs_dir()
-manager = job_manager(root)
+try:
+    manager = job_manager(root)
+except UserError as exc:  # the runs folder is read-only, a file, ...
+    st.error(str(exc))
+    st.stop()
 
 cfg = config_form(root)
 if cfg is not None:

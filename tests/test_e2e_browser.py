@@ -177,6 +177,22 @@ def batch_events(run) -> list:
     return [e for e in events if e["type"] == "batch"]
 
 
+def damage_copies(run) -> list:
+    """Copies of ``run``, each with one of its JSON files truncated, ``null``, a list or
+    empty; returns their ids."""
+    ways = {"truncated": lambda text: text[: len(text) // 2], "null": lambda text: "null",
+            "list": lambda text: "[]", "empty": lambda text: ""}
+    made = []
+    for i, (name, way) in enumerate((n, w) for n in ("config.json", "status.json", "metrics.json",
+                                                      "labels.json") for w in ways):
+        copy = run.path.with_name(f"{run.id[:-4]}d{i:03d}")
+        shutil.copytree(run.path, copy)
+        path = copy / name
+        path.write_text(ways[way](path.read_text()))
+        made.append(copy.name)
+    return made
+
+
 # -- the test --------------------------------------------------------------------------
 
 def test_browser_end_to_end_with_reliability_drills(server):
@@ -243,7 +259,24 @@ def _end_to_end(server, a, b, c):
     a.wait_for_timeout(1000)  # let plotly finish drawing before the screenshot
     shot(a, "classify")
 
-    # 4. Compare picked runs: the table.
+    # 4. Damaged run folders (copies of B with one JSON file corrupted in each way) are
+    # listed as damaged, and every other run still lists and compares.
+    damaged = damage_copies(runs.get(b_id, root))
+    listed = subprocess.run([sys.executable, "-m", "tl", "runs", "--runs-dir", str(root), "--json"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    rows = {row["run_id"]: row["status"] for row in json.loads(listed.stdout)}
+    assert {rows[i] for i in damaged} == {"damaged"}
+    assert [rows[i] for i in (long_id, b_id, c_id, lite.id)] == ["failed", "done", "done", "done"]
+    a.goto(f"{url}/train")
+    total = len(runs.list_runs(root))
+    a.get_by_text(f"{total} runs, {len(damaged)} damaged").wait_for()
+    assert a.get_by_test_id("stException").count() == 0
+    a.get_by_text("Why these runs are damaged").click()
+    for run_id in damaged:
+        a.get_by_text(f"Run {run_id} is damaged: its ").first.wait_for()
+    shot(a, "train-damaged-runs")
+
+    # 5. Compare picked runs (the damaged ones are not offered): the table.
     page = b
     page.goto(f"{url}/compare")
     page.get_by_text("Pick finished runs").click()
@@ -265,8 +298,12 @@ def _end_to_end(server, a, b, c):
     page.get_by_test_id("stDataFrame").first.wait_for()
     shot(page, "compare")
 
-    # 5. Every run folder still loads, the finished models too.
+    # 6. Deleting the damaged runs works; every run folder left still loads, the finished
+    # models too.
     import keras
+
+    for run_id in damaged:
+        runs.delete(run_id, root)
 
     found = runs.list_runs(root)
     assert {r.id for r in found} >= {long_id, b_id, c_id, lite.id}

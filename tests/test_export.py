@@ -155,7 +155,8 @@ def test_an_unloadable_model_is_one_sentence_and_leaves_nothing(trained, tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     for fmt in ("savedmodel", "tflite"):
-        with pytest.raises(export.ExportError, match=f"The model of run '{run.id}' could not be loaded"):
+        with pytest.raises(export.ExportError, match=f"The model.keras of run '{run.id}' is damaged "
+                                                     r"\(not a Keras archive: cut short or overwritten\?\); train"):
             export.export(broken, fmt, out)
     assert list(out.iterdir()) == []
 

@@ -16,7 +16,7 @@ of the dataset is never held in memory. Where each part lives:
 
 from tl.data.core import Data, balanced_class_weights, stratified_split
 from tl.data.folder import (JUNK_NAMES, LAYOUT_HINT, FolderScan, folder_data, is_junk, leakage,
-                            scan_folder_cached)
+                            scan_folder_cached, skipped_message)
 from tl.data.pipeline import image_pipeline, make_augmenter
 from tl.data.public import (CIFAR10_CLASSES, DOWNLOADS, Download, download_error, download_progress_printer,
                             fetch, is_cached)
@@ -28,5 +28,5 @@ __all__ = [
     "FolderScan", "JUNK_NAMES", "LAYOUT_HINT", "SYNTHETIC_DEFAULT_PER_CLASS", "SYNTHETIC_SHAPES", "SYNTHETIC_SIZE",
     "balanced_class_weights", "download_error", "download_progress_printer", "fetch", "folder_data",
     "image_pipeline", "is_cached", "is_junk", "leakage", "load", "make_augmenter", "scan_folder_cached",
-    "stratified_split", "synthetic_image",
+    "skipped_message", "stratified_split", "synthetic_image",
 ]

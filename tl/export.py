@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from tl.errors import UserError
-from tl.files import atomic_write_bytes, read_json
+from tl.files import atomic_write_bytes, os_error_sentence, read_json
 
 FORMATS = ("keras", "savedmodel", "tflite", "labels", "card")
 EXPORTS_DIR = "exports"
@@ -51,21 +51,28 @@ def export(run, fmt: str, out, quantize: bool = False) -> Path:
         out = out / filename(run, fmt, quantize)
     if not out.parent.is_dir():
         raise ExportError(f"Folder '{out.parent}' does not exist; create it or choose another --out path.")
-    if fmt == "tflite":
-        return export_tflite(run, out, quantize=quantize)
-    writer = {"keras": export_keras, "savedmodel": export_savedmodel,
-              "labels": export_labels, "card": export_model_card}[fmt]
-    return writer(run, out)
+    try:
+        if fmt == "tflite":
+            return export_tflite(run, out, quantize=quantize)
+        writer = {"keras": export_keras, "savedmodel": export_savedmodel,
+                  "labels": export_labels, "card": export_model_card}[fmt]
+        return writer(run, out)
+    except OSError as exc:  # every writer works in a temporary file or folder: nothing partial is left
+        raise ExportError(f"The export could not be written: {os_error_sentence(exc, exc.filename or out)}") from None
 
 
 def check_exportable(run) -> None:
     """Raise :class:`ExportError` unless ``run`` finished training and has its model."""
+    problem = run.damage()
+    if problem:
+        raise ExportError(f"{problem} It cannot be exported.")
     status = run.status().get("status")
     if status != "done":
         raise ExportError(f"Run '{run.id}' is {status}; only a finished run (status done) can be "
                           "exported. Wait for it to finish or pick another run.")
-    if not run.model_path.is_file():
-        raise ExportError(f"Run '{run.id}' has no model.keras file; train it again to export it.")
+    problem = run.model_problem()
+    if problem:
+        raise ExportError(problem)
 
 
 def filename(run, fmt: str, quantize: bool = False) -> str:
@@ -88,7 +95,10 @@ def cached(run, fmt: str, quantize: bool = False) -> Path:
     """
     path = cached_path(run, fmt, quantize)
     if not path.is_file():
-        path.parent.mkdir(exist_ok=True)
+        try:
+            path.parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise ExportError(f"The export could not be written: {os_error_sentence(exc, path.parent)}") from None
         export(run, fmt, path, quantize=quantize)
     return path
 

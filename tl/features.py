@@ -8,13 +8,15 @@ backbone, weights, cut layer, image size, numeric precision and the data's finge
 """
 
 import hashlib
+import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from tl.files import atomic_write_json, read_json
+from tl.files import atomic_write_json, read_json, sha256_of
 
 FEATURE_FORMAT = 1
 CHUNK_BATCHES = 32
@@ -66,35 +68,74 @@ class FeatureStore:
             del matrix  # unmap now, not at garbage collection
 
 
-def lookup(root, key: str) -> FeatureStore | None:
-    """The cached store for ``key``, or ``None``."""
-    path = Path(root) / "features" / key / "features.npy"
-    if path.is_file() and read_json(path.parent / "meta.json"):
+def lookup(root, key: str, on_damaged=None) -> FeatureStore | None:
+    """The cached store for ``key``, or ``None``. An entry that fails its checks (meta.json
+    unreadable, a header or size that does not match it, a sha256 that differs from the one
+    written at extraction) is removed, reported through ``on_damaged(sentence)``, and
+    ``None`` returned, so the features are extracted again."""
+    folder = Path(root) / "features" / key
+    path = folder / "features.npy"
+    if not path.is_file():
+        return None
+    problem = _check_entry(folder)
+    if problem is None:
         return FeatureStore(path)
+    shutil.rmtree(folder, ignore_errors=True)
+    if on_damaged:
+        on_damaged(f"The cached features {key} were damaged ({problem}); extracting them again.")
+    return None
+
+
+def _check_entry(folder: Path) -> str | None:
+    """Why a cache entry cannot be used, or ``None``."""
+    try:
+        meta = read_json(folder / "meta.json")
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("rows"), int) or not isinstance(meta.get("dim"), int):
+        return "meta.json missing or unreadable"
+    try:
+        store = FeatureStore(folder / "features.npy")
+        size = (folder / "features.npy").stat().st_size
+    except (OSError, ValueError):
+        return "not a float32 matrix"
+    if store.shape != (meta["rows"], meta["dim"]) or size != store.offset + store.shape[0] * store.row_bytes:
+        return "its size does not match its header"
+    if meta.get("sha256"):
+        with open(folder / "features.npy", "rb") as handle:
+            if sha256_of(handle) != meta["sha256"]:
+                return "its checksum does not match"
     return None
 
 
 def extract(root, key: str, extractor, batches, total: int, *, meta: dict, on_chunk=None) -> FeatureStore:
     """Run ``extractor`` over ``batches`` (an iterable of tf.data pipelines, one per chunk)
-    and write the pooled features of all ``total`` items to the cache under ``key``.
+    and write the pooled features of all ``total`` items to the cache under ``key``, with
+    their sha256 in meta.json.
 
     ``on_chunk(done, total)`` is called after each chunk; it may raise to stop (the partial
-    file is removed, nothing is cached).
+    file is removed, nothing is cached). Temporary files of killed extractions are removed.
     """
     folder = Path(root) / "features" / key
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temporaries(folder)
     dim = int(extractor.output.shape[-1])
     final = folder / "features.npy"
     tmp = folder / f".features.{os.getpid()}.tmp"
+    digest = hashlib.sha256()
     done = 0
     try:
         with open(tmp, "wb") as handle:
+            header = io.BytesIO()
             np.lib.format.write_array_header_1_0(
-                handle, {"descr": "<f4", "fortran_order": False, "shape": (total, dim)})
+                header, {"descr": "<f4", "fortran_order": False, "shape": (total, dim)})
+            handle.write(header.getvalue())
+            digest.update(header.getvalue())
             for pipeline in batches:
                 features = extractor.predict(pipeline, verbose=0)
-                features = np.asarray(features, dtype=np.float32).reshape(len(features), dim)
-                handle.write(features.tobytes())
+                block = np.asarray(features, dtype=np.float32).reshape(len(features), dim).tobytes()
+                handle.write(block)
+                digest.update(block)
                 done += len(features)
                 if on_chunk:
                     on_chunk(done, total)
@@ -104,11 +145,20 @@ def extract(root, key: str, extractor, batches, total: int, *, meta: dict, on_ch
             raise RuntimeError(f"Feature extraction produced {done} rows for {total} items.")
         os.replace(tmp, final)
     except BaseException:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
         raise
-    atomic_write_json(folder / "meta.json", dict(meta, rows=total, dim=dim, key=key))
+    atomic_write_json(folder / "meta.json", dict(meta, rows=total, dim=dim, key=key, sha256=digest.hexdigest()))
     return FeatureStore(final)
+
+
+def _remove_dead_temporaries(folder: Path) -> None:
+    """``.features.<pid>.tmp`` files whose process is gone (killed mid-extraction)."""
+    from tl.processes import same_process
+
+    for tmp in folder.glob(".features.*.tmp"):
+        pid = tmp.name.split(".")[2]
+        if not pid.isdigit() or not same_process(int(pid)):
+            tmp.unlink(missing_ok=True)
 
 
 def chunks(indices, batch_size: int):

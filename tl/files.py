@@ -27,7 +27,8 @@ def atomic_write_json(path, obj) -> None:
 
 
 def read_json(path, default=None):
-    """Read a JSON file; return ``default`` when it does not exist."""
+    """Read a JSON file; return ``default`` when it does not exist (other problems raise:
+    callers that must survive a damaged file check it, as :mod:`tl.runs` does)."""
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -68,6 +69,26 @@ def read_jsonl(path, start: int = 0):
         except ValueError:
             continue
     return records, start + end
+
+
+def os_error_sentence(exc: OSError, path, what: str = "write") -> str:
+    """One sentence for a file-system error at ``path``: what happened and what to do."""
+    import errno
+
+    code, where = exc.errno, f"'{path}'"
+    if code == errno.ENOSPC:
+        return f"There is no space left on the disk that holds {where}: free some space and try again."
+    if code == errno.EROFS:
+        return f"{where} is on a read-only file system: choose a writable folder and try again."
+    if code in (errno.EACCES, errno.EPERM):
+        return f"Permission denied to {what} {where}: choose a folder you can {what}, or fix its permissions."
+    if code == errno.ENAMETOOLONG:
+        return f"The path {where} is too long for the file system: use shorter names."
+    if code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return f"{where} is in the way (a file where a folder belongs, or the reverse): move it and try again."
+    if code == errno.ENOENT:
+        return f"{where} does not exist (any more): was it deleted while in use?"
+    return f"Cannot {what} {where} ({exc.strerror or type(exc).__name__}): check the disk and try again."
 
 
 def _remove_quietly(path) -> None:

@@ -74,14 +74,36 @@ def _read_bytes(source, name, max_bytes) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     else:
-        try:
-            with open(source, "rb") as handle:
-                data = handle.read(max_bytes + 1)
-        except OSError as exc:
-            raise ImageError(f"{name} cannot be read ({exc.strerror}).") from None
+        data = read_regular_file(source, name, max_bytes + 1)
     if len(data) > max_bytes:
         raise ImageError(f"{name} is larger than {max_bytes // (1024 * 1024)} MB; shrink it and try again.")
     return data
+
+
+def read_regular_file(path, name: str, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``path``, which must be a regular file: a named pipe, a
+    device or a socket is refused instead of read (reading a pipe blocks for ever). Opened
+    without blocking and checked on the open descriptor, so it cannot be swapped in between.
+
+    Raises:
+        ImageError: not a regular file, or unreadable.
+    """
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ImageError(f"{name} cannot be read ({exc.strerror or exc}).") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageError(f"{name} is not a regular file (a pipe, device or socket); give an image file.")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(limit)
+    except OSError as exc:
+        raise ImageError(f"{name} cannot be read ({exc.strerror or exc}).") from None
+    finally:
+        os.close(fd)
 
 
 def _to_rgb(image) -> np.ndarray:

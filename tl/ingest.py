@@ -1,23 +1,32 @@
 """Safe ingestion of a user's images: a zip of class folders, or an uploaded folder.
 
 Uploads are untrusted. Every entry's name and size is checked before anything is written
-(no ``..``, no absolute paths or drive letters, no links, no more than the size, ratio and
-count limits), then the images are streamed into a temporary folder beside the target
-with a byte counter (a zip's header sizes can lie) and the folder is renamed into place.
-Each upload is stored once per content hash under the data root, so the same zip uploaded
-twice is stored once. Junk (``__MACOSX``, ``.DS_Store``, ``Thumbs.db``, hidden and
-non-image files) is skipped and counted.
+(no ``..``, no absolute paths or drive letters, no links, no control characters, no name too
+long for the file system, no path that is both a file and a folder, no two entries sharing
+bytes in the zip, no more than the size, ratio and count limits), then the images are
+streamed into a temporary folder beside the target with a byte counter (a zip's header
+sizes can lie) and the folder is renamed into place, so the store never holds a
+half-written upload. The temporary folder's name records the host and process that made it,
+so one left by a killed process is removed by the next ingest. Each upload is stored once
+per content hash under the data root, so the same zip uploaded twice is stored once. Junk
+(``__MACOSX``, ``.DS_Store``, ``Thumbs.db``, hidden and non-image files) is skipped and
+counted. Every refusal, and every file-system failure, is a :class:`DataError` of one sentence.
 
 Plain Python: no TensorFlow, no Streamlit.
 """
 
+import errno
 import hashlib
 import io
+import itertools
 import os
 import re
 import shutil
+import socket
 import stat
+import struct
 import tempfile
+import time
 import zipfile
 import zlib
 from collections import Counter
@@ -29,9 +38,16 @@ from tl.errors import DataError
 from tl.files import atomic_write_json, read_json, sha256_of
 from tl.images import IMAGE_EXTENSIONS
 
+try:
+    from lzma import LZMAError
+except ImportError:  # Python built without lzma: zipfile cannot read such entries either
+    LZMAError = ValueError
+
 CHUNK = 1024 * 1024
 SUMMARY_FILE = "summary.json"
 DATA_FOLDER = "data"
+NAME_MAX = 255  # bytes per path component on ext4, XFS, btrfs, APFS and NTFS
+STALE_SECONDS = 24 * 3600  # a temporary folder this old is left over whoever made it
 
 
 @dataclass(frozen=True)
@@ -91,26 +107,25 @@ def ingest_zip(source, root=None, limits: Limits = LIMITS, name: str = "The zip"
     """Store a zip of class folders (a path, bytes or a binary file object).
 
     Raises:
-        DataError: not a zip, an unsafe entry, over a limit, or not a valid layout; nothing
-            is left behind.
+        DataError: not a zip, an unsafe entry, over a limit, not a valid layout, or the data
+            root cannot be written; nothing is left behind.
     """
+    name = _shown(name)
     handle, close = _binary(source)
     try:
         digest = sha256_of(handle, CHUNK)
         root = Path(root) if root else data_root()
+        _prepare_root(root)
         found = _existing(root, digest)
         if found:
             return found
-        try:
-            archive = zipfile.ZipFile(handle)
-        except (zipfile.BadZipFile, OSError):
-            raise DataError(f"{name} is not a zip file; upload a .zip of class folders ({LAYOUT})."
-                            ) from None
-        with archive:
-            entries = [_zip_entry(archive, info) for info in archive.infolist() if not info.is_dir()]
-            compressed = sum(info.compress_size for info in archive.infolist())
-            _check_entries(entries, limits, name, compressed=compressed)
-            folders = [_safe_parts(info.filename, name) for info in archive.infolist() if info.is_dir()]
+        with _open_zip(handle, name) as archive:
+            infos = archive.infolist()
+            _check_placement(archive, infos, name)
+            folders = [_safe_parts(info.filename, name) for info in infos if info.is_dir()]
+            entries = [_zip_entry(archive, info) for info in infos if not info.is_dir()]
+            compressed = sum(info.compress_size for info in infos)
+            _check_entries(entries, limits, name, compressed=compressed, folders=folders)
             return _store(root, digest, entries, limits, name, folders)
     finally:
         if close:
@@ -122,8 +137,10 @@ def ingest_files(files, root=None, limits: Limits = LIMITS, name: str = "The upl
     holding the relative path and ``.getvalue()`` (Streamlit's UploadedFile).
 
     Raises:
-        DataError: an unsafe name, over a limit, or not a valid layout.
+        DataError: an unsafe name, over a limit, not a valid layout, or the data root
+            cannot be written; nothing is left behind.
     """
+    name = _shown(name)
     pairs = []
     for item in files:
         if isinstance(item, tuple):
@@ -131,18 +148,20 @@ def ingest_files(files, root=None, limits: Limits = LIMITS, name: str = "The upl
         else:
             rel, data = item.name, item.getvalue()
         pairs.append((rel, bytes(data)))
+    entries = [_Entry(raw=rel, size=len(data), compressed=len(data), link=False,
+                      open=lambda data=data: io.BytesIO(data)) for rel, data in pairs]
+    # Checked before hashing: a name that cannot be encoded must be refused, not crash.
+    _check_entries(entries, limits, name, compressed=None)
     digest = hashlib.sha256()
     for rel, data in sorted(pairs, key=lambda p: p[0]):
         digest.update(rel.encode("utf-8", "surrogateescape") + b"\0")
         digest.update(hashlib.sha256(data).digest())
     digest = digest.hexdigest()
     root = Path(root) if root else data_root()
+    _prepare_root(root)
     found = _existing(root, digest)
     if found:
         return found
-    entries = [_Entry(raw=rel, size=len(data), compressed=len(data), link=False,
-                      open=lambda data=data: io.BytesIO(data)) for rel, data in pairs]
-    _check_entries(entries, limits, name, compressed=None)
     return _store(root, digest, entries, limits, name)
 
 
@@ -150,7 +169,10 @@ def ingest_files(files, root=None, limits: Limits = LIMITS, name: str = "The upl
 
 LAYOUT = ("one folder per class with its images inside, for example cats/1.jpg and "
           "dogs/2.jpg (optionally inside one top folder)")
+REZIP = "zip the folder again and upload the new zip"
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile's structFileHeader, 30 bytes
 
 
 @dataclass
@@ -164,6 +186,55 @@ class _Entry:
     skip: str | None = None
 
 
+def _open_zip(handle, name: str) -> zipfile.ZipFile:
+    """The zip's table of contents, or one sentence saying why it cannot be read."""
+    try:
+        return zipfile.ZipFile(handle)
+    except UnicodeDecodeError:
+        raise DataError(f"{name} holds a file name that is not valid UTF-8 although the zip says "
+                        f"it is; {REZIP}.") from None
+    except Exception as exc:  # noqa: BLE001 - only the table of contents is parsed here: any failure is the file's
+        handle.seek(0)
+        looks_like_zip = handle.read(2) == b"PK"
+        handle.seek(0)
+        if not looks_like_zip and str(exc) == "File is not a zip file":
+            raise DataError(f"{name} is not a zip file; upload a .zip of class folders ({LAYOUT})."
+                            ) from None
+        raise DataError(f"{name} is not a readable zip (its table of contents is damaged or the "
+                        f"file was cut short); {REZIP}.") from None
+
+
+def _check_placement(archive: zipfile.ZipFile, infos, name: str) -> None:
+    """Refuse entries whose bytes lie outside the file or overlap another entry's.
+
+    An overlapping zip bomb points many entries at the same compressed bytes, so every
+    entry passes the ratio check while together they expand without bound; a valid zip
+    never shares bytes between entries.
+    """
+    handle = archive.fp
+    spans = []
+    for info in infos:
+        start = info.header_offset
+        header = b""
+        if 0 <= start <= archive.start_dir - _LOCAL_HEADER.size:
+            handle.seek(start)
+            header = handle.read(_LOCAL_HEADER.size)
+        if len(header) != _LOCAL_HEADER.size or header[:4] != zipfile.stringFileHeader:
+            raise DataError(f"{name} is not a readable zip ('{_shown(info.filename, 80)}' is not "
+                            f"where its table of contents says); {REZIP}.")
+        fields = _LOCAL_HEADER.unpack(header)
+        end = start + _LOCAL_HEADER.size + fields[10] + fields[11] + info.compress_size
+        if end > archive.start_dir:
+            raise DataError(f"{name} is not a readable zip ('{_shown(info.filename, 80)}' runs past "
+                            f"the end of its data, so the file was cut or damaged); {REZIP}.")
+        spans.append((start, end, info.filename))
+    spans.sort()
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+        if start < end:
+            raise DataError(f"{name} looks like a zip bomb ('{_shown(first, 60)}' and "
+                            f"'{_shown(second, 60)}' share the same bytes); it was not extracted.")
+
+
 def _zip_entry(archive, info) -> _Entry:
     mode = info.external_attr >> 16
     return _Entry(raw=info.filename, size=info.file_size, compressed=info.compress_size,
@@ -171,21 +242,31 @@ def _zip_entry(archive, info) -> _Entry:
 
 
 def _safe_parts(raw: str, name: str) -> tuple:
-    """The path's components, or a DataError for a path that could escape the target."""
+    """The path's components, or a DataError for a path that could escape the target or
+    that no file system can hold."""
     text = raw.replace("\\", "/")
     if text.startswith("/") or _DRIVE.match(text):
-        raise DataError(f"{name} holds an absolute path ('{raw}'); only relative paths inside "
-                        "the upload are allowed, so it was not extracted.")
+        raise DataError(f"{name} holds an absolute path ('{_shown(raw)}'); only relative paths "
+                        "inside the upload are allowed, so it was not extracted.")
     parts = tuple(p for p in text.split("/") if p not in ("", "."))
     if ".." in parts:
-        raise DataError(f"{name} holds a path that leaves its folder ('{raw}'); it was not "
+        raise DataError(f"{name} holds a path that leaves its folder ('{_shown(raw)}'); it was not "
                         "extracted.")
     if any("\0" in p for p in parts):
         raise DataError(f"{name} holds a file name with a NUL byte; it was not extracted.")
+    if any(_CONTROL.search(p) for p in parts):
+        raise DataError(f"{name} holds a file name with a control character ('{_shown(raw)}'); "
+                        "rename it and upload it again.")
+    try:
+        for part in parts:
+            os.fsencode(part)
+    except UnicodeError:
+        raise DataError(f"{name} holds a file name that cannot be stored ('{_shown(raw)}' is not "
+                        "valid Unicode); rename it and upload it again.") from None
     return parts
 
 
-def _check_entries(entries, limits: Limits, name: str, compressed) -> None:
+def _check_entries(entries, limits: Limits, name: str, compressed, folders=()) -> None:
     """Refuse the whole upload on the first unsafe entry; mark junk to skip."""
     if len(entries) > limits.max_files:
         raise DataError(f"{name} holds {len(entries):,} files, more than the limit of "
@@ -194,24 +275,45 @@ def _check_entries(entries, limits: Limits, name: str, compressed) -> None:
     for entry in entries:
         entry.parts = _safe_parts(entry.raw, name)
         if entry.link:
-            raise DataError(f"{name} holds a symbolic link ('{entry.raw}'); links are not "
+            raise DataError(f"{name} holds a symbolic link ('{_shown(entry.raw)}'); links are not "
                             "allowed, so it was not extracted.")
         if entry.size > limits.max_file_bytes:
-            raise DataError(f"{name} holds '{entry.raw}' of "
-                            f"{entry.size / 1024**2:.0f} MB, over the limit of "
-                            f"{limits.max_file_bytes / 1024**2:.0f} MB per file; shrink it or leave it out.")
+            raise DataError(f"{name} holds '{_shown(entry.raw)}' of {_size(entry.size)}, over the "
+                            f"limit of {_size(limits.max_file_bytes)} per file; shrink it or leave it out.")
         if entry.size > limits.ratio_floor_bytes and entry.size > limits.max_ratio * max(entry.compressed, 1):
-            raise DataError(f"{name} looks like a zip bomb ('{entry.raw}' expands "
+            raise DataError(f"{name} looks like a zip bomb ('{_shown(entry.raw)}' expands "
                             f"{entry.size / max(entry.compressed, 1):.0f} times, the limit is "
                             f"{limits.max_ratio:.0f}); it was not extracted.")
         total += entry.size
         entry.skip = _junk_reason(entry.parts)
+        if entry.skip is None and any(len(os.fsencode(p)) > NAME_MAX for p in entry.parts):
+            raise DataError(f"{name} holds a name too long for the file system "
+                            f"('{_shown(entry.raw, 80)}', over {NAME_MAX} bytes); shorten that name "
+                            "and upload again.")
+    _check_tree(entries, folders, name)
     if total > limits.max_total_bytes:
-        raise DataError(f"{name} expands to {total / 1024**3:.1f} GB, over the limit of "
-                        f"{limits.max_total_bytes / 1024**3:.1f} GB; upload fewer or smaller images.")
+        raise DataError(f"{name} expands to {_size(total)}, over the limit of "
+                        f"{_size(limits.max_total_bytes)}; upload fewer or smaller images.")
     if compressed is not None and total > limits.ratio_floor_bytes and total > limits.max_ratio * max(compressed, 1):
         raise DataError(f"{name} looks like a zip bomb (it expands {total / max(compressed, 1):.0f} "
                         f"times, the limit is {limits.max_ratio:.0f}); it was not extracted.")
+
+
+def _check_tree(entries, folders, name: str) -> None:
+    """Refuse a path stored twice, or both as a file and as a folder, before anything is
+    written (extracting it would fail half way, or overwrite)."""
+    files = set()
+    for entry in entries:
+        if entry.parts in files:
+            raise DataError(f"{name} holds '{_shown('/'.join(entry.parts), 80)}' twice; remove the "
+                            "duplicate entry and upload it again.")
+        if entry.parts:
+            files.add(entry.parts)
+    dirs = {parts[:i] for parts in [*files, *folders] for i in range(1, len(parts))} | set(folders)
+    clashes = sorted(files & dirs)
+    if clashes:
+        raise DataError(f"{name} holds '{_shown('/'.join(clashes[0]), 80)}' both as a file and as a "
+                        "folder; rename one of them and upload it again.")
 
 
 def _junk_reason(parts) -> str | None:
@@ -244,16 +346,75 @@ def _layout(entries, folders, name: str) -> tuple[int, dict]:
         if len(parts) >= strip + 2 and parts[:strip] == prefix and not any(is_junk(p) for p in parts[:-1]):
             counts.setdefault(parts[strip], 0)
     if len(counts) == 1:
-        raise DataError(f"{name} has only one class ('{next(iter(counts))}'); a classifier needs at "
-                        f"least two, as {LAYOUT}.")
+        raise DataError(f"{name} has only one class ('{_shown(next(iter(counts)))}'); a classifier "
+                        f"needs at least two, as {LAYOUT}.")
     for class_name, n in sorted(counts.items()):
         if not n:
-            raise DataError(f"Class folder '{class_name}' has no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                            "add images to it or remove it.")
+            raise DataError(f"Class folder '{_shown(class_name)}' has no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)}); add images to it or remove it.")
     return strip, dict(sorted(counts.items()))
 
 
 # -- storing ---------------------------------------------------------------------------
+
+def _prepare_root(root: Path) -> None:
+    """Refuse a data root that is (or lies under) a file; remove temporary folders left by
+    ingests that were killed."""
+    for path in (root, *root.parents):
+        if not os.path.lexists(path):
+            continue
+        if os.path.isdir(path):
+            break
+        where = "it" if path == root else f"'{_shown(path)}'"
+        raise DataError(f"The data folder '{_shown(root)}' cannot be used because {where} is a file, "
+                        "not a folder; move that file away or set TL_DATA_DIR to another folder.")
+    _sweep(root)
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+_TEMP = re.compile(r"^\.tmp-[0-9a-f]{16}-(?:(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-)?[a-z0-9_]{8}$")
+
+
+def _temp_prefix(digest: str) -> str:
+    """``.tmp-<digest>-<host>-<pid>-``: enough for a later ingest to tell a leftover."""
+    return f".tmp-{digest[:16]}-{_HOST}-{os.getpid()}-"
+
+
+def _sweep(root: Path) -> None:
+    """Remove temporary folders whose process is gone (same host, pid not alive) or that
+    are older than a day; nothing else is touched, and failures are ignored."""
+    try:
+        listing = list(os.scandir(root))
+    except OSError:
+        return
+    now = time.time()
+    for item in listing:
+        match = _TEMP.match(item.name)
+        try:
+            if not match or not item.is_dir(follow_symlinks=False):
+                continue
+            dead = match["host"] == _HOST and not _alive(int(match["pid"]))
+            if dead or now - item.stat(follow_symlinks=False).st_mtime > STALE_SECONDS:
+                shutil.rmtree(item.path, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (this process counts as alive: other
+    threads of it may be ingesting)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OverflowError, ValueError):  # not a pid this system can have
+        return False
+    except OSError:  # EPERM: it exists, it is someone else's
+        return True
+    return True
+
 
 def _store(root: Path, digest: str, entries, limits: Limits, name: str, folders=()) -> Ingested:
     strip, counts = _layout(entries, folders, name)
@@ -262,8 +423,19 @@ def _store(root: Path, digest: str, entries, limits: Limits, name: str, folders=
         if entry.skip is None and len(entry.parts) < strip + 2:
             entry.skip = "files outside class folders"
             skipped[entry.skip] += 1
+    try:
+        return _write(root, digest, entries, strip, counts, skipped, limits, name)
+    except OSError as exc:
+        raise DataError(_store_failed(exc, root, name)) from None
+
+
+def _write(root: Path, digest: str, entries, strip: int, counts: dict, skipped: Counter,
+           limits: Limits, name: str) -> Ingested:
+    """Extract into a temporary folder beside the target and rename it into place; the
+    temporary folder is removed on any failure."""
     root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{digest[:16]}-"))
+    work = Path(tempfile.mkdtemp(dir=root, prefix=_temp_prefix(digest)))
+    final = root / digest[:16]
     try:
         target = work / DATA_FOLDER
         target.mkdir()
@@ -273,18 +445,35 @@ def _store(root: Path, digest: str, entries, limits: Limits, name: str, folders=
             skipped["unreadable images"] += unreadable
         info = {"digest": digest, "counts": counts, "skipped": dict(skipped)}
         atomic_write_json(work / SUMMARY_FILE, info)
-        final = root / digest[:16]
         try:
             os.rename(work, final)
         except OSError:
-            if not (final / SUMMARY_FILE).is_file():
+            if not os.path.lexists(final):
                 raise
-            shutil.rmtree(work, ignore_errors=True)  # stored meanwhile by another upload
-            return _existing(root, digest)
+            found = _existing(root, digest)  # stored meanwhile by another upload?
+            if not found:
+                raise DataError(f"{name} could not be stored because '{_shown(final)}' is in the way "
+                                "(a damaged earlier copy?); delete it and upload again.") from None
+            shutil.rmtree(work, ignore_errors=True)
+            return found
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return Ingested(path=final / DATA_FOLDER, digest=digest, counts=counts, skipped=dict(skipped))
+
+
+def _store_failed(exc: OSError, root: Path, name: str) -> str:
+    """One sentence for a file-system failure while storing: which folder, what to do."""
+    where = _shown(root)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{name} could not be stored because the disk holding '{where}' is full; free some "
+                "space there or set TL_DATA_DIR to a folder on a larger disk, then upload it again.")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"{name} could not be stored because '{where}' is not writable "
+                f"({_shown(exc.strerror or exc)}); set TL_DATA_DIR to a writable folder, then upload "
+                "it again.")
+    return (f"{name} could not be stored in '{where}' ({_shown(exc.strerror or exc)}); check that the "
+            "folder is writable and has free space, then upload it again.")
 
 
 def _extract(entries, target: Path, strip: int, limits: Limits, name: str) -> None:
@@ -293,38 +482,68 @@ def _extract(entries, target: Path, strip: int, limits: Limits, name: str) -> No
     for entry in entries:
         if entry.skip:
             continue
+        shown = _shown(entry.raw, 80)
         dest = target.joinpath(*entry.parts[strip:])
-        if resolved not in dest.resolve().parents:  # belt and braces: _safe_parts ran already
-            raise DataError(f"{name} holds a path that leaves its folder ('{entry.raw}'); it was "
-                            "not extracted.")
-        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if resolved not in dest.resolve().parents:  # belt and braces: _safe_parts ran already
+                raise DataError(f"{name} holds a path that leaves its folder ('{shown}'); it was "
+                                "not extracted.")
+            dest.parent.mkdir(parents=True, exist_ok=True)
             total = _copy(entry, dest, total, limits, name)
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError):
-            # zipfile stops at the size the header states, so a lying header shows up
-            # here as a CRC mismatch; encrypted or unknown compression lands here too.
-            raise DataError(f"{name} is corrupt or encrypted ('{entry.raw}' cannot be read back "
-                            "as its header describes); it was not extracted.") from None
-        except FileExistsError:
-            raise DataError(f"{name} holds '{entry.raw}' twice; remove the duplicate entry and upload "
-                            "it again.") from None
+        except (FileExistsError, NotADirectoryError, IsADirectoryError):
+            # _check_tree refused exact clashes; these are names equal only to this file
+            # system (case-insensitive, or normalising Unicode).
+            raise DataError(f"{name} holds '{shown}' twice or as both a file and a folder (names "
+                            "that differ only in case count as one here); rename one and upload it "
+                            "again.") from None
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            raise DataError(f"{name} holds a path too long for the file system ('{shown}'); "
+                            "shorten its folder or file names and upload it again.") from None
+
+
+# What reading an entry's bytes can raise: a lying header shows up as a CRC mismatch
+# (zipfile stops at the stated size), encrypted or unknown compression as RuntimeError or
+# NotImplementedError, a bad stream as zlib/bz2 (OSError)/lzma errors.
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
+                ValueError, struct.error, LZMAError, OSError)
+
+
+def _read(action, entry, name: str):
+    """``action()``, a read of the upload; its failure is the upload's, said in one sentence."""
+    try:
+        return action()
+    except _READ_ERRORS:
+        raise DataError(f"{name} is corrupt or encrypted ('{_shown(entry.raw, 80)}' cannot be read "
+                        "back as its header describes); it was not extracted.") from None
 
 
 def _copy(entry, dest: Path, total: int, limits: Limits, name: str) -> int:
-    """Stream one entry to ``dest``, counting bytes; return the new running total."""
+    """Stream one entry to ``dest``, counting bytes; return the new running total.
+
+    Read errors become a DataError here; write errors (disk full, ...) stay OSError for
+    :func:`_store` to explain."""
     written = 0
-    with entry.open() as src, open(dest, "xb") as out:
-        while chunk := src.read(CHUNK):
-            written += len(chunk)
-            total += len(chunk)
-            # Count the bytes really written: a crafted header can claim a small size.
-            if written > max(entry.size, 0) or written > limits.max_file_bytes:
-                raise DataError(f"{name} holds '{entry.raw}', which expands beyond the size its "
-                                "header states (a zip bomb?); it was not extracted.")
-            if total > limits.max_total_bytes:
-                raise DataError(f"{name} expands beyond the limit of "
-                                f"{limits.max_total_bytes / 1024**3:.1f} GB; it was not extracted.")
-            out.write(chunk)
+    src = _read(entry.open, entry, name)
+    try:
+        with open(dest, "xb") as out:
+            while chunk := _read(lambda: src.read(CHUNK), entry, name):
+                written += len(chunk)
+                total += len(chunk)
+                # Count the bytes really read, before writing them: a header can lie.
+                if written > max(entry.size, 0) or written > limits.max_file_bytes:
+                    raise DataError(f"{name} holds '{_shown(entry.raw, 80)}', which expands beyond "
+                                    "the size its header states (a zip bomb?); it was not extracted.")
+                if total > limits.max_total_bytes:
+                    raise DataError(f"{name} expands beyond the limit of "
+                                    f"{_size(limits.max_total_bytes)}; it was not extracted.")
+                out.write(chunk)
+    finally:
+        try:
+            src.close()
+        except _READ_ERRORS:
+            pass
     return total
 
 
@@ -347,28 +566,66 @@ def _check_images(target: Path, counts: dict, name: str) -> int:
                     unreadable += 1
         counts[class_name] = kept
         if not kept:
-            raise DataError(f"Class folder '{class_name}' has no readable images "
+            raise DataError(f"Class folder '{_shown(class_name)}' has no readable images "
                             f"({', '.join(IMAGE_EXTENSIONS)}); add images to it or remove it.")
     return unreadable
 
 
 def _existing(root: Path, digest: str) -> Ingested | None:
-    info = read_json(root / digest[:16] / SUMMARY_FILE)
-    if not info or info.get("digest") != digest:
+    """The stored copy of ``digest``, or None when there is none (or it is damaged)."""
+    folder = root / digest[:16]
+    try:
+        info = read_json(folder / SUMMARY_FILE)
+    except (OSError, ValueError):  # a file in the way, unreadable, or torn: not a usable copy
         return None
-    return Ingested(path=root / digest[:16] / DATA_FOLDER, digest=digest, counts=info["counts"],
-                    skipped=info["skipped"], reused=True)
+    if (not isinstance(info, dict) or info.get("digest") != digest
+            or not isinstance(info.get("counts"), dict) or not os.path.isdir(folder / DATA_FOLDER)):
+        return None
+    return Ingested(path=folder / DATA_FOLDER, digest=digest, counts=info["counts"],
+                    skipped=info.get("skipped") or {}, reused=True)
 
 
 # -- helpers ---------------------------------------------------------------------------
 
+def _size(n: int) -> str:
+    """``n`` bytes for a message: GB from one GB up, MB from one MB, else KB."""
+    for unit, scale in (("GB", 1024**3), ("MB", 1024**2)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if unit == "GB" else f"{n / scale:.0f} {unit}"
+    return f"{n / 1024:.0f} KB"
+
+
+def _shown(text, limit: int | None = None) -> str:
+    """``text`` safe inside a one-line message: control characters and lone surrogates
+    escaped, and, past ``limit`` characters, its middle cut out."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in str(text))
+    if limit and len(text) > limit:
+        keep = (limit - 1) // 2
+        text = text[:keep] + "…" + text[-keep:]
+    return text
+
+
 def _binary(source):
-    """``(binary file object, whether to close it)`` for a path, bytes or file object."""
+    """``(binary file object, whether to close it)`` for a path, bytes or file object.
+
+    A path must be a regular file: it is opened without blocking and checked on the open
+    descriptor, so a named pipe cannot hang the read."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return io.BytesIO(bytes(source)), True
     if isinstance(source, (str, os.PathLike)):
         try:
-            return open(source, "rb"), True
+            fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except OSError as exc:
-            raise DataError(f"Cannot read '{source}' ({exc.strerror}).") from None
+            raise DataError(f"Cannot read '{_shown(os.fspath(source))}' ({_shown(exc.strerror or exc)}); "
+                            "check the path and try again.") from None
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            regular = False
+        if not regular:
+            os.close(fd)
+            raise DataError(f"'{_shown(os.fspath(source))}' is not a regular file (a folder, pipe or "
+                            "device); give the path of a .zip file.")
+        return os.fdopen(fd, "rb"), True
     return source, False

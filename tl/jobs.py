@@ -10,6 +10,7 @@ decides when to start workers, and records what happened to those that died with
 writing their own final status.
 """
 
+import json
 import logging
 import os
 import signal
@@ -20,8 +21,9 @@ import time
 from pathlib import Path
 
 from tl import runs, training
-from tl.errors import ConfigError, RunNotFound
-from tl.files import read_json
+from tl.errors import ConfigError, RunNotFound, UserError
+from tl.files import os_error_sentence, read_json
+from tl.processes import own_record, same_process
 
 REPO = Path(__file__).resolve().parents[1]  # the worker runs `-m tl` from here
 KILL_AFTER_SECONDS = 30
@@ -29,6 +31,7 @@ EXITED = "The training process exited unexpectedly (exit code {code}); its progr
 DIED = "The training process stopped unexpectedly (it was killed or crashed)."
 CANCELLED_QUEUED = "Cancelled before it started."
 CANCELLED_RUNNING = "Stopped by the user."
+STALE_CLAIM_SECONDS = 60  # an ownerless claim marker this old is left over from a killed manager
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +40,17 @@ class _Job:
     """One worker. ``process`` is None for a worker an earlier app process started (it
     outlives the app, being in its own session), which we can watch only by pid."""
 
-    def __init__(self, run, process=None, pid=None):
+    def __init__(self, run, process=None, pid=None, pid_start=None):
         self.run, self.process = run, process
         self.pid = process.pid if process else pid
+        self.pid_start = pid_start
         self.kill_at = None  # set by cancel: when to SIGKILL a worker that has not stopped
+
+    def signal(self, signum) -> None:
+        """Signal the worker; an adopted one only while its pid is still that process (a
+        pid reused by another program is never signalled)."""
+        if self.process is not None or same_process(self.pid, self.pid_start):
+            _signal(self.pid, signum)
 
     def finished(self) -> bool:
         if self.process is not None:
@@ -67,7 +77,11 @@ class JobManager:
 
     def __init__(self, runs_dir=None, max_parallel=None, poll_seconds=0.5):
         self.root = runs.runs_root(runs_dir)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"The runs folder cannot be used: {os_error_sentence(exc, self.root)} (Set "
+                            "TL_RUNS_DIR to a writable folder.)") from None
         self.max_parallel = _max_parallel(max_parallel)
         self.poll_seconds = poll_seconds
         self._lock = threading.Lock()
@@ -112,7 +126,7 @@ class JobManager:
                 # The marker file reaches the training loop at the next batch; the signal
                 # also stops a worker still starting up (before its handler is installed).
                 job.run.request_cancel()
-                _signal(job.pid, signal.SIGTERM)
+                job.signal(signal.SIGTERM)
                 job.kill_at = time.time() + KILL_AFTER_SECONDS
 
     def queue(self) -> list:
@@ -140,7 +154,7 @@ class JobManager:
                     del self._jobs[run_id]
                     _record_exit(job)
                 elif job.kill_at is not None and time.time() >= job.kill_at:
-                    _signal(job.pid, signal.SIGKILL)  # reaped and recorded next round
+                    job.signal(signal.SIGKILL)  # reaped and recorded next round
             self._start_queued()
 
     def shutdown(self, cancel_running: bool = False) -> None:
@@ -166,13 +180,17 @@ class JobManager:
     # -- internals -----------------------------------------------------------------------
 
     def _adopt(self):
+        """Take the runs folder as it is (a damaged run is left alone, listed as damaged),
+        after removing what killed processes left behind."""
+        runs.remove_leftovers(self.root)
         queued = []
         for run in runs.list_runs(self.root):
             status = run.status()
+            created = status.get("created")
             if status["status"] == "queued":
-                queued.append((status.get("created", 0), run.id))
+                queued.append((created if isinstance(created, (int, float)) else 0, run.id))
             elif status["status"] == "running" and status.get("pid"):
-                self._jobs[run.id] = _Job(run, pid=status["pid"])  # it still holds the device
+                self._jobs[run.id] = _Job(run, pid=status["pid"], pid_start=status.get("pid_start"))  # it holds the device
             elif _on_disk(run) == "running":  # Run.status() said failed: make it permanent
                 run.set_status("failed", reason=status.get("reason") or DIED)
         self._queue = [run_id for _, run_id in sorted(queued)]
@@ -229,17 +247,47 @@ def _record_exit(job):
 
 def _claim(run) -> bool:
     """Atomically mark ``run`` as taken, so two managers sharing a runs folder (two app
-    processes) never both start it."""
+    processes) never both start it. The marker names its owner (pid and start time); a
+    marker whose owner is gone (killed between claiming and starting the worker) is stale
+    and is taken over, so the run does not stay queued for ever."""
+    marker = run.path / "claimed"
+    for _ in range(2):
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not _stale_claim(marker):
+                return False
+            marker.unlink(missing_ok=True)  # then try once more: another manager may win the race
+            continue
+        except OSError:
+            return False
+        with os.fdopen(fd, "w") as handle:
+            json.dump(own_record(), handle)
+        return True
+    return False
+
+
+def _stale_claim(marker) -> bool:
     try:
-        os.close(os.open(run.path / "claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return False
-    return True
+        owner = json.loads(marker.read_text() or "{}")
+    except (OSError, ValueError):
+        owner = None
+    if not isinstance(owner, dict) or "pid" not in owner:  # unreadable, or written before owners were recorded
+        try:
+            return time.time() - marker.stat().st_mtime > STALE_CLAIM_SECONDS
+        except OSError:
+            return False
+    return not same_process(owner["pid"], owner.get("pid_start"))
 
 
 def _on_disk(run):
-    """The status as written, before Run.status() reads a dead running run as failed."""
-    return (read_json(run.path / "status.json", {}) or {}).get("status")
+    """The status as written, before Run.status() reads a dead running run as failed
+    (``None`` when status.json is missing or damaged)."""
+    try:
+        record = read_json(run.path / "status.json", {})
+    except (OSError, ValueError):
+        return None
+    return record.get("status") if isinstance(record, dict) else None
 
 
 def _signal(pid, signum):

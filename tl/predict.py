@@ -120,10 +120,15 @@ class Predictor:
             imagenet_weights = IMAGENET_WEIGHTS
 
         self.run = run
+        problem = run.damage()
+        if problem:
+            raise UserError(problem)
         status = run.status().get("status")
-        if status != "done" or not run.model_path.is_file():
+        if status != "done":
             raise UserError(f"Run {run.id} is {status} and has no model to classify with; "
                             "pick a finished run.")
+        if run.model_problem():
+            raise UserError(run.model_problem())
         self.cfg = run.config
         self.class_names = run.labels
         self.imagenet_weights = imagenet_weights

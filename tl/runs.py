@@ -5,6 +5,7 @@
 append-only, one whole line per write.
 """
 
+import json
 import os
 import secrets
 import shutil
@@ -13,12 +14,19 @@ from datetime import datetime
 from pathlib import Path
 
 from tl.config import RunConfig
-from tl.errors import RunNotFound, UserError
-from tl.files import append_jsonl, atomic_write_json, read_json, read_jsonl
+from tl.errors import ConfigError, RunNotFound, UserError
+from tl.files import append_jsonl, atomic_write_json, os_error_sentence, read_jsonl
 from tl.paths import cache_root, runs_root  # noqa: F401  (runs.runs_root / runs.cache_root)
+from tl.processes import process_start, same_process
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
+DAMAGED = "damaged"  # read, never written: a file of the run folder cannot be used
+_MISSING = object()
+
+
+class RunDamaged(UserError):
+    """A file of a run folder is unreadable, not JSON, or not what it should hold."""
 
 
 class Run:
@@ -40,30 +48,80 @@ class Run:
     def events_path(self) -> Path:
         return self.path / "events.jsonl"
 
-    # reading
+    # reading: every file is checked, a damaged one raises RunDamaged naming it
+    def _json(self, name: str, kind: type, default=_MISSING):
+        """The parsed ``name`` if it holds a ``kind``; ``default`` when the file is missing."""
+        path = self.path / name
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            if default is _MISSING:
+                raise RunDamaged(f"Run {self.id} is damaged: its {name} is missing; delete the run.") from None
+            return default
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not text"
+            raise RunDamaged(f"Run {self.id} is damaged: its {name} cannot be read ({reason}); fix the file's "
+                             "permissions or delete the run.") from None
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise RunDamaged(f"Run {self.id} is damaged: its {name} is not valid JSON (cut short or edited?); "
+                             "delete the run or restore the file.") from None
+        if not isinstance(value, kind):
+            raise RunDamaged(f"Run {self.id} is damaged: its {name} holds {type(value).__name__} where "
+                             f"{'an object' if kind is dict else 'a list'} belongs; delete the run or restore the file.")
+        return value
+
     @property
     def config(self) -> RunConfig:
-        return RunConfig.from_dict(read_json(self.path / "config.json"))
+        try:
+            return RunConfig.from_dict(self._json("config.json", dict))
+        except ConfigError as exc:
+            raise RunDamaged(f"Run {self.id} is damaged: its config.json is not a valid run config "
+                             f"({str(exc).rstrip('.')}); delete the run.") from None
 
     def status(self) -> dict:
-        """The status record. A run marked running whose process is gone reads as failed."""
-        record = read_json(self.path / "status.json", {"status": "queued"})
-        if record.get("status") == "running" and not _alive(record.get("pid")):
+        """The status record. A run marked running whose process is gone (or whose pid now
+        belongs to another process) reads as failed; one whose status.json cannot be used
+        reads as ``damaged``, with the reason."""
+        try:
+            record = self._json("status.json", dict, {"status": "queued"})
+        except RunDamaged as exc:
+            return {"status": DAMAGED, "reason": str(exc)}
+        if record.get("status") not in STATUSES:
+            return {"status": DAMAGED, "reason": f"Run {self.id} is damaged: its status.json holds no known "
+                                                 "status; delete the run or restore the file."}
+        if record.get("status") == "running" and not _alive(record.get("pid"), record.get("pid_start")):
             record = dict(record, status="failed",
                           reason="The training process stopped unexpectedly (it was killed or crashed).")
         return record
 
     @property
     def history(self) -> list:
-        return read_json(self.path / "history.json", [])
+        return self._json("history.json", list, [])
 
     @property
     def metrics(self) -> dict:
-        return read_json(self.path / "metrics.json", {})
+        return self._json("metrics.json", dict, {})
 
     @property
     def labels(self) -> list:
-        return read_json(self.path / "labels.json", {}).get("class_names", [])
+        names = self._json("labels.json", dict, {}).get("class_names", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise RunDamaged(f"Run {self.id} is damaged: its labels.json holds no list of class names; "
+                             "delete the run.")
+        return names
+
+    def damage(self) -> str | None:
+        """The sentence saying which file of the run cannot be used, or ``None``."""
+        status = self.status()
+        if status["status"] == DAMAGED:
+            return status["reason"]
+        try:
+            self.config, self.metrics, self.labels  # noqa: B018  (each reads and checks its file)
+        except RunDamaged as exc:
+            return str(exc)
+        return None
 
     def load_model(self):
         """The saved model (images in, probabilities out), in safe mode, without optimizer.
@@ -73,27 +131,57 @@ class Run:
         """
         import keras
 
+        problem = self.model_problem()
+        if problem:
+            raise UserError(problem)
+        path = self.model_path
         try:
-            return keras.saving.load_model(self.model_path, safe_mode=True, compile=False)
+            return keras.saving.load_model(path, safe_mode=True, compile=False)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise UserError(f"The model of run '{self.id}' could not be loaded ({first}); "
-                            "train it again.") from None
+            raise UserError(f"The model.keras of run '{self.id}' could not be loaded ({_short(exc)}); "
+                            "train the run again.") from None
+
+    def model_problem(self) -> str | None:
+        """The sentence saying why ``model.keras`` cannot be used (missing, not a file, not
+        a Keras archive), or ``None``: checked before loading, exporting or classifying."""
+        import zipfile
+
+        path = self.model_path
+        if not os.path.lexists(path):
+            return f"Run '{self.id}' has no model.keras; train it again."
+        damaged = (f"The model.keras of run '{self.id}' is damaged ({{}}); train the run again.")
+        if not path.is_file():
+            return damaged.format("it is not a file")
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+        except (OSError, zipfile.BadZipFile, ValueError):
+            return damaged.format("not a Keras archive: cut short or overwritten?")
+        if not {"config.json", "metadata.json"} <= names:
+            return damaged.format("a zip, but not a Keras model archive")
+        return None
 
     def events(self, start: int = 0):
         """``(events, next_offset)`` from byte offset ``start`` of the event log."""
         return read_jsonl(self.events_path, start)
 
     def summary(self) -> dict:
-        """One row for run lists: id, status, dataset, backbone, strategy, accuracy, time."""
-        cfg = read_json(self.path / "config.json", {})
-        status = self.status()
-        metrics = self.metrics
+        """One row for run lists: id, status, dataset, backbone, strategy, accuracy, time.
+        A damaged run still gets its row, status ``damaged`` and the reason."""
+        problem = self.damage()
+        try:
+            cfg = self._json("config.json", dict, {})
+        except RunDamaged:
+            cfg = {}
+        status = {"status": DAMAGED, "reason": problem} if problem else self.status()
+        metrics = {} if problem else self.metrics
         started, finished = status.get("started"), status.get("finished")
-        duration = (finished or time.time()) - started if started else None
+        number = (int, float)
+        duration = ((finished or time.time()) - started
+                    if isinstance(started, number) and isinstance(finished or 0, number) else None)
         return {
             "run_id": self.id,
-            "name": cfg.get("name", ""),
+            "name": str(cfg.get("name", "")),
             "status": status.get("status"),
             "reason": status.get("reason"),
             "dataset": cfg.get("dataset"),
@@ -111,7 +199,12 @@ class Run:
         """Write a new status (and any extra fields), keeping earlier fields."""
         if status not in STATUSES:
             raise ValueError(f"Expected status to be one of {STATUSES}. Received: {status!r}.")
-        record = read_json(self.path / "status.json", {})
+        try:
+            record = self._json("status.json", dict, {})
+        except RunDamaged:
+            record = {}  # a new status replaces a damaged one
+        if "pid" in fields and "pid_start" not in fields:  # so a reused pid is not taken for the owner
+            fields["pid_start"] = process_start(fields["pid"])
         record.update(fields, status=status, updated=time.time())
         if status in FINISHED:
             record.setdefault("finished", time.time())
@@ -135,24 +228,18 @@ class Run:
         return (self.path / "cancel").exists()
 
 
-def _alive(pid) -> bool:
+def _short(exc, limit: int = 160) -> str:
+    """The first line of an exception's text, cut at a word boundary."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if len(text) <= limit:
+        return text.rstrip(".")
+    return text[:limit].rsplit(" ", 1)[0].rstrip(".,;:") + "..."
+
+
+def _alive(pid, start=None) -> bool:
     if not pid:
         return True  # not started by a process we can check (e.g. just queued)
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return not _is_zombie(int(pid))
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
+    return same_process(pid, start)
 
 
 def new_run_id(cfg: RunConfig) -> str:
@@ -167,18 +254,22 @@ def create(cfg: RunConfig, runs_dir=None, run_id: str | None = None) -> Run:
     crash never leaves a half-made run.
     """
     root = runs_root(runs_dir)
-    root.mkdir(parents=True, exist_ok=True)
     run_id = run_id or new_run_id(cfg)
     final = root / run_id
     if final.exists():
         raise FileExistsError(f"Run '{run_id}' already exists in {root}.")
     tmp = root / f".{run_id}.creating"
-    tmp.mkdir()
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         atomic_write_json(tmp / "config.json", cfg.to_dict())
         atomic_write_json(tmp / "status.json", {"status": "queued", "created": time.time(),
                                                 "updated": time.time()})
         os.rename(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"The run could not be created: {os_error_sentence(exc, exc.filename or root)} "
+                        "(The runs folder is --runs-dir, else $TL_RUNS_DIR, else ./runs.)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -188,25 +279,70 @@ def create(cfg: RunConfig, runs_dir=None, run_id: str | None = None) -> Run:
 def get(run_id: str, runs_dir=None) -> Run:
     """Return the run ``run_id`` or raise :class:`RunNotFound`."""
     root = runs_root(runs_dir)
-    path = root / run_id
-    if not run_id or "/" in run_id or run_id.startswith(".") or not (path / "config.json").is_file():
+    path = root / str(run_id)
+    if not run_id or not isinstance(run_id, str) or "/" in run_id or run_id.startswith(".") or not _is_run(path):
         raise RunNotFound(f"There is no run '{run_id}' in {root}; `python -m tl runs` lists them.")
     return Run(path)
 
 
+def _is_run(path: Path) -> bool:
+    """A folder holding a config.json (even an unreadable one, or a folder in its place), or
+    one that cannot even be looked into: listed as damaged rather than hidden."""
+    try:
+        return path.is_dir() and os.path.lexists(path / "config.json")
+    except OSError:
+        return True
+
+
 def list_runs(runs_dir=None) -> list:
-    """All runs, newest first."""
+    """All runs, newest first (damaged ones included: their status says so).
+
+    Raises:
+        UserError: the runs folder exists but cannot be listed.
+    """
     root = runs_root(runs_dir)
-    if not root.is_dir():
-        return []
-    found = [Run(p) for p in root.iterdir()
-             if p.is_dir() and not p.name.startswith(".") and (p / "config.json").is_file()]
+    try:
+        if not root.is_dir():
+            return []
+        entries = list(root.iterdir())
+    except OSError as exc:
+        raise UserError(f"The runs folder cannot be listed: {os_error_sentence(exc, root, 'read')}") from None
+    found = [Run(p) for p in entries if not p.name.startswith(".") and _is_run(p)]
     return sorted(found, key=lambda run: run.id, reverse=True)
 
 
 def delete(run_id: str, runs_dir=None) -> None:
-    """Delete a run folder (after checking it is one)."""
+    """Delete a run folder (after checking it is one), damaged or not.
+
+    Raises:
+        UserError: it cannot be moved away (permissions, read-only disk), in one sentence.
+    """
     run = get(run_id, runs_dir)
     trash = run.path.with_name(f".{run.id}.deleting")
-    os.rename(run.path, trash)  # vanish from listings at once, then remove
+    try:
+        os.rename(run.path, trash)  # vanish from listings at once, then remove
+    except OSError as exc:
+        raise UserError(f"Run {run.id} could not be deleted: {os_error_sentence(exc, run.path)}") from None
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_leftovers(runs_dir=None, older_than: float = 600.0) -> list:
+    """Remove what killed processes left in the runs folder: half-deleted runs
+    (``.<id>.deleting``) and runs never finished being created (``.<id>.creating``, older
+    than ``older_than`` seconds). Returns the paths removed."""
+    root = runs_root(runs_dir)
+    removed = []
+    try:
+        entries = list(root.iterdir()) if root.is_dir() else []
+    except OSError:
+        return removed
+    for path in entries:
+        try:
+            stale = path.name.endswith(".deleting") or (
+                path.name.endswith(".creating") and time.time() - path.stat().st_mtime > older_than)
+        except OSError:
+            continue
+        if path.name.startswith(".") and stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

@@ -17,6 +17,7 @@ from tl import budget, datasets, runs
 from tl.backbones import check_installed_weights, cut_layer, set_trainable_top
 from tl.config import RunConfig
 from tl.errors import Cancelled, ConfigError, TrainingFailed, UserError
+from tl.files import os_error_sentence
 from tl.history import BATCH_EVENT_SECONDS, ExactFitRecorder
 from tl.metrics import classification_report  # noqa: F401  (training.classification_report)
 from tl.strategies import STRATEGIES
@@ -38,7 +39,7 @@ def prepare(cfg: RunConfig, runs_dir=None, run_id: str | None = None, data=None)
             :class:`tl.budget.BudgetError` when the run would not fit the memory budget).
     """
     cfg = cfg.resolved()  # the run folder records the strategy's defaults it ran with
-    data = datasets.load(cfg) if data is None else data
+    data = datasets.load(cfg, runs_dir) if data is None else data
     if cfg.weights.startswith("run:") and STRATEGIES[cfg.strategy].pretrained:
         source_run(cfg, runs_dir)
     if cfg.weights == "imagenet" and STRATEGIES[cfg.strategy].pretrained:
@@ -46,7 +47,7 @@ def prepare(cfg: RunConfig, runs_dir=None, run_id: str | None = None, data=None)
     budget.check(cfg, len(data))  # $TL_MEMORY_BUDGET_MB, e.g. on Streamlit Community Cloud
     run = runs.create(cfg, runs_dir, run_id)
     if data.skipped:
-        run.event("log", message=f"Skipped {len(data.skipped)} file(s) that are not readable images.")
+        run.event("log", message=datasets.skipped_message(data.skipped))
     return run
 
 
@@ -54,8 +55,15 @@ def execute(run: "runs.Run", runs_dir=None, on_event=None) -> dict:
     """Train ``run`` to the end and return its final status record.
 
     Never raises for problems inside training: they end the run as ``failed`` (with the
-    reason) or ``cancelled``; history and events written so far are kept.
+    reason) or ``cancelled``; history and events written so far are kept. A run whose
+    folder disappears mid-training (deleted) ends quietly with status ``deleted``.
+
+    Raises:
+        UserError: the run is not waiting to be trained (done, failed, running in another
+            process, damaged): it is never trained twice, so a finished model is never
+            overwritten.
     """
+    check_trainable(run)
     cfg = run.config
     # Keep a start time the job manager already set (the wait for TensorFlow counts).
     started = run.status().get("started") or time.time()
@@ -65,18 +73,51 @@ def execute(run: "runs.Run", runs_dir=None, on_event=None) -> dict:
     try:
         metrics = _train(run, cfg, runs_dir, emit)
     except Cancelled:
-        emit("status", status="cancelled")
-        return run.set_status("cancelled", reason="Stopped by the user.")
+        return _finish(run, emit, "cancelled", "Stopped by the user.")
     except (TrainingFailed, UserError) as exc:
-        emit("status", status="failed", reason=str(exc))
-        return run.set_status("failed", reason=str(exc))
+        return _finish(run, emit, "failed", str(exc))
+    except OSError as exc:  # the disk: full, read-only, the folder deleted
+        return _finish(run, emit, "failed", os_error_sentence(exc, exc.filename or run.path))
     except Exception as exc:  # a bug: keep the traceback for the report
-        (run.path / "error.log").write_text(traceback.format_exc())
+        _write_quietly(run.path / "error.log", traceback.format_exc())
         reason = f"Unexpected error: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        emit("status", status="failed", reason=reason)
-        return run.set_status("failed", reason=reason)
-    emit("status", status="done", test_accuracy=metrics["test_accuracy"])
-    return run.set_status("done", test_accuracy=metrics["test_accuracy"])
+        return _finish(run, emit, "failed", reason)
+    return _finish(run, emit, "done", test_accuracy=metrics["test_accuracy"])
+
+
+def check_trainable(run) -> None:
+    """Raise a one-sentence :class:`UserError` unless ``run`` is queued, or marked running
+    by the job manager for this very process (it sets the worker's pid before it starts)."""
+    import os
+
+    status = run.status()
+    state = status.get("status")
+    if state == "queued" or (state == "running" and status.get("pid") == os.getpid()):
+        return
+    if state == runs.DAMAGED:
+        raise UserError(f"{status['reason']} It was not trained.")
+    raise UserError(f"Run {run.id} is {state}, not queued, so it is not trained (again): a finished run keeps "
+                    "its model; train a new run instead.")
+
+
+def _finish(run, emit, status: str, reason: str | None = None, **fields) -> dict:
+    """Record the final status; a run folder deleted meanwhile is left deleted."""
+    if reason is not None:
+        fields["reason"] = reason
+    if not run.path.is_dir():
+        return {"status": "deleted", "reason": "The run folder was deleted while it trained."}
+    try:
+        emit("status", status=status, **fields)
+        return run.set_status(status, **fields)
+    except OSError as exc:  # the disk is full or gone: say so where the caller can see it
+        return {"status": "failed", "reason": os_error_sentence(exc, exc.filename or run.path)}
+
+
+def _write_quietly(path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError:
+        pass
 
 
 def _pid():
@@ -105,7 +146,7 @@ def _train(run, cfg, runs_dir, emit) -> dict:
     strategy, device = devices.setup()
     emit("device", **device)
     keras.utils.set_random_seed(cfg.seed)
-    data = datasets.load(cfg)
+    data = datasets.load(cfg, runs_dir)
     run.write_json("labels.json", {"class_names": data.class_names, "dataset": data.name,
                                    "counts": data.counts()})
     run.write_json("split.json", {"fingerprint": data.fingerprint, **{
@@ -372,7 +413,7 @@ class Learner:
                                  fingerprint=data.fingerprint)
         root = runs.cache_root(self.runs_dir)
         started = time.time()
-        store = features.lookup(root, key)
+        store = features.lookup(root, key, on_damaged=lambda message: self.emit("log", message=message))
         if store is not None and len(store) == len(data):
             self.feature_cache, self._store = "hit", store
             self.emit("features", cache="hit", key=key, images=len(store), seconds=0.0)
@@ -486,8 +527,11 @@ class Learner:
             export.set_weights(self.model.get_weights())
             refresh_standardization(export.get_layer("head"))
         tmp = self.run.path / ".model.tmp.keras"
-        export.save(tmp)
-        tmp.replace(self.run.model_path)
+        try:
+            export.save(tmp)
+            tmp.replace(self.run.model_path)
+        finally:  # a disk that fills up mid-save leaves no partial file behind
+            tmp.unlink(missing_ok=True)
 
 
 # -- optimizers ---------------------------------------------------------------------

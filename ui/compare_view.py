@@ -128,10 +128,11 @@ def sweep_view(sweep, manager) -> None:
         _live(sweep, manager, _finished(statuses))
     else:
         st.dataframe(_status_table(sweep, statuses), hide_index=True, key="sweep_status")
-    done = [run for run in sweep.runs() if run.status()["status"] == "done"]
+    summaries = {run.id: (run, run.summary()) for run in sweep.runs()}  # a damaged run reads as "damaged"
+    done = [run for run, row in summaries.values() if row["status"] == "done"]
     if not done:
         return
-    table = comparison(done, labels={run.id: run.config.strategy for run in done}, key="sweep")
+    table = comparison(done, labels={run.id: summaries[run.id][1]["strategy"] for run in done}, key="sweep")
     verdict = sweeps.verdict(advice["strategy"], table) if advice else None
     if verdict and not active:
         (st.success if verdict["ok"] else st.warning)(verdict["message"])
@@ -164,10 +165,13 @@ def _status_table(sweep, statuses: dict) -> list:
     table = []
     for strategy, status in statuses.items():
         row = {"strategy": strategy, "status": status, "epochs": "", "test accuracy": None, "run": ids.get(strategy, "")}
-        if strategy in ids and status not in ("not started", "deleted"):
+        if strategy in ids and status not in ("not started", "deleted", runs.DAMAGED):
             run = runs.Run(sweep.root / ids[strategy])
-            row["epochs"] = epochs_label(run.config, run.history)
-            row["test accuracy"] = run.metrics.get("test_accuracy")
+            try:
+                row["epochs"] = epochs_label(run.config, run.history)
+                row["test accuracy"] = run.metrics.get("test_accuracy")
+            except runs.RunDamaged:
+                row["status"] = runs.DAMAGED
         table.append(row)
     return table
 
@@ -216,12 +220,13 @@ def comparison(run_list: list, labels: dict, key: str) -> list:
 
 def pick_runs(root: str) -> None:
     """Choose any finished runs and compare them."""
-    done = [run for run in runs.list_runs(root) if run.status()["status"] == "done"]
+    rows = {run.id: (run, run.summary()) for run in runs.list_runs(root)}  # damaged runs read as "damaged"
+    done = {run_id: pair for run_id, pair in rows.items() if pair[1]["status"] == "done"}
     if not done:
         st.info("No finished runs yet: train some on the Train page, or run a sweep.")
         return
-    by_id = {run.id: run for run in done}
-    labels = {run.id: f"{run.config.strategy} · {run.id}" for run in done}
+    by_id = {run_id: run for run_id, (run, _) in done.items()}
+    labels = {run_id: f"{row['strategy']} · {run_id}" for run_id, (_, row) in done.items()}
     chosen = st.multiselect("Finished runs", list(by_id), key="compare_pick", format_func=labels.get,
                             placeholder="Choose two or more runs")
     if not chosen:

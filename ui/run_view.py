@@ -1,7 +1,6 @@
 """A run on the Train page: dataset preview, live progress, results, and the runs list."""
 
 import json
-from collections import Counter
 
 import streamlit as st
 
@@ -59,10 +58,9 @@ def _download_with_progress(spec) -> None:
 
 
 def _skipped_text(skipped) -> str:
-    if not skipped:
-        return ""
-    reasons = Counter(reason for _, reason in skipped)
-    return " Skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) + "."
+    from tl.datasets import skipped_message
+
+    return " " + skipped_message(skipped) if skipped else ""
 
 
 def _leakage_warning(data) -> None:
@@ -179,6 +177,10 @@ def results(run) -> None:
     """Test metrics, curves, per-class accuracy, confusion matrix, mistakes, downloads."""
     status = run.status()
     st.subheader(f"Run {run.id}")
+    problem = run.damage()
+    if problem:
+        st.error(problem, icon=":material/broken_image:")
+        return
     if status["status"] != "done":
         message = f"This run is {status['status']}: {status.get('reason') or ''}"
         (st.warning if status["status"] == "cancelled" else st.error)(message)
@@ -312,7 +314,15 @@ def runs_list(root: str, manager) -> None:
         "test accuracy": None if r["test_accuracy"] is None else round(r["test_accuracy"], 4),
         "seconds": None if r["duration"] is None else round(r["duration"]),
     } for r in rows]
+    damaged = [row for row in rows if row["status"] == "damaged"]
+    st.caption(f"{len(rows)} run{'s' if len(rows) != 1 else ''}"
+               + (f", {len(damaged)} damaged (delete them, or restore their files)" if damaged else ""))
     st.dataframe(table, hide_index=True, key="runs_table")
+    if damaged:
+        with st.expander(f"Why {'these runs are' if len(damaged) > 1 else 'this run is'} damaged",
+                         expanded=len(damaged) <= 3):
+            for row in damaged:
+                st.caption(row["reason"])
     ids = [r["run_id"] for r in rows]
     c1, c2, c3 = st.columns([3, 1, 1])
     chosen = c1.selectbox("Run", ids, key="runs_pick", label_visibility="collapsed")

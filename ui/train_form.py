@@ -83,8 +83,8 @@ def _weights_choice(col, backbone, strategy, root) -> str:
         except UserError as exc:
             col.warning(str(exc), icon=":material/warning:")
     if kind == "run":
-        done = [r.id for r in runs.list_runs(root)
-                if r.status().get("status") == "done" and r.config.backbone == backbone]
+        done = [row["run_id"] for row in (r.summary() for r in runs.list_runs(root))
+                if row["status"] == "done" and row["backbone"] == backbone]
         if not done:
             col.warning(f"No finished {backbone} run yet; train one first.")
             return "run:"

@@ -2,7 +2,6 @@
 modification time) and read lazily; identical files across splits (leakage)."""
 
 import hashlib
-import io
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -63,11 +62,15 @@ def scan_folder_cached(root, cache_dir=None) -> FolderScan:
     # Paths alone costs about 10 MB.
     listing = [(label, [os.path.relpath(p, root) for p in _walk_files(class_dir)])
                for label, class_dir in enumerate(class_dirs)]
-    key = hashlib.sha256(f"scan:v1:{root.resolve()}".encode())
+    key = hashlib.sha256(f"scan:v2:{root.resolve()}".encode())  # v2: every image decoded, not just its header
     for label, files in listing:
         for rel in files:
-            st = os.stat(os.path.join(root, rel))
-            key.update(f"{label}|{rel}|{st.st_size}|{st.st_mtime_ns}\0".encode())
+            try:
+                st = os.stat(os.path.join(root, rel))
+                stamp = f"{st.st_size}|{st.st_mtime_ns}|{st.st_mode}"
+            except OSError:  # a broken link or a file gone meanwhile: _scan skips it by name
+                stamp = "unreadable"
+            key.update(f"{label}|{rel}|{stamp}\0".encode())
     cache_file = Path(cache_dir or _scan_cache_dir()) / f"{key.hexdigest()[:16]}.json"
     try:
         cached = read_json(cache_file)
@@ -101,12 +104,15 @@ def _write_scan(path: Path, scan: FolderScan) -> None:
 
 
 def _class_dirs(root: Path) -> list:
+    if root.exists() and not root.is_dir():
+        raise DataError(f"Data folder '{root}' is a file, not a folder; give a folder with {LAYOUT_HINT}.")
     if not root.is_dir():
         raise DataError(f"Data folder '{root}' does not exist; give a folder with {LAYOUT_HINT}.")
-    class_dirs = sorted(
-        p for p in root.iterdir()
-        if p.is_dir() and not is_junk(p.name)
-    )
+    try:
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not is_junk(p.name))
+    except OSError as exc:
+        raise DataError(f"Data folder '{root}' cannot be read ({exc.strerror or exc}); fix its permissions "
+                        "or give another folder.") from None
     if not class_dirs:
         raise DataError(f"Data folder '{root}' has no class sub-folders; it needs {LAYOUT_HINT}.")
     if len(class_dirs) == 1:
@@ -118,8 +124,6 @@ def _class_dirs(root: Path) -> list:
 
 
 def _scan(root: Path, class_dirs, listing) -> FolderScan:
-    from PIL import Image
-
     files, labels, hashes, skipped = [], [], [], []
     for label, rels in listing:
         found = 0
@@ -131,12 +135,9 @@ def _scan(root: Path, class_dirs, listing) -> FolderScan:
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 skipped.append((rel, "not an image file"))
                 continue
-            try:
-                data = path.read_bytes()
-                with Image.open(io.BytesIO(data)) as image:
-                    image.size  # parses the header only
-            except Exception:
-                skipped.append((rel, "not a readable image"))
+            reason, data = _check_image(path, rel)
+            if reason:
+                skipped.append((rel, reason))
                 continue
             files.append(rel)
             labels.append(label)
@@ -150,10 +151,28 @@ def _scan(root: Path, class_dirs, listing) -> FolderScan:
     return FolderScan([p.name for p in class_dirs], files, labels, hashes, skipped)
 
 
-def _scan_cache_dir() -> Path:
+SCAN_DECODE_SIDE = 64  # JPEGs are decoded at about this size: a full check, at a fraction of the cost
+
+
+def _check_image(path: Path, rel: str):
+    """``(reason, bytes)``: why the file cannot be trained on (``None`` if it can) and its
+    bytes. Only regular files are opened (a named pipe would block the scan for ever),
+    and each image is decoded once, so a truncated or corrupt file is found here, skipped
+    and named, instead of reaching training as a grey picture."""
+    from tl.images import MAX_BYTES, ImageError, decode_image, read_regular_file
+
+    try:
+        data = read_regular_file(path, rel, MAX_BYTES + 1)
+        decode_image(data, name=rel, draft_size=SCAN_DECODE_SIDE)
+    except ImageError as exc:
+        return ("not a regular file" if "not a regular file" in str(exc) else "not a readable image"), None
+    return None, data
+
+
+def _scan_cache_dir(runs_dir=None) -> Path:
     from tl.paths import cache_root
 
-    return cache_root() / "scans"
+    return cache_root(runs_dir) / "scans"
 
 
 def _walk_files(folder: Path):
@@ -163,14 +182,15 @@ def _walk_files(folder: Path):
             yield os.path.join(dirpath, filename)
 
 
-def load_folder(cfg) -> Data:
-    return folder_data("folder", cfg.data_dir, cfg.image_size)
+def load_folder(cfg, runs_dir=None) -> Data:
+    return folder_data("folder", cfg.data_dir, cfg.image_size, runs_dir)
 
 
-def folder_data(name: str, root, image_size: int) -> Data:
-    """A :class:`Data` over a folder of class sub-folders (scan cached, images read lazily)."""
+def folder_data(name: str, root, image_size: int, runs_dir=None) -> Data:
+    """A :class:`Data` over a folder of class sub-folders (scan cached under the runs
+    folder in use, images read lazily)."""
     root = str(Path(root).expanduser())
-    scan = scan_folder_cached(root)
+    scan = scan_folder_cached(root, _scan_cache_dir(runs_dir))
     files = scan.files
     draft = image_size
 
@@ -193,6 +213,18 @@ def folder_data(name: str, root, image_size: int) -> Data:
         skipped=[tuple(item) for item in scan.skipped],
         content_hashes=scan.hashes,
     )
+
+
+def skipped_message(skipped, shown: int = 10) -> str:
+    """One line on the files a folder scan left out, naming the ones that looked like
+    images but could not be read (the user can fix or remove them)."""
+    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(Counter(r for _, r in skipped).items()))
+    broken = [key for key, reason in skipped if reason in ("not a readable image", "not a regular file")]
+    names = ""
+    if broken:
+        names = f"; not trained on: {', '.join(broken[:shown])}" + (f" and {len(broken) - shown} more"
+                                                                     if len(broken) > shown else "")
+    return f"Skipped {len(skipped)} file(s) ({reasons}){names}."
 
 
 def leakage(data: Data) -> dict | None:

@@ -16,7 +16,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 
 
-def load_cifar10(cfg) -> Data:
+def load_cifar10(cfg, runs_dir=None) -> Data:
     import keras
 
     try:
@@ -212,7 +212,7 @@ def download_progress_printer(out, title: str):
 
 
 def downloaded_loader(name: str):
-    def load(cfg) -> Data:
-        return folder_data(name, fetch(DOWNLOADS[name]), cfg.image_size)
+    def load(cfg, runs_dir=None) -> Data:
+        return folder_data(name, fetch(DOWNLOADS[name]), cfg.image_size, runs_dir)
 
     return load

@@ -82,14 +82,15 @@ DATASETS = {
 DEFAULT_DATASET = "synthetic"
 
 
-def load(cfg) -> Data:
+def load(cfg, runs_dir=None) -> Data:
     """Load the dataset a config names, cap it per class and split it (seeded, stratified).
+    ``runs_dir``: the runs folder in use, under which a folder's scan is cached.
 
     Raises:
         DataError: the data cannot be used (message says what a valid layout is).
         DownloadError: a download is needed and failed.
     """
-    data = DATASETS[cfg.dataset].load(cfg)
+    data = DATASETS[cfg.dataset].load(cfg, runs_dir)
     data = cap(data, cfg.samples_per_class, cfg.seed)
     data.splits = stratified_split(data.labels, data.class_names, cfg.val_fraction,
                                    cfg.test_fraction, cfg.seed)

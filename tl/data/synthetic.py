@@ -70,7 +70,7 @@ def _shape_mask(shape, dx, dy, r, rng, size):
     raise ValueError(shape)
 
 
-def load_synthetic(cfg) -> Data:
+def load_synthetic(cfg, runs_dir=None) -> Data:
     n_classes = cfg.synthetic_classes
     per_class = cfg.samples_per_class or SYNTHETIC_DEFAULT_PER_CLASS
     labels = np.arange(n_classes * per_class) % n_classes
