@@ -8,7 +8,7 @@ import streamlit as st
 from tl import plots, runs
 from tl.errors import UserError
 from tl.images import IMAGE_EXTENSIONS
-from ui.state import runs_dir
+from ui.state import PLOTLY_CONFIG, runs_dir
 
 UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
 DISPLAY_SIDE = 768
@@ -109,7 +109,7 @@ def _show(root: str, run_id: str, predictor, index: int, name: str, data: bytes,
                     st.info(result.imagenet_reason, icon=":material/info:")
                     continue
                 st.plotly_chart(plots.top_k(answer.labels[:k], answer.scores[:k], title, answer.seconds),
-                                key=f"cls_{head}_{index}")
+                                key=f"cls_{head}_{index}", config=PLOTLY_CONFIG)
                 if heat:
                     blended, method = explain(root, run_id, digest, name, head, data)
                     how = ("Grad-CAM" if method == "grad-cam" else "Saliency (the feature map is a single "
@@ -129,10 +129,20 @@ if not finished:
 
 ids = list(finished)
 wanted = st.query_params.get("run")
+if wanted and wanted not in ids:
+    st.warning(f"There is no finished run '{wanted}' in {root}; showing the newest finished run instead.",
+               icon=":material/link_off:")
+
+
+def _remember_choice() -> None:
+    # Only a choice the user makes goes into the address: each change of it is a step in the
+    # browser's history, and a default written there would take two Backs to leave the page.
+    st.query_params["run"] = st.session_state["classify_run"]
+
+
 run_id = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in ids else 0,
-                      format_func=lambda rid: _run_label(finished[rid]), key="classify_run")
-if st.query_params.get("run") != run_id:
-    st.query_params["run"] = run_id
+                      format_func=lambda rid: _run_label(finished[rid]), key="classify_run",
+                      on_change=_remember_choice)
 left, right = st.columns(2)
 k = left.slider("Classes to show per head (top-k)", 1, 10, 5, key="classify_k")
 heat = right.toggle("Show where each head looks (Grad-CAM)", key="classify_gradcam")

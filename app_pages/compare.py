@@ -17,13 +17,15 @@ except UserError as exc:  # the runs folder is read-only, a file, ...
 mode = st.radio("What to compare", ["Run every strategy (sweep)", "Pick finished runs"], key="compare_mode",
                 horizontal=True, label_visibility="collapsed")
 if mode.startswith("Run"):
-    choices = sweep_form()
+    shown = current_sweep(root)  # first, so the form can follow it
+    choices = sweep_form(shown)
     if choices is not None and st.button("Run comparison", key="compare_start", type="primary"):
-        sweep = start_sweep(root, manager, *choices)
-        if sweep is not None:
-            show_sweep(sweep.id)
-    sweep = current_sweep(root)
-    if sweep is not None:
-        sweep_view(sweep, manager)
+        started = start_sweep(root, manager, *choices)
+        if started is not None:
+            show_sweep(started.id)
+            st.session_state["compare_form_sweep"] = started.id  # the form holds its settings already
+            shown = started
+    if shown is not None:
+        sweep_view(shown, manager)
 else:
     pick_runs(root)

@@ -8,7 +8,8 @@ import pytest
 
 from tl import datasets
 from tl.advisor import (LARGE_PER_CLASS, SIMILARITY_THRESHOLD, Similarity, advise, images_per_class,
-                        imagenet_confidence, measure_similarity, similarity_from_probs)
+                        imagenet_confidence, measure_similarity, recommend, similarity_from_probs)
+from tl.backbones import BACKBONES
 
 from conftest import tiny_config
 
@@ -72,6 +73,27 @@ def test_unknown_similarity_falls_back_to_the_users_answer():
     assert "similarity assumed: Backbone 'small_cnn' has no ImageNet classifier." in advice.basis
 
 
+@pytest.mark.parametrize("backbone", [name for name, spec in BACKBONES.items() if not spec.pretrained])
+@pytest.mark.parametrize("per_class, similarity", [(50, MEASURED_SIMILAR), (5000, MEASURED_DIFFERENT)])
+def test_without_pretrained_weights_the_advice_is_scratch(backbone, per_class, similarity):
+    advice = advise(per_class, similarity, backbone=backbone)
+    assert (advice.case, advice.strategy) == ("no pretrained weights", "scratch")
+    assert advice.reason.startswith(f"Transfer is not possible: {backbone} has no pretrained weights")
+    assert "ImageNet features already" not in advice.reason and "similarity to ImageNet does not decide" in advice.basis
+    assert recommend(per_class, True, backbone=backbone).strategy == "scratch"
+
+
+def test_random_or_missing_weights_advise_scratch_and_say_why():
+    random = advise(50, MEASURED_SIMILAR, backbone="resnet50", weights="none")
+    assert random.strategy == "scratch" and "the weights are random ('none')" in random.reason
+    why = "The ImageNet weights for resnet50 are not in /x/models and cannot be downloaded now."
+    missing = advise(50, MEASURED_SIMILAR, backbone="resnet50", unavailable=why)
+    assert missing.strategy == "scratch" and why in missing.reason
+    # A pretrained backbone with its weights: the four cases as before.
+    assert advise(50, MEASURED_SIMILAR, backbone="efficientnet_lite0").strategy == "feature_extraction"
+    assert recommend(50, True, backbone="resnet50", weights="imagenet").strategy == "feature_extraction"
+
+
 def test_images_per_class_is_the_median_count():
     data = datasets.load(tiny_config(samples_per_class=9, synthetic_classes=3))
     assert images_per_class(data) == 9
@@ -102,3 +124,15 @@ def test_measurement_offline_says_why_and_random_weights_look_unfamiliar(monkeyp
     assert offline.similar is None and offline.score is None
     assert "could not be downloaded (no internet?), so similarity to ImageNet was not measured." in offline.reason
     assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5" in offline.reason
+
+
+def test_weights_warning_names_what_cannot_transfer():
+    from tl.strategies import STRATEGIES, weights_warning
+
+    assert "small_cnn has no pretrained weights" in weights_warning("feature_extraction", "small_cnn", "none")
+    assert "weights are random ('none')" in weights_warning("fine_tune", "resnet50", "none")
+    assert weights_warning("scratch", "small_cnn", "none") is None  # nothing to transfer is the point
+    assert weights_warning("feature_extraction", "efficientnet_lite0", "imagenet") is None
+    assert weights_warning("frozen", "resnet50", "run:20261201-x") is None  # an earlier run's backbone
+    for name, spec in STRATEGIES.items():
+        assert (weights_warning(name, "perceptron", "none") is None) == (not spec.pretrained)

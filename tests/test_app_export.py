@@ -31,11 +31,12 @@ def test_build_then_download_tflite_and_reuse_it(tmp_path, monkeypatch):
 
     at.button(key=f"build_tflite_{run.id}").click().run()
     assert not at.exception, at.exception
-    assert "TFLite (float)" in download_labels(at)
+    assert "TFLite, float" in download_labels(at)
+    assert not any(b.key == f"build_tflite_{run.id}" for b in at.button)  # the download took its place
     built = run.path / "exports" / f"{run.id}.tflite"
     stamp = (built.stat().st_ino, built.stat().st_mtime_ns)  # a rebuild is a new file: new inode
 
     again = open_run(run.id)  # another session: no Build button, the same file
-    assert "TFLite (float)" in download_labels(again)
+    assert "TFLite, float" in download_labels(again)
     assert not any(b.key == f"build_tflite_{run.id}" for b in again.button)
     assert (built.stat().st_ino, built.stat().st_mtime_ns) == stamp

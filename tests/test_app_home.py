@@ -32,6 +32,20 @@ def test_advisor_follows_the_inputs_and_opens_train_prefilled(tmp_path, monkeypa
     assert at.selectbox(key="train_strategy").value == "full_fine_tune"
 
 
+def test_a_backbone_without_pretrained_weights_is_advised_scratch(tmp_path, monkeypatch):
+    monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert at.selectbox(key="advisor_backbone").value == "efficientnet_lite0"
+    at.selectbox(key="advisor_backbone").set_value("small_cnn").run()
+    advice = at.info[0].value
+    assert "strategy **scratch**" in advice and "Transfer is not possible: small_cnn has no pretrained" in advice
+    assert "ImageNet features already" not in advice
+    at.button(key="advisor_open").click().run()
+    assert not at.exception
+    assert at.selectbox(key="train_backbone").value == "small_cnn"
+    assert at.selectbox(key="train_strategy").value == "scratch"
+
+
 def test_advisor_table():
     assert recommend(10, True).strategy == "feature_extraction"
     assert recommend(10, False).strategy == "earlier_layer"

@@ -88,7 +88,7 @@ def test_stop_from_a_second_session_keeps_the_history(runs_root):
 
     first.run()
     assert not first.exception, first.exception
-    assert "This run is cancelled" in first.warning[0].value
+    assert "This run was stopped before it finished: Stopped by the user." in first.warning[0].value
     assert len(first.get("plotly_chart")) >= 2  # the curves so far
 
     reloaded = AppTest.from_file(APP, default_timeout=60)
@@ -101,6 +101,11 @@ def test_stop_from_a_second_session_keeps_the_history(runs_root):
 def test_a_missing_folder_is_one_message_not_a_traceback(runs_root):
     at = open_train()
     at.selectbox(key="train_dataset").set_value("folder").run()
+    # Nothing chosen yet: a hint on what to do, no red error, and uploads come first.
+    assert not at.error and at.radio(key="train_source").value == "zip"
+    assert any("Upload your images to continue" in c.value for c in at.caption)
+    at.radio(key="train_source").set_value("server").run()
+    assert not at.error
     at.text_input(key="train_data_dir").input("/no/such/photos").run()
     assert not at.exception
     assert any("Data folder '/no/such/photos' does not exist" in e.value for e in at.error)
@@ -122,3 +127,77 @@ def test_delete_a_run_after_confirming(runs_root):
     at.button(key="runs_delete_yes").click().run()
     assert not at.exception
     assert not run.path.exists()
+
+
+def open_train_at(run_id):
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["run"] = run_id
+    at.run()
+    at.switch_page("app_pages/train.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_the_form_follows_the_run_on_screen_and_offers_to_train_it_again(runs_root):
+    from conftest import tiny_config, train_run
+
+    first = train_run(runs_root, tiny_config(strategy="scratch", image_size=24, samples_per_class=10, seed=3))
+    second = runs.create(tiny_config(strategy="frozen", backbone="small_cnn", image_size=16), runs_root)
+    second.set_status("cancelled", reason="Stopped by the user.")
+    at = open_train_at(first.id)
+    assert at.selectbox(key="train_backbone").value == "small_cnn"
+    assert at.selectbox(key="train_strategy").value == "scratch"
+    assert at.number_input(key="train_image_size").value == 24
+    assert at.number_input(key="train_seed").value == 3
+    assert at.button(key="train_start").proto.label == "Train again with these settings"
+    assert not at.warning  # no "default value and session state" warning from Streamlit either
+
+    # Open another run from the list: the form follows it.
+    at.selectbox(key="runs_pick").set_value(second.id)
+    at.button(key="runs_open").click().run()
+    assert at.selectbox(key="train_strategy").value == "frozen"
+    assert at.number_input(key="train_image_size").value == 16
+    # Editing a setting keeps the edit (the run on screen did not change) and Train is plain again.
+    at.number_input(key="train_image_size").set_value(32).run()
+    assert at.number_input(key="train_image_size").value == 32
+    assert at.button(key="train_start").proto.label == "Train"
+
+
+def test_an_unknown_run_in_the_url_is_one_sentence(runs_root):
+    at = open_train_at("20990101-000000-gone-0000")
+    assert any("There is no run '20990101-000000-gone-0000'" in w.value for w in at.warning)
+    assert "run" not in at.query_params
+
+
+def test_a_transfer_strategy_on_a_weightless_backbone_is_warned_before_train(runs_root):
+    at = open_train()
+    at.selectbox(key="train_backbone").set_value("small_cnn")
+    at.selectbox(key="train_strategy").set_value("feature_extraction").run()
+    warned = [w.value for w in at.warning if "small_cnn has no pretrained weights" in w.value]
+    assert warned and "Choose scratch" in warned[0]
+    at.selectbox(key="train_strategy").set_value("scratch").run()
+    assert not [w for w in at.warning if "pretrained weights" in w.value]
+
+
+def test_train_while_an_identical_run_is_queued_asks_first(runs_root):
+    from tl.config import RunConfig
+
+    at = open_train()
+    choose_tiny_run(at)
+    at.run()
+    # The same settings as the form, queued by another session (status only: no worker).
+    twin = runs.create(RunConfig.from_dict({**_form_config(at).to_dict()}), runs_root)
+    at.button(key="train_start").click().run()
+    assert any(f"Run {twin.id} with exactly these settings is already queued" in w.value for w in at.warning)
+    assert [r.id for r in runs.list_runs(runs_root)] == [twin.id]  # nothing queued yet
+    at.button(key="train_confirm_no").click().run()
+    assert [r.id for r in runs.list_runs(runs_root)] == [twin.id]
+
+
+def _form_config(at):
+    from tl.config import RunConfig
+
+    keys = {"dataset", "backbone", "strategy", "head", "image_size", "samples_per_class", "epochs", "batch_size",
+            "synthetic_classes"}
+    values = {k: at.session_state[f"train_{k}"] for k in keys}
+    return RunConfig(weights="none", **values)

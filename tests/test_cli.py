@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import re
@@ -7,13 +8,14 @@ import sys
 import pytest
 
 from tl import cli, runs
+from tl.config import CLASS_WEIGHTS, FIELD_HELP, OPTIMIZER_DESCRIPTIONS, STRATEGY_DEFAULTS
 
 from conftest import REPO, TINY, write_image_folder
 
 
 def run_cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "tl", *args], cwd=REPO, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=600)
+                          text=True, env={**os.environ, **(env or {})}, timeout=600, check=False)
 
 
 def tiny_flags():
@@ -105,3 +107,96 @@ def test_format_event_covers_every_event_type():
     lines = [cli.format_event(e) for e in samples]
     assert all(lines)
     assert lines[0] == "Device: gpu (H100), 1 replica(s), mixed_float16"
+
+
+def subcommand(name):
+    parser = cli._parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_every_flag_of_train_and_compare_explains_itself_with_its_choices_and_default(command):
+    found = cli.registries()
+    fixed = {"dataset": found["datasets"], "backbone": found["backbones"], "head": found["heads"],
+             "strategy": found["strategies"], "optimizer": found["optimizers"], "class_weight": CLASS_WEIGHTS}
+    flags = [a for a in subcommand(command)._actions if not isinstance(a, argparse._HelpAction)]
+    assert {a.dest for a in flags} >= set(cli._COMPARE_FLAGS)
+    for action in flags:
+        text = action.help
+        assert text and text[0].isupper() and text.endswith("."), (action.dest, text)
+        if action.dest not in FIELD_HELP:
+            continue
+        assert text.startswith(FIELD_HELP[action.dest]), action.dest
+        assert "Default" in text, action.dest
+        for name in fixed.get(action.dest, ()):
+            assert name in text, (action.dest, name)
+        if action.dest in STRATEGY_DEFAULTS:
+            assert "Default per strategy: feature_extraction " in text
+            assert all(name in text for name in found["strategies"])
+
+
+def test_train_help_prints_explanations_choices_and_defaults():
+    result = run_cli("train", "--help", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    text = " ".join(result.stdout.split())  # undo argparse's wrapping
+    assert "--optimizer OPTIMIZER The algorithm that updates the weights. One of: adam, sgd, rmsprop" in text
+    assert "One of: none, balanced. Default: none." in text
+    assert "Default per strategy: feature_extraction 200, earlier_layer 200, frozen 5" in text
+    assert FIELD_HELP["seed"] + " Default: 0." in text
+
+
+def test_worker_is_hidden_from_help_but_still_runs(runs_dir):
+    result = run_cli("--help", env={"COLUMNS": "200"})
+    assert result.returncode == 0 and "train" in result.stdout
+    assert "worker" not in result.stdout and "worker" not in cli._parser().format_usage()
+    missing = run_cli("worker", "no-such-run", "--runs-dir", str(runs_dir))
+    assert missing.returncode == 2
+    lines = missing.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: There is no run 'no-such-run'"), missing.stderr
+
+
+def test_list_describes_every_optimizer_and_list_json_keeps_names():
+    assert all(cli.registries()["optimizers"].values())
+    result = run_cli("list")
+    assert result.returncode == 0, result.stderr
+    for name, description in OPTIMIZER_DESCRIPTIONS.items():
+        assert re.search(rf"^  {name} +{re.escape(description)}$", result.stdout, re.MULTILINE), name
+    assert json.loads(run_cli("list", "--json").stdout)["optimizers"] == ["adam", "sgd", "rmsprop"]
+
+
+def test_no_registry_description_shows_a_zero_padded_seed_or_is_empty():
+    for kind, entries in cli.registries().items():
+        for name, description in entries.items():
+            assert description.strip(), (kind, name)
+            assert not re.search(r"seed[- _]?0\d", description, re.IGNORECASE), (kind, name, description)
+
+
+def test_runs_into_a_reader_that_has_gone_stops_quietly(runs_dir):
+    from conftest import tiny_config
+
+    for i in range(2):
+        runs.create(tiny_config(), runs_dir, run_id=f"run-{i}")
+    process = subprocess.Popen([sys.executable, "-m", "tl", "runs", "--runs-dir", str(runs_dir)], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # like `| head -1` having read its line and exited
+    errors = process.stderr.read()
+    assert process.wait(timeout=600) == 0
+    assert "Traceback" not in errors and "BrokenPipe" not in errors, errors
+
+
+@pytest.mark.parametrize("args, message", [
+    (["runs", "--runs-dir", "{file}", "--json"], "is a file, not a folder"),
+    (["train", "--backbone", "nope", "--json"], "Expected `backbone` to be one of"),
+])
+def test_json_errors_are_one_json_object_on_stdout(tmp_path, args, message):
+    file = tmp_path / "not-a-folder"
+    file.write_text("x")
+    result = run_cli(*[a.format(file=file) for a in args])
+    assert result.returncode == 2
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    error = json.loads(lines[0])
+    assert list(error) == ["error"] and message in error["error"]
+    assert result.stderr.strip() == f"error: {error['error']}"

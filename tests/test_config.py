@@ -1,10 +1,13 @@
+import dataclasses
 import json
+import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
-from tl.config import RunConfig
+from tl.config import FIELD_HELP, OPTIMIZER_DESCRIPTIONS, OPTIMIZERS, RunConfig
 from tl.errors import ConfigError
 
 from conftest import REPO
@@ -83,5 +86,25 @@ def test_importing_tl_and_its_registries_does_not_import_tensorflow():
             "tl.runs, tl.training, tl.cli; tl.config.RunConfig(); "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'streamlit')]; "
             "print(bad); sys.exit(1 if bad else 0)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_field_has_one_line_of_help():
+    assert list(FIELD_HELP) == [f.name for f in dataclasses.fields(RunConfig)]
+    for name, text in FIELD_HELP.items():
+        assert text.strip() and "\n" not in text and text.endswith("."), name
+
+
+def test_optimizers_stay_a_sequence_of_names_each_described():
+    assert OPTIMIZERS == ("adam", "sgd", "rmsprop") and list(OPTIMIZERS) == list(OPTIMIZER_DESCRIPTIONS)
+    assert all(OPTIMIZER_DESCRIPTIONS[name].strip() for name in OPTIMIZERS)
+    assert RunConfig(optimizer="rmsprop").optimizer == "rmsprop"
+
+
+def test_readme_states_the_upload_limit_streamlit_is_configured_with():
+    limit = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
+    readme = (REPO / "README.md").read_text()
+    stated = re.findall(r"(\d+) MB upload limit", readme) + re.findall(r"upload limit is set to (\d+) MB", readme)
+    assert stated and set(stated) == {str(limit)}, stated

@@ -17,6 +17,7 @@ Needs Debian's chromium and the playwright package; ``.ci/run`` installs both an
 ``TL_REQUIRE_BROWSER=1`` so that a missing browser fails there instead of skipping.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -63,14 +64,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def serve(root):
+    """``streamlit run`` on a free port with ``root`` as the runs folder, and a headless
+    chromium: yields ``{"url", "root", "browser"}``."""
     sync_playwright = _browser_or_skip()
-    root = tmp_path_factory.mktemp("e2e") / "runs"
-    root.mkdir()
-    # A finished run from the default backbone's real ImageNet weights, for the Classify page.
-    lite = train_run(root, tiny_config(backbone="efficientnet_lite0", weights="imagenet", image_size=224,
-                                       strategy="feature_extraction", name="lite0 for classify"))
     port = _free_port()
     env = {**os.environ, "TL_RUNS_DIR": str(root), "TL_MAX_JOBS": "1", "PYTHONPATH": str(REPO)}
     log = open(root.parent / "server.log", "w")
@@ -95,7 +93,7 @@ def server(tmp_path_factory):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            yield {"url": f"http://127.0.0.1:{port}", "root": root, "browser": browser, "lite": lite}
+            yield {"url": f"http://127.0.0.1:{port}", "root": root, "browser": browser}
         finally:
             browser.close()
             process.terminate()
@@ -104,6 +102,18 @@ def server(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 process.kill()
             log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _browser_or_skip()
+    root = tmp_path_factory.mktemp("e2e") / "runs"
+    root.mkdir()
+    # A finished run from the default backbone's real ImageNet weights, for the Classify page.
+    lite = train_run(root, tiny_config(backbone="efficientnet_lite0", weights="imagenet", image_size=224,
+                                       strategy="feature_extraction", name="lite0 for classify"))
+    with serve(root) as found:
+        yield {**found, "lite": lite}
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -121,10 +131,31 @@ def settle(page) -> None:
     page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=TIMEOUT_MS)
 
 
+def pick_option(page, opener, option: str, attempts: int = 12) -> None:
+    """Open a dropdown with ``opener()`` and click the option containing ``option``. A
+    rerun of a live fragment on the page (a training's progress, every second) can close an
+    open dropdown before the click lands, so the dropdown is opened again until it takes."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(attempts):
+        opener()
+        try:
+            page.get_by_role("option").filter(has_text=option).first.click(timeout=5000)
+            return
+        except PlaywrightTimeout:
+            if attempt == attempts - 1:
+                raise
+            page.keyboard.press("Escape")
+
+
 def choose(page, label: str, option: str) -> None:
-    box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True))
-    box.click()
-    page.get_by_role("option").filter(has_text=option).first.click()
+    field = page.get_by_role("combobox", name=label, exact=True)
+
+    def opener():
+        field.click()
+        field.fill(option)  # filters the list down to the option (a long list is virtualised)
+
+    pick_option(page, opener, option)
     settle(page)
 
 
@@ -175,6 +206,30 @@ def wait_for(predicate, what: str, seconds: float = 240):
 def batch_events(run) -> list:
     events, _ = run.events(0)
     return [e for e in events if e["type"] == "batch"]
+
+
+def pick_runs(page, url: str, run_ids) -> None:
+    """On Compare, pick ``run_ids`` under "Pick finished runs" and wait for the table."""
+    page.goto(f"{url}/compare")
+    page.get_by_text("Pick finished runs").click()
+    settle(page)
+    # By its label, not .first: settle() can return before the radio's rerun has replaced the
+    # sweep form (the status widget shows only after 500 ms of running), and the sweep form's
+    # "Strategies" multiselect would then take the typing.
+    picker = page.get_by_test_id("stMultiSelect").filter(has=page.get_by_text("Finished runs", exact=True))
+    box = picker.locator("input")
+    for run_id in run_ids:
+        def opener(run_id=run_id):
+            box.click()
+            box.fill(run_id)  # filters the options down to this run
+
+        pick_option(page, opener, run_id)
+        picker.get_by_text(run_id).wait_for()  # its tag: the pick took
+        settle(page)
+    page.keyboard.press("Escape")
+    for run_id in run_ids:
+        page.get_by_test_id("stMultiSelect").get_by_text(run_id).first.wait_for()
+    page.get_by_test_id("stDataFrame").first.wait_for()
 
 
 def damage_copies(run) -> list:
@@ -228,14 +283,15 @@ def _end_to_end(server, a, b, c):
     pid = long_run.status()["pid"]
     kept = len(batch_events(long_run))
     os.kill(pid, signal.SIGKILL)
-    a.get_by_text("This run is failed").wait_for()
+    a.get_by_text("This run failed").wait_for()
     shot(a, "train-killed")
     assert long_run.status()["status"] == "failed"
     assert len(batch_events(long_run)) >= kept  # the events written before the kill are kept
 
     # The queue goes on: B trains (live chart and progress), then shows its results.
     b.get_by_test_id("stProgress").wait_for()
-    assert b.locator(".js-plotly-plot").count() >= 2  # live loss and accuracy curves
+    # Live loss and accuracy curves, from the first batches on (a caption until then).
+    b.locator(".st-key-run_area .js-plotly-plot").nth(1).wait_for()
     shot(b, "train-b-live")
     b.get_by_test_id("stMetric").filter(has_text="Test accuracy").wait_for()
     shot(b, "train-results")
@@ -278,24 +334,7 @@ def _end_to_end(server, a, b, c):
 
     # 5. Compare picked runs (the damaged ones are not offered): the table.
     page = b
-    page.goto(f"{url}/compare")
-    page.get_by_text("Pick finished runs").click()
-    settle(page)
-    # By its label, not .first: settle() can return before the radio's rerun has replaced the
-    # sweep form (the status widget shows only after 500 ms of running), and the sweep form's
-    # "Strategies" multiselect would then take the typing.
-    picker = page.get_by_test_id("stMultiSelect").filter(has=page.get_by_text("Finished runs", exact=True))
-    box = picker.locator("input")
-    for run_id in (b_id, c_id):
-        box.click()
-        box.fill(run_id)  # filters the options down to this run
-        page.get_by_role("option").filter(has_text=run_id).first.click()
-        picker.get_by_text(run_id).wait_for()  # its tag: the pick took
-        settle(page)
-    page.keyboard.press("Escape")
-    for run_id in (b_id, c_id):
-        page.get_by_test_id("stMultiSelect").get_by_text(run_id).first.wait_for()
-    page.get_by_test_id("stDataFrame").first.wait_for()
+    pick_runs(page, url, (b_id, c_id))
     shot(page, "compare")
 
     # 6. Deleting the damaged runs works; every run folder left still loads, the finished

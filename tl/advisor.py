@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from tl.backbones import BACKBONES
+
 # Where "small" ends. Fine-tuning millions of weights on a few hundred images per class
 # overfits; from about a thousand per class (CIFAR-10 has 6,000) it pays off.
 LARGE_PER_CLASS = 1000
@@ -55,13 +57,49 @@ _TABLE = {
 }
 
 
-def recommend(images_per_class: int, similar: bool) -> Advice:
-    """The seeds' four-case advice for a dataset.
+def no_transfer(backbone: str | None = None, weights: str = "imagenet", unavailable: str | None = None):
+    """The advice when nothing pretrained can be transferred, else ``None``.
+
+    Args:
+        backbone: registry name (``None``: not known, assumed pretrained).
+        weights: the weights the transfer strategies would start from.
+        unavailable: the sentence saying why the ImageNet weights cannot be had now (not
+            installed, not downloadable), if the caller checked.
+
+    Returns:
+        An :class:`Advice` recommending ``scratch`` with the reason, when ``backbone`` has
+        no pretrained weights, ``weights`` is ``"none"`` or ``unavailable`` is given.
+    """
+    if backbone is not None and not BACKBONES[backbone].pretrained:
+        return Advice("no pretrained weights", "scratch", "gap_dropout_dense",
+                      f"Transfer is not possible: {backbone} has no pretrained weights, so there are no "
+                      "ImageNet features to reuse. Train the whole network with scratch, or pick a pretrained "
+                      "backbone (efficientnet_lite0's weights install with the app) to transfer.")
+    if weights == "none":
+        return Advice("random weights", "scratch", "gap_dropout_dense",
+                      "Transfer is not possible: the weights are random ('none'), so there are no ImageNet "
+                      "features to reuse. Train the whole network with scratch, or choose weights 'imagenet' "
+                      "to transfer.")
+    if unavailable:
+        return Advice("ImageNet weights unavailable", "scratch", "gap_dropout_dense",
+                      f"Transfer is not possible until the ImageNet weights are there: {unavailable} Until "
+                      "then scratch (no transfer) is the strategy that can run.")
+    return None
+
+
+def recommend(images_per_class: int, similar: bool, backbone: str | None = None, weights: str = "imagenet",
+              unavailable: str | None = None) -> Advice:
+    """The seeds' four-case advice for a dataset, or ``scratch`` when nothing pretrained
+    can be transferred (see :func:`no_transfer`).
 
     Args:
         images_per_class: typical number of labelled images per class.
         similar: whether the images look like everyday photos (ImageNet-like).
+        backbone, weights, unavailable: as for :func:`no_transfer`.
     """
+    blocked = no_transfer(backbone, weights, unavailable)
+    if blocked is not None:
+        return blocked
     return _TABLE[(images_per_class >= LARGE_PER_CLASS, bool(similar))]
 
 
@@ -158,7 +196,7 @@ def measure_similarity(data, backbone: str, sample: int = SIMILARITY_SAMPLE, see
         weights are not downloaded and cannot be, ``similar`` is ``None`` and ``reason``
         says why. Never raises for those.
     """
-    from tl.backbones import BACKBONES, preprocess_affine
+    from tl.backbones import preprocess_affine
 
     spec = BACKBONES[backbone]
     if spec.is_baseline or not spec.pretrained:
@@ -202,12 +240,19 @@ def images_per_class(data) -> int:
     return int(np.median(list(data.counts().values())))
 
 
-def advise(per_class: int, similarity: Similarity, assume_similar: bool = True) -> Advice:
+def advise(per_class: int, similarity: Similarity, assume_similar: bool = True, backbone: str | None = None,
+           weights: str = "imagenet", unavailable: str | None = None) -> Advice:
     """The four-case advice from a measured similarity.
 
     When ``similarity.similar`` is ``None`` (not measurable), ``assume_similar`` decides,
-    and the reason says it was assumed.
+    and the reason says it was assumed. ``backbone``, ``weights`` and ``unavailable`` as
+    for :func:`no_transfer`: when nothing can be transferred the advice is ``scratch``.
     """
+    blocked = no_transfer(backbone, weights, unavailable)
+    if blocked is not None:
+        return replace(blocked, similarity=similarity, images_per_class=int(per_class),
+                       basis=f"{per_class:,} images per class; with nothing pretrained to transfer, similarity "
+                             "to ImageNet does not decide.")
     measured = similarity.similar is not None
     return replace(recommend(per_class, similarity.similar if measured else assume_similar),
                    similarity=similarity, images_per_class=int(per_class),

@@ -96,7 +96,7 @@ BACKBONES = {
         BackboneSpec("small_cnn", None, None, 32, 8, "unit", "block2_pool", False,
                      "A small 3-block CNN trained from scratch: the no-transfer baseline."),
         BackboneSpec("perceptron", None, None, 32, 4, "unit", None, False,
-                     "Raw pixels straight into the head: the seed-002 perceptron baseline."),
+                     "Raw pixels straight into the head (a perceptron): the simplest no-transfer baseline."),
     )
 }
 

@@ -8,15 +8,18 @@ module for every subcommand, so ``--help`` and the handlers are read side by sid
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import typing
 
-from tl.config import RunConfig
+from tl.config import FIELD_HELP, RunConfig
 from tl.errors import UserError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+RUNS_DIR_HELP = "Folder that holds the runs. Default: $TL_RUNS_DIR, else ./runs."
+JSON_PROGRESS_HELP = "Print progress to stderr and a JSON summary as the last line of stdout."
 
 
 def main(argv=None) -> int:
@@ -29,7 +32,12 @@ def main(argv=None) -> int:
         return args.handler(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):  # whoever parses stdout gets the reason too
+            print(json.dumps({"error": str(exc)}))
         return EXIT_USAGE
+    except BrokenPipeError:  # `python -m tl runs | head`: the reader has gone, so stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -37,35 +45,39 @@ def main(argv=None) -> int:
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m tl", description="Transfer Learning Studio")
     sub = parser.add_subparsers(dest="command")
+    hidden = {"worker"}  # internal: the app's job manager runs it; not for people
 
     train = sub.add_parser("train", help="train one run and print its progress")
-    train.add_argument("--config", help="JSON config file; flags override its values")
+    train.add_argument("--config", help="A JSON file of config fields to start from; the flags given override its "
+                                        "values.")
     _add_config_flags(train)
-    train.add_argument("--runs-dir", help="runs folder (default: $TL_RUNS_DIR or ./runs)")
-    train.add_argument("--json", action="store_true", help="progress to stderr, a JSON summary as the last stdout line")
+    train.add_argument("--runs-dir", help=RUNS_DIR_HELP)
+    train.add_argument("--json", action="store_true", help=JSON_PROGRESS_HELP)
     train.set_defaults(handler=cmd_train)
 
-    worker = sub.add_parser("worker", help="train a run already created with status queued (used by the app)")
+    # No help=: argparse then leaves it out of the command list (the metavar below drops
+    # it from the usage line). It trains a run already created with status queued.
+    worker = sub.add_parser("worker")
     worker.add_argument("run_id")
     worker.add_argument("--runs-dir")
     worker.add_argument("--json", action="store_true")
     worker.set_defaults(handler=cmd_worker)
 
     runs_cmd = sub.add_parser("runs", help="list runs")
-    runs_cmd.add_argument("--runs-dir")
-    runs_cmd.add_argument("--json", action="store_true")
+    runs_cmd.add_argument("--runs-dir", help=RUNS_DIR_HELP)
+    runs_cmd.add_argument("--json", action="store_true", help="Print the runs as one JSON list.")
     runs_cmd.set_defaults(handler=cmd_runs)
 
     predict = sub.add_parser("predict", help="classify images with a finished run (ImageNet head and transferred head)")
     predict.add_argument("run_id")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
-    predict.add_argument("--top", type=int, default=5, help="classes to show per head, 1-10 (default 5)")
-    predict.add_argument("--runs-dir")
-    predict.add_argument("--json", action="store_true", help="one JSON object per image")
+    predict.add_argument("--top", type=int, default=5, help="Classes to show per head, 1 to 10. Default: 5.")
+    predict.add_argument("--runs-dir", help=RUNS_DIR_HELP)
+    predict.add_argument("--json", action="store_true", help="Print one JSON object per image.")
     predict.set_defaults(handler=cmd_predict)
 
     list_cmd = sub.add_parser("list", help="list datasets, backbones, heads, strategies and optimizers")
-    list_cmd.add_argument("--json", action="store_true")
+    list_cmd.add_argument("--json", action="store_true", help="Print the names only, as one JSON object.")
     list_cmd.set_defaults(handler=cmd_list)
     _add_compare(sub)
 
@@ -73,41 +85,61 @@ def _parser():
     download.add_argument("dataset")
     download.set_defaults(handler=cmd_download)
     _add_export_parser(sub)
+    sub.metavar = "{" + ",".join(name for name in sub.choices if name not in hidden) + "}"
     return parser
 
 
-def _add_config_flags(parser):
-    """One ``--flag`` per RunConfig field, typed from the dataclass, with its default (or
-    each strategy's, for the fields whose default depends on the strategy) and its choices."""
+def _add_config_flags(parser, names=None, defaults=None):
+    """One ``--flag`` per RunConfig field (or per field in ``names``), typed from the
+    dataclass, with its explanation, its choices and its default (or each strategy's, for
+    the fields whose default depends on the strategy); ``defaults`` replaces the default
+    part of a field's help."""
     hints = typing.get_type_hints(RunConfig)
     for field in dataclasses.fields(RunConfig):
+        if names is not None and field.name not in names:
+            continue
         flag = "--" + field.name.replace("_", "-")
         kind = hints[field.name]
+        text = field_help(field, (defaults or {}).get(field.name))
         if field.name == "tags":
-            parser.add_argument("--tag", dest="tags", action="append", help="label the run (repeatable)")
+            parser.add_argument("--tag", dest="tags", action="append", metavar="TAG",
+                                help=text.replace(" Default:", " Repeat the flag for several. Default:", 1))
         elif kind is bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"default: {field.default!r}")
+                                help=text)
         else:
             base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-            parser.add_argument(flag, dest=field.name, type=base, default=None, help=field_help(field))
+            parser.add_argument(flag, dest=field.name, type=base, default=None, help=text)
 
 
-def field_help(field) -> str:
-    """``--help`` text of one config field: its choices and default."""
-    from tl.config import STRATEGY_DEFAULTS
+def field_help(field, default=None) -> str:
+    """``--help`` text of one config field: what it does (``FIELD_HELP``), its choices
+    where they are a fixed set, and its default (``default`` replaces the default part)."""
+    from tl.config import CLASS_WEIGHTS, STRATEGY_DEFAULTS
     from tl.strategies import STRATEGIES
 
-    if field.name in STRATEGY_DEFAULTS:
-        per = ", ".join(f"{name} {spec.defaults[field.name]:g}" for name, spec in STRATEGIES.items())
-        return f"default per strategy: {per}"
-    choices = {name: list(entries) for name, entries in registries().items()}
+    parts = [FIELD_HELP[field.name]]
     plural = {"dataset": "datasets", "backbone": "backbones", "head": "heads", "strategy": "strategies",
               "optimizer": "optimizers"}.get(field.name)
-    default = f"default: {field.default!r}" if field.default is not dataclasses.MISSING else ""
     if plural:
-        return f"one of {', '.join(choices[plural])} (`python -m tl list` explains them); {default}"
-    return default or None
+        parts.append(f"One of: {', '.join(registries()[plural])} (`python -m tl list` explains them).")
+    elif field.name == "class_weight":
+        parts.append(f"One of: {', '.join(CLASS_WEIGHTS)}.")
+    if default is not None:
+        parts.append(f"Default: {default}.")
+    elif field.name in STRATEGY_DEFAULTS:
+        per = ", ".join(f"{name} {spec.defaults[field.name]:g}" for name, spec in STRATEGIES.items())
+        parts.append(f"Default per strategy: {per}.")
+    elif field.name == "fine_tune_learning_rate":
+        parts.append("Default: a tenth of the learning rate.")
+    elif field.name == "tags":
+        parts.append("Default: no tags.")
+    elif field.default is None or field.default == "":
+        parts.append("Default: none.")
+    else:
+        parts.append(f"Default: {str(field.default).lower() if isinstance(field.default, bool) else field.default}.")
+    # argparse formats help with %-style substitution
+    return " ".join(parts).replace("%", "%%")
 
 
 def config_from_args(args) -> RunConfig:
@@ -240,6 +272,9 @@ def _fmt(value) -> str:
 def cmd_runs(args) -> int:
     from tl import runs
 
+    root = runs.runs_root(args.runs_dir)
+    if root.exists() and not root.is_dir():  # list_runs would call it empty
+        raise UserError(f"The runs folder '{root}' is a file, not a folder; give --runs-dir a folder.")
     rows = [run.summary() for run in runs.list_runs(args.runs_dir)]
     if args.json:
         print(json.dumps(rows))
@@ -247,20 +282,24 @@ def cmd_runs(args) -> int:
     if not rows:
         print(f"No runs in {runs.runs_root(args.runs_dir)}.")
         return 0
-    header = f"{'run id':44} {'status':9} {'dataset':10} {'backbone':15} {'strategy':18} {'test acc':>8} {'time':>7}"
+    header = f"{'run id':44} {'status':9} {'dataset':10} {'backbone':18} {'strategy':18} {'test acc':>8} {'time':>7}"
     print(header)
     for row in rows:
-        acc = "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.4f}"
+        acc = f"{row['test_accuracy']:.4f}" if isinstance(row["test_accuracy"], (int, float)) else "-"
         took = "-" if row["duration"] is None else f"{row['duration']:.0f}s"
-        print(f"{row['run_id']:44} {row['status']:9} {row['dataset']:10} {row['backbone']:15} "
-              f"{row['strategy']:18} {acc:>8} {took:>7}")
+        text = {key: str(row[key] or "-") for key in ("status", "dataset", "backbone", "strategy")}
+        print(f"{row['run_id']:44} {text['status']:9} {text['dataset']:10} {text['backbone']:18} "
+              f"{text['strategy']:18} {acc:>8} {took:>7}")
+    for row in rows:
+        if row["status"] == "damaged":
+            print(row["reason"])
     return 0
 
 
 def registries() -> dict:
     """Names and one-line descriptions of every registry (no TensorFlow needed)."""
     from tl.backbones import BACKBONES
-    from tl.config import OPTIMIZERS
+    from tl.config import OPTIMIZER_DESCRIPTIONS
     from tl.datasets import DATASETS
     from tl.heads import HEADS
     from tl.strategies import STRATEGIES
@@ -270,7 +309,7 @@ def registries() -> dict:
         "backbones": {name: spec.description for name, spec in BACKBONES.items()},
         "heads": {name: spec.description for name, spec in HEADS.items()},
         "strategies": {name: spec.description for name, spec in STRATEGIES.items()},
-        "optimizers": {name: "" for name in OPTIMIZERS},
+        "optimizers": dict(OPTIMIZER_DESCRIPTIONS),
     }
 
 
@@ -331,19 +370,19 @@ _COMPARE_FLAGS = ("dataset", "data_dir", "backbone", "head", "weights", "epochs"
 
 
 def _add_compare(sub):
+    from tl.strategies import STRATEGIES
+
     compare = sub.add_parser("compare", help="train one run per strategy on the same split and compare them")
-    hints = typing.get_type_hints(RunConfig)
-    helps = {f.name: f"default: {f.default!r}" for f in dataclasses.fields(RunConfig)}
-    helps.update(weights="default: imagenet, or none for backbones without ImageNet weights",
-                 fine_tune_epochs="fine_tune's second phase (default: --epochs)")
-    for name in _COMPARE_FLAGS:
-        base = next((t for t in typing.get_args(hints[name]) if t is not type(None)), hints[name])
-        compare.add_argument("--" + name.replace("_", "-"), dest=name, type=base, default=None, help=helps[name])
-    compare.add_argument("--strategies", default="all", help="'all' or a comma-separated list")
+    _add_config_flags(compare, _COMPARE_FLAGS,
+                      {"weights": "imagenet, or none for backbones without ImageNet weights"})
+    compare.add_argument("--strategies", default="all",
+                         help=f"Which strategies to train, one run each: 'all' or a comma-separated list of "
+                              f"{', '.join(STRATEGIES)}. Default: all.")
     compare.add_argument("--similar", choices=("yes", "no"),
-                         help="your answer to 'like everyday photos?' when it cannot be measured (default: yes)")
-    compare.add_argument("--runs-dir", help="runs folder (default: $TL_RUNS_DIR or ./runs)")
-    compare.add_argument("--json", action="store_true", help="progress to stderr, a JSON summary as the last stdout line")
+                         help="Your answer to 'do the images look like everyday photos?', used when the "
+                              "advisor cannot measure it. Default: yes.")
+    compare.add_argument("--runs-dir", help=RUNS_DIR_HELP)
+    compare.add_argument("--json", action="store_true", help=JSON_PROGRESS_HELP)
     compare.set_defaults(handler=cmd_compare)
 
 
@@ -366,10 +405,10 @@ def cmd_compare(args) -> int:
     base = compare_config(args)
     strategies = sweeps.parse_strategies(args.strategies, base.backbone)
     sweeps.sweep_configs(base, strategies, "check")  # every config valid before any work
-    data = datasets.load(base)
+    data = datasets.load(base, args.runs_dir)
     print(f"Measuring similarity to ImageNet with {base.backbone}...", file=out, flush=True)
     advice = advisor.advise(advisor.images_per_class(data), advisor.measure_similarity(data, base.backbone, seed=base.seed),
-                            assume_similar=args.similar != "no")
+                            assume_similar=args.similar != "no", backbone=base.backbone, weights=base.weights)
     print(f"Advisor: {advice.case} -> {advice.strategy}. {advice.basis}", file=out)
     sweep = sweeps.create(base, strategies, args.runs_dir, advice=advice.to_dict())
     print(f"Sweep {sweep.id}: {', '.join(strategies)}", file=out, flush=True)
@@ -405,7 +444,7 @@ def _print_compare_table(table) -> None:
     print(f"{'strategy':18} {'status':9} {'test acc':>8} {'best val':>8} {'train s':>8} {'trainable':>11} "
           f"{'total':>11} {'img/s':>8} {'epochs':>6}  run id")
     for row in table:
-        def num(key, fmt):
+        def num(key, fmt, row=row):
             return "-" if row[key] is None else format(row[key], fmt)
 
         print(f"{row['strategy']:18} {row['status']:9} {num('test_accuracy', '.4f'):>8} "
@@ -450,7 +489,7 @@ def _add_export_parser(sub):
                              "(a uint8 RGB image of any size in, resized inside); labels: labels.txt; card: a model card")
     export.add_argument("--quantize", action="store_true", help="tflite only: dynamic-range 8-bit weights")
     export.add_argument("--out", required=True, help="file to write, or an existing folder")
-    export.add_argument("--runs-dir")
+    export.add_argument("--runs-dir", help=RUNS_DIR_HELP)
     export.set_defaults(handler=cmd_export)
 
 

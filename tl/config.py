@@ -12,10 +12,52 @@ from pathlib import Path
 
 from tl.errors import ConfigError
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
+OPTIMIZER_DESCRIPTIONS = {
+    "adam": "Adam: adapts each weight's step size; a safe default.",
+    "sgd": "SGD with momentum 0.9: plain gradient steps; usually wants a larger learning rate than adam.",
+    "rmsprop": "RMSprop: scales each weight's step by the recent size of its gradients.",
+}
+OPTIMIZERS = tuple(OPTIMIZER_DESCRIPTIONS)  # the names, in the order the app offers them
 # Fields whose None means "the strategy's default" (see RunConfig.resolved).
 STRATEGY_DEFAULTS = ("epochs", "fine_tune_epochs", "learning_rate", "early_stopping", "min_steps")
 CLASS_WEIGHTS = ("none", "balanced")
+
+# One plain-English line per RunConfig field: what it changes. `python -m tl train --help`
+# prints these (with choices and defaults added); the app can reuse them as tooltips.
+FIELD_HELP = {
+    "dataset": "Where the images come from.",
+    "data_dir": "Folder of your own images, one sub-folder per class (dataset 'folder' only).",
+    "backbone": "The network that turns each image into features (a pretrained one brings what it "
+                "learnt on ImageNet).",
+    "weights": "Starting weights of the backbone: 'imagenet', 'none' (random), 'run:<id>' "
+               "(a finished run's) or the path of a weights file.",
+    "strategy": "How much of the backbone is trained, and on what.",
+    "head": "The classifier put on top of the backbone's features.",
+    "image_size": "Side in pixels the images are resized to before the backbone.",
+    "batch_size": "Images per training step.",
+    "epochs": "Most passes over the training images (the first phase's, for fine_tune).",
+    "fine_tune_epochs": "Passes over the training images while fine-tuning (fine_tune's second phase).",
+    "fine_tune_layers": "How many of the backbone's last weighted layers fine_tune unfreezes.",
+    "learning_rate": "Step size of the optimiser; lower it if the loss jumps or becomes NaN.",
+    "fine_tune_learning_rate": "Step size of the optimiser once backbone layers train (fine_tune, "
+                               "full_fine_tune).",
+    "optimizer": "The algorithm that updates the weights.",
+    "dropout": "Share of features dropped at random while training the head (0 to below 1); "
+               "raise it if the head overfits.",
+    "augment": "Randomly flip, rotate, zoom and shift the training images (strategies that train on images).",
+    "class_weight": "How the loss weighs each class: 'balanced' counts a rare class's images more, "
+                    "'none' treats every image alike.",
+    "samples_per_class": "Use at most this many images of each class (0: all of them).",
+    "val_fraction": "Share of the images held out to validate during training.",
+    "test_fraction": "Share of the images held out for the final test accuracy.",
+    "early_stopping": "Stop after this many epochs without a lower validation loss, keeping the "
+                      "best weights (0: off).",
+    "min_steps": "Add epochs until training has at least this many optimiser steps (helps small data).",
+    "seed": "Same seed, same split and same starting weights.",
+    "synthetic_classes": "Number of shape classes the synthetic dataset generates (2 to 10).",
+    "name": "A name for the run, to tell it from others (the Classify page and `runs --json` show it).",
+    "tags": "Labels for grouping runs (compare tags each run with its sweep).",
+}
 
 
 @dataclass(frozen=True)
@@ -57,7 +99,10 @@ class RunConfig:
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
-        # JSON gives lists; keep the dataclass hashable and immutable.
+        # JSON gives lists; keep the dataclass hashable and immutable. A bare string would
+        # otherwise become one tag per character.
+        if not isinstance(self.tags, (list, tuple)):
+            raise ConfigError(f"Expected `tags` to be a list of strings. Received: tags={self.tags!r}.")
         object.__setattr__(self, "tags", tuple(self.tags))
         _validate(self)
 
@@ -177,6 +222,9 @@ def _validate(cfg: RunConfig) -> None:
     from tl.heads import HEADS
     from tl.strategies import STRATEGIES
 
+    for name in ("weights", "strategy", "backbone", "dataset", "head", "optimizer", "class_weight"):
+        if not isinstance(getattr(cfg, name), str):
+            raise ConfigError(f"Expected `{name}` to be a name. Received: {name}={getattr(cfg, name)!r}.")
     _one_of("dataset", cfg.dataset, DATASETS)
     _one_of("backbone", cfg.backbone, BACKBONES)
     _one_of("strategy", cfg.strategy, STRATEGIES)
@@ -211,6 +259,10 @@ def _validate(cfg: RunConfig) -> None:
             f"test_fraction={cfg.test_fraction}."
         )
 
+    for name in ("data_dir", "name"):
+        value = getattr(cfg, name)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"Expected `{name}` to be text. Received: {name}={value!r}.")
     needs_dir = DATASETS[cfg.dataset].needs_dir
     if needs_dir and not cfg.data_dir:
         raise ConfigError(
@@ -242,9 +294,9 @@ def _validate_weights(cfg, spec) -> None:
         )
     if weights.startswith("run:") and len(weights) == 4:
         raise ConfigError("Expected `weights` as run:<id>, with the id of a finished run. Received: weights='run:'.")
-    if weights not in ("imagenet", "none") and not weights.startswith("run:"):
-        if not Path(weights).expanduser().is_file():
-            raise ConfigError(
-                f"Weights file '{weights}' does not exist; give 'imagenet', 'none', 'run:<id>' "
-                "or the path of a weights file."
-            )
+    is_file_name = weights not in ("imagenet", "none") and not weights.startswith("run:")
+    if is_file_name and not Path(weights).expanduser().is_file():
+        raise ConfigError(
+            f"Weights file '{weights}' does not exist; give 'imagenet', 'none', 'run:<id>' "
+            "or the path of a weights file."
+        )

@@ -13,8 +13,8 @@ converges slowly. Per-channel standardisation commutes with global average pooli
 the same statistics serve a pooled vector and a feature map.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)

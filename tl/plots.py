@@ -76,10 +76,11 @@ def per_class_accuracy(metrics: dict) -> go.Figure:
         return _empty(title, "No classes")
     values = [per_class[n] for n in names]
     fig = _figure(title, _per_row_height(len(names)), xaxis_title="accuracy", yaxis_title="class")
+    # Labels outside the bars, so a 0% class (no bar at all) still reads "0%".
     fig.add_bar(x=values, y=names, orientation="h", name="accuracy",
-                text=["n/a" if v is None else f"{v:.0%}" for v in values], textposition="auto",
-                hovertemplate="%{y}: %{text}<extra></extra>")
-    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+                text=["n/a" if v is None else f"{v:.0%}" for v in values], textposition="outside",
+                cliponaxis=False, hovertemplate="%{y}: %{text}<extra></extra>")
+    fig.update_xaxes(range=[0, 1.12], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1])
     fig.update_yaxes(type="category", autorange="reversed")
     return fig
 
@@ -103,8 +104,17 @@ def confusion_matrix(metrics: dict, normalize: bool = False) -> go.Figure:
         text = [[str(c) for c in row] for row in counts]
     fig = _figure(title, _per_row_height(len(names)), xaxis_title="predicted", yaxis_title="true")
     fig.add_heatmap(z=z, x=names, y=names, text=text, texttemplate="%{text}", colorscale="Blues",
-                    customdata=[[[t, p] for p in names] for t in names],
-                    hovertemplate="true: %{y}<br>predicted: %{x}<br>%{text}<extra></extra>")
+                    hoverinfo="skip")
+    # A heatmap cannot be selected by a click; an invisible square marker over each cell can,
+    # and carries [true, predicted] so the click maps back to the class names.
+    cells = [(t, p, text[i][j]) for i, t in enumerate(names) for j, p in enumerate(names)]
+    side = max(8, min(60, int(360 / max(len(names), 1))))
+    fig.add_scatter(x=[c[1] for c in cells], y=[c[0] for c in cells], mode="markers", name="cells",
+                    marker={"symbol": "square", "size": side, "opacity": 0.0, "color": "#2f6fde"},
+                    customdata=[[c[0], c[1]] for c in cells], text=[c[2] for c in cells], showlegend=False,
+                    hovertemplate="true: %{y}<br>predicted: %{x}<br>%{text}<br>click to see these images"
+                                  "<extra></extra>")
+    fig.update_layout(clickmode="event+select", dragmode=False)
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category", autorange="reversed")
     return fig
@@ -115,9 +125,11 @@ def class_counts(counts: dict) -> go.Figure:
     total = sum(counts.values())
     if not counts:
         return _empty("Images per class", "No images")
-    title = f"Images per class ({total:,} in total"
+    # Short lines: a plotly title does not wrap, and a narrow column would cut it off.
+    title = f"Images per class ({total:,} in total)"
     smallest, largest = min(counts.values()), max(counts.values())
-    title += f", largest/smallest {largest / smallest:.1f}×)" if smallest else ")"
+    if smallest:
+        title += f"<br><sub>largest/smallest {largest / smallest:.1f}×</sub>"
     fig = _figure(title, xaxis_title="class", yaxis_title="images")
     fig.add_bar(x=list(counts), y=list(counts.values()), name="images", text=list(counts.values()),
                 textposition="auto")
@@ -150,7 +162,7 @@ def compare_curves(runs: list, metric: str = "val_accuracy", x: str = "epoch") -
         fig.update_yaxes(range=[0, 1.02])
     # Run labels are long: legend below the plot, so the lines keep the figure's width.
     fig.update_layout(height=HEIGHT + 22 * len(runs),
-                      legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0))
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.25, "xanchor": "left", "x": 0})
     return fig
 
 
@@ -173,22 +185,41 @@ def pareto_front(rows: list) -> list:
 
 def accuracy_vs_cost(rows: list) -> go.Figure:
     """Test accuracy (y) against training seconds (x), one point per row
-    (``{"label", "test_accuracy", "train_seconds"}``), with the Pareto front joined up."""
+    (``{"label", "test_accuracy", "train_seconds"}``), each named by its label, with the
+    Pareto front joined up."""
     title = "Test accuracy vs training time"
     valid = [r for r in rows if _valid(r)]
     if not valid:
         return _empty(title, "No finished runs")
     fig = _figure(title, xaxis_title="training time (s)", yaxis_title="test accuracy")
     hover = "%{text}<br>%{x:.1f} s<br>accuracy %{y:.1%}<extra></extra>"
-    fig.add_scatter(x=[r["train_seconds"] for r in valid], y=[r["test_accuracy"] for r in valid],
-                    text=[r["label"] for r in valid], name="runs", mode="markers",
-                    marker=dict(size=9), hovertemplate=hover)
     front = [rows[i] for i in pareto_front(rows)]
     fig.add_scatter(x=[r["train_seconds"] for r in front], y=[r["test_accuracy"] for r in front],
                     text=[r["label"] for r in front], name="Pareto front", mode="lines+markers",
-                    marker=dict(symbol="star", size=14), line=dict(dash="dash"), hovertemplate=hover)
-    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+                    marker={"symbol": "star", "size": 14}, line={"dash": "dash"}, hovertemplate=hover)
+    # Drawn last, so each point's name sits on top of the front's line.
+    fig.add_scatter(x=[r["train_seconds"] for r in valid], y=[r["test_accuracy"] for r in valid],
+                    text=[r["label"] for r in valid], name="runs", mode="markers+text",
+                    textposition=_label_positions(valid), cliponaxis=False,
+                    marker={"size": 9}, hovertemplate=hover)
+    # Room above 100% for the names of the best runs.
+    fig.update_yaxes(range=[0, 1.1], tickformat=".0%", tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
     return fig
+
+
+def _label_positions(rows: list) -> list:
+    """Where each point's name goes: above it, or below when an earlier point whose name
+    is above sits close by (within 6 points of accuracy and a tenth of the time axis), so
+    two close points' names do not print over each other."""
+    seconds = [r["train_seconds"] for r in rows]
+    span = (max(seconds) - min(seconds)) or 1.0
+    positions = []
+    for row in rows:
+        crowded = any(position == "top center" and abs(other["test_accuracy"] - row["test_accuracy"]) < 0.06
+                      and abs(other["train_seconds"] - row["train_seconds"]) < span / 10
+                      for other, position in zip(rows, positions))
+        positions.append("bottom center" if crowded else "top center")
+    return positions
 
 
 def top_k(labels: list, scores: list, title: str, seconds: float | None = None) -> go.Figure:
@@ -207,20 +238,29 @@ def top_k(labels: list, scores: list, title: str, seconds: float | None = None) 
 
 def compare_per_class(runs: list) -> go.Figure:
     """Test accuracy per class across runs (``{"label", "metrics"}``): one group of
-    horizontal bars per class, one colour per run. Classes come from the first run that
-    has them; a class a run has no test images for has no bar."""
+    horizontal bars per class, one colour per run. The classes are every run's, in the
+    order they first appear, so runs on different class sets can be shown together: a
+    class a run does not have, or has no test images for, has no bar (its text says which).
+    Every value is printed beside its bar, so 0% reads "0%" where no bar can be seen."""
     title = "Test accuracy per class, by run"
-    names = next((list(r["metrics"].get("class_names") or []) for r in runs if r["metrics"].get("class_names")), [])
+    names = []
+    for run in runs:
+        for name in run["metrics"].get("class_names") or []:
+            if name not in names:
+                names.append(name)
     if not runs or not names:
         return _empty(title, "No finished runs")
     fig = _figure(title, _per_row_height(len(names) * len(runs)),
                   xaxis_title="accuracy", yaxis_title="class", barmode="group")
     for run in runs:
+        own = set(run["metrics"].get("class_names") or [])
         per_class = run["metrics"].get("per_class_accuracy") or {}
-        values = [per_class.get(name) for name in names]
-        fig.add_bar(x=values, y=names, orientation="h", name=run["label"],
-                    text=["n/a" if v is None else f"{v:.0%}" for v in values], textposition="auto",
-                    hovertemplate=f"{run['label']}<br>%{{y}}: %{{text}}<extra></extra>")
-    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+        values = [per_class.get(name) if name in own else None for name in names]
+        text = [f"{v:.0%}" if v is not None else "n/a" if name in own else "not in this run"
+                for name, v in zip(names, values)]
+        fig.add_bar(x=values, y=names, orientation="h", name=run["label"], text=text, textposition="outside",
+                    cliponaxis=False, hovertemplate=f"{run['label']}<br>%{{y}}: %{{text}}<extra></extra>")
+    # Room right of 100% for the printed values.
+    fig.update_xaxes(range=[0, 1.12], tickformat=".0%", tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
     fig.update_yaxes(type="category", autorange="reversed")
     return fig

@@ -142,3 +142,18 @@ def head_on_features(strategy: str, head: str) -> bool:
 def fitted_exactly(strategy: str, head: str) -> bool:
     """Whether the head phase is an exact fit (L-BFGS) rather than gradient steps."""
     return head_on_features(strategy, head) and HEADS[head].linear
+
+
+def weights_warning(strategy: str, backbone: str, weights: str) -> str | None:
+    """The sentence saying why ``strategy`` cannot transfer anything with these weights (a
+    transfer strategy on a backbone with no pretrained weights, or with weights ``none``:
+    a frozen random network, whose head learns little), or ``None`` when it can."""
+    from tl.backbones import BACKBONES
+
+    if not STRATEGIES[strategy].pretrained or weights != "none":
+        return None  # scratch, ImageNet, an earlier run's backbone or a weights file
+    why = (f"{backbone} has no pretrained weights" if not BACKBONES[backbone].pretrained
+           else "the weights are random ('none')")
+    return (f"{strategy} transfers what the backbone learned, but {why}: its frozen layers are random "
+            "features, so the head learns little (the loss stays near chance). Choose scratch to train "
+            "the whole network, or a backbone with ImageNet weights.")

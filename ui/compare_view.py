@@ -11,7 +11,7 @@ from tl.datasets import DATASETS
 from tl.errors import UserError
 from tl.heads import HEADS
 from tl.strategies import STRATEGIES
-from ui.state import data_key, load_data, remember
+from ui.state import PLOTLY_CONFIG, data_key, load_data, remember
 
 LIVE_SECONDS = 1.0
 DEFAULTS = RunConfig()
@@ -19,9 +19,56 @@ DEFAULTS = RunConfig()
 
 # -- the sweep form ----------------------------------------------------------------------
 
-def sweep_form():
-    """Render the sweep's choices; return ``(base config, strategies)``, or ``None`` after
-    showing why they cannot run."""
+FORM_FIELDS = ("dataset", "data_dir", "backbone", "head", "weights", "epochs", "samples_per_class", "image_size",
+               "batch_size", "synthetic_classes")
+SAVED = "compare_saved"  # the form's values, kept when Streamlit drops the widgets' state off the page
+
+
+def follow_sweep(sweep) -> None:
+    """Set the form to ``sweep``'s settings, once each time the sweep on screen changes (a
+    reload, a shared ``?sweep=`` link), so the form describes what is shown below it."""
+    if sweep is None or st.session_state.get("compare_form_sweep") == sweep.id:
+        return
+    st.session_state["compare_form_sweep"] = sweep.id
+    try:
+        cfg, strategies = sweep.config, sweep.strategies
+    except (UserError, KeyError, TypeError, ValueError):
+        return  # a damaged sweep file: the view below says so; keep the form as it is
+    for field in FORM_FIELDS:
+        st.session_state[f"compare_{field}"] = getattr(cfg, field)
+    st.session_state["compare_strategies"] = list(strategies)
+    st.session_state["compare_strategies_for"] = [cfg.backbone, cfg.weights]
+    st.session_state["compare_strategies_default"] = None  # a choice to keep, not a default
+
+
+def _restore() -> None:
+    for key, value in st.session_state.get(SAVED, {}).items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+def _save() -> None:
+    keys = [f"compare_{f}" for f in FORM_FIELDS] + ["compare_strategies"]
+    st.session_state[SAVED] = {k: st.session_state[k] for k in keys if k in st.session_state}
+
+
+def _default(key: str, value) -> None:
+    if st.session_state.get(key) is None:
+        st.session_state[key] = value
+
+
+def sweep_form(sweep=None):
+    """Render the sweep's choices (set to ``sweep``'s when the sweep on screen changed);
+    return ``(base config, strategies)``, or ``None`` after showing why they cannot run."""
+    _restore()
+    follow_sweep(sweep)
+    try:
+        return _sweep_form()
+    finally:
+        _save()
+
+
+def _sweep_form():
     col1, col2, col3 = st.columns(3)
     dataset = col1.selectbox("Dataset", list(DATASETS), key="compare_dataset",
                              format_func=lambda name: f"{name}: {DATASETS[name].description}")
@@ -37,6 +84,11 @@ def sweep_form():
     weights = col2.selectbox("Weights of the pretrained strategies", weight_options, key="compare_weights",
                              help="scratch always starts from random weights: it is the no-transfer baseline.")
     min_size = BACKBONES[backbone].min_size
+    _default("compare_image_size", max(DEFAULTS.image_size, min_size))
+    if st.session_state["compare_image_size"] < min_size:
+        st.session_state["compare_image_size"] = max(DEFAULTS.image_size, min_size)
+    for field in ("samples_per_class", "batch_size", "synthetic_classes"):
+        _default(f"compare_{field}", getattr(DEFAULTS, field))
     values = dict(
         dataset=dataset, data_dir=data_dir or None, backbone=backbone, head=head, weights=weights,
         epochs=col2.number_input("Epochs", min_value=1, max_value=1000, value=None, key="compare_epochs",
@@ -45,23 +97,17 @@ def sweep_form():
                                       "empty: each strategy's own default. Heads on cached features are fitted "
                                       "to convergence either way."),
         samples_per_class=col2.number_input("Images per class (cap, 0 = all)", min_value=0,
-                                            value=DEFAULTS.samples_per_class, step=50, key="compare_samples_per_class"),
+                                            step=50, key="compare_samples_per_class"),
         image_size=col3.number_input("Image size (pixels)", min_value=min_size, max_value=1024,
-                                     value=max(DEFAULTS.image_size, min_size), step=16, key="compare_image_size"),
-        batch_size=col3.number_input("Batch size", min_value=1, max_value=4096, value=DEFAULTS.batch_size,
-                                     key="compare_batch_size"),
+                                     step=16, key="compare_image_size"),
+        batch_size=col3.number_input("Batch size", min_value=1, max_value=4096, key="compare_batch_size"),
     )
     if dataset == "synthetic":
         values["synthetic_classes"] = col3.number_input("Synthetic classes", min_value=2, max_value=10,
-                                                        value=DEFAULTS.synthetic_classes, key="compare_synthetic_classes")
+                                                        key="compare_synthetic_classes")
     values = {k: int(v) if isinstance(v, float) else v for k, v in values.items()}
     values["fine_tune_epochs"] = values["epochs"]  # None: each strategy's default
-    options = sweeps.strategies_for(backbone)
-    # All of them at first; later, keep the user's choice minus what a new backbone cannot run.
-    chosen = st.session_state.get("compare_strategies", options)
-    st.session_state["compare_strategies"] = [name for name in chosen if name in options]
-    strategies = st.multiselect("Strategies", options, key="compare_strategies",
-                                help="One run each, on the same seeded split; scratch is the no-transfer baseline.")
+    strategies = _strategy_choice(backbone, weights)
     try:
         base = RunConfig(**values)
         sweeps.sweep_configs(base, strategies, "check")
@@ -69,6 +115,38 @@ def sweep_form():
         st.error(str(exc))
         return None
     return base, strategies
+
+
+def _strategy_choice(backbone: str, weights: str) -> list:
+    """The strategies multiselect. Strategies whose weights cannot be had now are not
+    offered; transfer strategies with nothing to transfer are offered but not chosen by
+    default; each with its reason. A new backbone or weights resets an untouched choice to
+    the new default, and keeps a changed one minus what no longer applies."""
+    choices = sweeps.strategy_choices(backbone, weights)
+    options, default, pointless = choices["options"], choices["default"], choices["pointless"]
+    if choices["unavailable"]:
+        st.warning(f"{choices['why']} Not offered until then: {', '.join(choices['unavailable'])}.",
+                   icon=":material/cloud_off:")
+    chosen = st.session_state.get("compare_strategies")
+    before = st.session_state.get("compare_strategies_default")
+    if chosen is None or chosen == before:
+        chosen = default  # first visit, or the user kept the previous default
+    elif st.session_state.get("compare_strategies_for") != [backbone, weights]:
+        chosen = [name for name in chosen if name in options and name not in pointless] or default
+    st.session_state["compare_strategies"] = [name for name in chosen if name in options]
+    st.session_state["compare_strategies_default"] = default
+    st.session_state["compare_strategies_for"] = [backbone, weights]
+    strategies = st.multiselect("Strategies", options, key="compare_strategies",
+                                help="One run each, on the same seeded split; scratch is the no-transfer baseline.")
+    if pointless:
+        names = list(pointless)
+        why = pointless[names[0]] + (f" The same holds for {', '.join(names[1:])}." if len(names) > 1 else "")
+        picked = [name for name in strategies if name in pointless]
+        if picked:
+            st.warning(why, icon=":material/warning:")
+        else:
+            st.caption(f"Not chosen by default (add them above to compare anyway): {why}")
+    return strategies
 
 
 @st.cache_data(show_spinner="Measuring how close the images are to ImageNet...", max_entries=32)
@@ -81,12 +159,18 @@ def _similarity(cfg_json: str, backbone: str):
 def start_sweep(root: str, manager, base, strategies):
     """Measure the advisor's inputs, write the sweep and queue its runs; return the sweep,
     or ``None`` after showing why it could not start."""
-    from tl.advisor import advise, images_per_class
+    from tl.advisor import Similarity, advise, images_per_class, no_transfer
 
     try:
         key = data_key(base)
         data = load_data(key)
-        advice = advise(images_per_class(data), _similarity(key, base.backbone))
+        unavailable = sweeps.weights_unavailable(base.backbone, base.weights)
+        if no_transfer(base.backbone, base.weights, unavailable):  # the advice is scratch: nothing to measure
+            similarity = Similarity(None, None, 0, "not measured, as nothing pretrained can be transferred.")
+        else:
+            similarity = _similarity(key, base.backbone)
+        advice = advise(images_per_class(data), similarity, backbone=base.backbone, weights=base.weights,
+                        unavailable=unavailable)
         sweep = sweeps.create(base, strategies, root, advice=advice.to_dict())
         sweeps.submit(sweep, manager)
     except UserError as exc:
@@ -102,7 +186,9 @@ def current_sweep(root: str):
         return None
     try:
         sweep = sweeps.load(sweep_id, root)
-    except UserError:
+    except sweeps.SweepNotFound:
+        st.warning(f"No sweep '{sweep_id}' in {sweeps.sweeps_root(root)}; it was deleted or the link comes from "
+                   "another runs folder, so start a new comparison above.", icon=":material/search_off:")
         return None
     show_sweep(sweep.id)
     return sweep
@@ -115,31 +201,34 @@ def show_sweep(sweep_id: str) -> None:
 # -- a sweep: progress, then results -----------------------------------------------------
 
 def sweep_view(sweep, manager) -> None:
-    """The advice, one progress view for all its runs while any is active, the
-    comparison of those that finished, and how the advice fared."""
+    """The advice, one table of all its runs (live while any is active: status, progress,
+    results, why a run failed), and the charts and verdict for those that finished."""
     st.subheader(f"Sweep {sweep.id}")
+    cfg = sweep.config
+    st.caption(f"{cfg.dataset} · backbone {cfg.backbone} · head {cfg.head} · weights {cfg.weights} "
+               "(scratch: random)")
     advice = sweep.advice
     if advice:
-        st.info(f"**Advisor**: {advice['case']} → **{advice['strategy']}**. {advice['basis']}",
+        reason = f" {advice['reason']}" if advice.get("reason") else ""
+        st.info(f"**Advisor**: {advice['case']} → **{advice['strategy']}**.{reason}\n\n{advice['basis']}",
                 icon=":material/lightbulb:")
-    statuses = sweep.statuses()
-    active = any(status in sweeps.ACTIVE for status in statuses.values())
+    table = sweep_table(sweep)
+    active = any(row["status"] in sweeps.ACTIVE for row in table)
     if active:
-        _live(sweep, manager, _finished(statuses))
+        _live(sweep, manager, _finished(table))
     else:
-        st.dataframe(_status_table(sweep, statuses), hide_index=True, key="sweep_status")
-    summaries = {run.id: (run, run.summary()) for run in sweep.runs()}  # a damaged run reads as "damaged"
-    done = [run for run, row in summaries.values() if row["status"] == "done"]
+        show_table(table, key="sweep_table")
+    done = {row["run_id"]: row["strategy"] for row in table if row["status"] == "done"}  # damaged: "damaged"
     if not done:
         return
-    table = comparison(done, labels={run.id: summaries[run.id][1]["strategy"] for run in done}, key="sweep")
+    comparison([runs.Run(sweep.root / run_id) for run_id in done], labels=done, key="sweep", table=table)
     verdict = sweeps.verdict(advice["strategy"], table) if advice else None
     if verdict and not active:
         (st.success if verdict["ok"] else st.warning)(verdict["message"])
 
 
-def _finished(statuses: dict) -> int:
-    return sum(status in runs.FINISHED for status in statuses.values())
+def _finished(table: list) -> int:
+    return sum(row["status"] in runs.FINISHED for row in table)
 
 
 def _live(sweep, manager, finished: int) -> None:
@@ -147,12 +236,11 @@ def _live(sweep, manager, finished: int) -> None:
     reruns once the number of finished runs differs from the ``finished`` it showed."""
     @st.fragment(run_every=LIVE_SECONDS)
     def live():
-        statuses = sweep.statuses()
-        if _finished(statuses) != finished:
+        table = sweep_table(sweep)
+        if _finished(table) != finished:
             st.rerun()  # the whole page: a result to fill in, or the sweep has ended
-        table = _status_table(sweep, statuses)
         st.progress(finished / len(table), text=f"{finished} of {len(table)} runs finished")
-        st.dataframe(table, hide_index=True, key="sweep_status")
+        show_table(table, key="sweep_table")
         if st.button("Stop sweep", key="sweep_stop"):
             sweeps.stop(sweep, manager)
             st.toast("Stopping: queued runs are cancelled, the running one stops after its current batch.")
@@ -160,19 +248,17 @@ def _live(sweep, manager, finished: int) -> None:
     live()
 
 
-def _status_table(sweep, statuses: dict) -> list:
-    ids = sweep.run_ids
-    table = []
-    for strategy, status in statuses.items():
-        row = {"strategy": strategy, "status": status, "epochs": "", "test accuracy": None, "run": ids.get(strategy, "")}
-        if strategy in ids and status not in ("not started", "deleted", runs.DAMAGED):
-            run = runs.Run(sweep.root / ids[strategy])
+def sweep_table(sweep) -> list:
+    """:func:`tl.sweep.sweep_rows` with each run's progress in epochs."""
+    table = sweeps.sweep_rows(sweep)
+    for row in table:
+        row["epochs"] = ""
+        if row["run_id"] and row["status"] not in ("not started", "deleted", runs.DAMAGED):
+            run = runs.Run(sweep.root / row["run_id"])
             try:
                 row["epochs"] = epochs_label(run.config, run.history)
-                row["test accuracy"] = run.metrics.get("test_accuracy")
             except runs.RunDamaged:
                 row["status"] = runs.DAMAGED
-        table.append(row)
     return table
 
 
@@ -185,51 +271,155 @@ def epochs_label(cfg, history) -> str:
     return f"{stepped}/{cfg.total_epochs}"
 
 
+# -- the one table -----------------------------------------------------------------------
+
+# Widths in pixels, so that the table keeps every column on screen in a 1400-pixel window
+# (wide layout, sidebar open: about 940 pixels): the run id gets what is left of TABLE_WIDTH,
+# and when a run failed the rows grow to wrap its reason (and the id) over four lines.
+TABLE_WIDTH = 900
+RUN_WIDTH = 140  # the least the run id gets: 20 characters a line
+TALL_ROW = 84
+ROW, HEADER = 35, 35  # Streamlit's default heights
+COLUMN_CONFIG = {
+    "strategy": st.column_config.TextColumn("strategy", width=125),
+    "status": st.column_config.TextColumn("status", width=75),
+    "dataset": st.column_config.TextColumn("dataset", width=100),
+    "backbone": st.column_config.TextColumn("backbone", width=120),
+    "head": st.column_config.TextColumn("head", width=115),
+    "epochs": st.column_config.TextColumn("epochs", width=70, help="Epochs of the image-trained phases, run of "
+                                          "at most; or the iterations of an exact fit on cached features."),
+    "test_accuracy": st.column_config.NumberColumn("test acc", format="percent", width=70,
+                                                   help="Accuracy on the held-out test images."),
+    "best_val_accuracy": st.column_config.NumberColumn("best val acc", format="percent", width=85,
+                                                       help="The best validation accuracy of any epoch."),
+    "seconds": st.column_config.NumberColumn("time (s)", format="%.1f", width=65,
+                                             help="Training time, feature extraction included (zero when cached "
+                                                  "features were reused)."),
+    "trainable_params": st.column_config.NumberColumn("trained params", format="localized", width=100,
+                                                      help="How many weights the strategy trains."),
+    "reason": st.column_config.TextColumn("why it stopped", width=190,
+                                          help="Why a run failed or was cancelled; click a cell to read all of it."),
+    "run_id": st.column_config.TextColumn("run", help="The run's id (its folder); click a cell to read all of it."),
+}
+SWEEP_COLUMNS = ("strategy", "status", "epochs", "test_accuracy", "best_val_accuracy", "seconds",
+                 "trainable_params", "reason", "run_id")
+PICK_COLUMNS = ("strategy", "dataset", "backbone", "head", "test_accuracy", "best_val_accuracy", "seconds",
+                "trainable_params", "run_id")
+VARYING = ("dataset", "backbone", "head")  # shown only where the runs differ in them
+
+
+def show_table(table: list, key: str, columns=SWEEP_COLUMNS) -> None:
+    """One comparison table of ``table``'s rows (:func:`tl.sweep.run_row`), with the
+    ``columns`` that say something: a column of empty reasons, or a dataset, backbone or
+    head all rows share, is left out (a caption names what they share). Every count, size
+    and time is in the CSV download."""
+    shared = {column: table[0].get(column) for column in VARYING
+              if column in columns and table and len({row.get(column) for row in table}) == 1}
+    if not any(row.get("reason") for row in table):
+        shared["reason"] = None
+    shown = [column for column in columns if column not in shared]
+    config = {column: COLUMN_CONFIG[column] for column in shown}
+    used = sum(COLUMN_CONFIG[column]["width"] for column in shown if column != "run_id")
+    config["run_id"] = dict(COLUMN_CONFIG["run_id"], width=max(RUN_WIDTH, TABLE_WIDTH - used))
+    tall = "reason" in shown  # a failure's reason wraps in its cell
+    rows = [{column: _cell(row, column) for column in shown} for row in table]
+    st.dataframe(rows, hide_index=True, key=key, column_order=shown, column_config=config, placeholder="–",
+                 row_height=TALL_ROW if tall else None,
+                 height=HEADER + len(rows) * (TALL_ROW if tall else ROW) + 3 if len(rows) <= 12 else "auto")
+    same = [f"{column} {value}" for column, value in shared.items() if value is not None and len(table) > 1]
+    if same:
+        st.caption(f"All {len(table)} runs: {', '.join(same)}.")
+
+
+def _cell(row: dict, column: str):
+    if column == "seconds":  # what the accuracy-vs-time chart plots
+        if row.get("train_seconds") is None:
+            return None
+        return (row["train_seconds"] or 0) + (row.get("extract_seconds") or 0)
+    return row.get(column)
+
+
 # -- any runs side by side ---------------------------------------------------------------
 
-def comparison(run_list: list, labels: dict, key: str) -> list:
-    """The table (with a CSV download), validation curves against epoch and time,
-    test accuracy against training time with the Pareto front, and per-class accuracy.
-    Returns the table's rows (:func:`tl.sweep.rows`)."""
-    table = sweeps.rows(run_list)
-    st.dataframe(table, hide_index=True, key=f"{key}_table", column_config={
-        "test_accuracy": st.column_config.NumberColumn("test accuracy", format="%.4f"),
-        "best_val_accuracy": st.column_config.NumberColumn("best val accuracy", format="%.4f"),
-        "train_seconds": st.column_config.NumberColumn("train s", format="%.2f"),
-        "extract_seconds": st.column_config.NumberColumn("feature extraction s", format="%.2f"),
-        "images_per_second": st.column_config.NumberColumn("images/s", format="%.1f"),
-    })
+def comparison(run_list: list, labels: dict, key: str, table: list | None = None) -> list:
+    """A CSV download of the table, validation curves against epoch and time, test accuracy
+    against training time with the Pareto front, and per-class accuracy, of ``run_list``
+    (finished runs). The table itself is shown here unless the caller passes the ``table``
+    it showed already (which may hold unfinished runs too: they are in the CSV, not the
+    charts). Returns the table's rows (:func:`tl.sweep.rows`)."""
+    if table is None:
+        table = sweeps.rows(run_list)
+        show_table(table, key=f"{key}_table", columns=PICK_COLUMNS)
     st.download_button("Download the table (CSV)", data=sweeps.to_csv(table), file_name="comparison.csv",
                        mime="text/csv", key=f"{key}_csv", on_click="ignore")
     curves = [{"label": labels[run.id], "history": run.history} for run in run_list]
     for x in ("epoch", "time"):
         left, right = st.columns(2)
-        left.plotly_chart(plots.compare_curves(curves, "val_accuracy", x), key=f"{key}_val_accuracy_{x}")
-        right.plotly_chart(plots.compare_curves(curves, "val_loss", x), key=f"{key}_val_loss_{x}")
+        left.plotly_chart(plots.compare_curves(curves, "val_accuracy", x), key=f"{key}_val_accuracy_{x}", config=PLOTLY_CONFIG)
+        right.plotly_chart(plots.compare_curves(curves, "val_loss", x), key=f"{key}_val_loss_{x}", config=PLOTLY_CONFIG)
     # Feature extraction is part of what those strategies cost (0 when the cache was reused).
     cost = [{"label": labels[row["run_id"]], "test_accuracy": row["test_accuracy"],
-             "train_seconds": (row["train_seconds"] or 0) + (row["extract_seconds"] or 0)
-             if row["train_seconds"] is not None else None} for row in table]
+             "train_seconds": _cell(row, "seconds")} for row in table if row["run_id"] in labels]
     left, right = st.columns(2)
-    left.plotly_chart(plots.accuracy_vs_cost(cost), key=f"{key}_cost")
+    left.plotly_chart(plots.accuracy_vs_cost(cost), key=f"{key}_cost", config=PLOTLY_CONFIG)
     left.caption("Training time includes feature extraction (zero when cached features were reused).")
     right.plotly_chart(plots.compare_per_class([{"label": labels[run.id], "metrics": run.metrics}
-                                                for run in run_list]), key=f"{key}_per_class")
+                                                for run in run_list]), key=f"{key}_per_class",
+                       config=PLOTLY_CONFIG)
     return table
 
 
 def pick_runs(root: str) -> None:
-    """Choose any finished runs and compare them."""
+    """Choose any finished runs and compare them; warn when they are not on the same data."""
     rows = {run.id: (run, run.summary()) for run in runs.list_runs(root)}  # damaged runs read as "damaged"
     done = {run_id: pair for run_id, pair in rows.items() if pair[1]["status"] == "done"}
     if not done:
         st.info("No finished runs yet: train some on the Train page, or run a sweep.")
         return
     by_id = {run_id: run for run_id, (run, _) in done.items()}
-    labels = {run_id: f"{row['strategy']} · {run_id}" for run_id, (_, row) in done.items()}
-    chosen = st.multiselect("Finished runs", list(by_id), key="compare_pick", format_func=labels.get,
+    names = {run_id: f"{row['strategy']} · {row['dataset']} · {run_id}" for run_id, (_, row) in done.items()}
+    chosen = st.multiselect("Finished runs", list(by_id), key="compare_pick", format_func=names.get,
                             placeholder="Choose two or more runs")
     if not chosen:
         st.caption("Choose the runs to put side by side.")
         return
-    comparison([by_id[run_id] for run_id in chosen], labels, key="pick")
+    picked = [by_id[run_id] for run_id in chosen]
+    warning = mixed_data_warning(picked)
+    if warning:
+        st.warning(warning, icon=":material/warning:")
+    comparison(picked, chart_labels(picked), key="pick")
+
+
+def chart_labels(run_list: list) -> dict:
+    """Short names for the charts' legends and points: the strategy, with the end of the
+    run id (as in the table's run column) where two runs share a strategy."""
+    strategies = {run.id: run.summary()["strategy"] for run in run_list}
+    counts = {}
+    for strategy in strategies.values():
+        counts[strategy] = counts.get(strategy, 0) + 1
+    labels = {run_id: strategy if counts[strategy] == 1 else f"{strategy} · {run_id[-4:]}"
+              for run_id, strategy in strategies.items()}
+    if len(set(labels.values())) < len(labels):  # the ends of two ids agree: the whole ids
+        labels = {run_id: f"{strategy} · {run_id}" for run_id, strategy in strategies.items()}
+    return labels
+
+
+def mixed_data_warning(run_list: list) -> str | None:
+    """The sentence saying that the runs were not trained on the same data (different
+    datasets or data folders, or different classes), or ``None`` when they were."""
+    datasets = {}
+    classes = {}
+    for run in run_list:
+        cfg = run.config
+        name = cfg.dataset + (f" ({cfg.data_dir})" if cfg.data_dir else "")
+        datasets.setdefault(name, []).append(run.id)
+        classes.setdefault(tuple(run.metrics.get("class_names") or ()), []).append(run.id)
+    if len(datasets) > 1:
+        which = "; ".join(f"{name}: {len(ids)} run{'s' if len(ids) > 1 else ''}" for name, ids in datasets.items())
+        return (f"These runs are on different datasets ({which}), so their accuracies are not comparable; "
+                "the per-class chart lists every dataset's classes, a run has no bar for a class it does not have.")
+    if len(classes) > 1:
+        return ("These runs have different classes (the same dataset read with other settings or another "
+                "folder content), so their accuracies are not comparable; the per-class chart lists every run's "
+                "classes, a run has no bar for a class it does not have.")
+    return None

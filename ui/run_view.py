@@ -6,7 +6,7 @@ import streamlit as st
 
 from tl import plots, runs
 from tl.errors import UserError
-from ui.state import data_key, load_data, show_run
+from ui.state import PLOTLY_CONFIG, data_key, load_data, show_run
 
 LIVE_SECONDS = 1.0
 
@@ -29,7 +29,7 @@ def dataset_preview(cfg) -> None:
     _leakage_warning(data)
     left, right = st.columns([2, 3])
     counts = data.counts()
-    left.plotly_chart(plots.class_counts(counts), key="preview_counts")
+    left.plotly_chart(plots.class_counts(counts), key="preview_counts", config=PLOTLY_CONFIG)
     sizes = {split: len(idx) for split, idx in data.splits.items()}
     left.caption(f"Split: {sizes['train']} train / {sizes['val']} validation / {sizes['test']} test "
                  f"(seed {cfg.seed}, stratified)."
@@ -119,10 +119,14 @@ def live_progress(run, manager) -> None:
         else:
             st.progress(progress["fraction"], text=progress["text"])
         history = run.history
-        left, right = st.columns(2)
-        left.plotly_chart(plots.curves(history, "loss", batches=progress["batches"]), key=f"live_loss_{run.id}")
-        right.plotly_chart(plots.curves(history, "accuracy", batches=progress["batches"]),
-                           key=f"live_acc_{run.id}")
+        if history or progress["batches"]:
+            left, right = st.columns(2)
+            left.plotly_chart(plots.curves(history, "loss", batches=progress["batches"]),
+                              key=f"live_loss_{run.id}", config=PLOTLY_CONFIG)
+            right.plotly_chart(plots.curves(history, "accuracy", batches=progress["batches"]),
+                               key=f"live_acc_{run.id}", config=PLOTLY_CONFIG)
+        elif status["status"] == "running":
+            st.caption("The loss and accuracy curves appear here after the first batches.")
         if st.button("Stop", key="train_stop", type="secondary"):
             manager.cancel(run.id)
             st.toast("Stopping at the end of the current batch...")
@@ -134,7 +138,7 @@ def live_progress(run, manager) -> None:
 def _progress(run) -> dict:
     """Fraction done and a line of text, from the run's events (read incrementally)."""
     cache = st.session_state.setdefault("event_cache", {})
-    offset, seen = cache.get(run.id, (0, {"batches": [], "features": None, "phase": None}))
+    offset, seen = cache.get(run.id, (0, {"batches": [], "features": None, "phase": None, "data": None}))
     events, offset = run.events(offset)
     for event in events:
         if event["type"] == "batch":
@@ -147,18 +151,25 @@ def _progress(run) -> dict:
             seen["features"] = event
         elif event["type"] == "phase":
             seen["phase"] = event
+        elif event["type"] == "data":
+            seen["data"] = event
     cache[run.id] = (offset, seen)
 
     done = len(run.history)
     phase = seen["phase"]
-    fraction, text = 0.0, "Starting"
+    fraction, text = 0.0, ("Starting: loading TensorFlow, reading the data and building the model (a few "
+                           "seconds)...")
+    if seen.get("data"):
+        text = (f"Starting: {seen['data']['images']:,} images read; building the model and compiling the "
+                "first steps...")
     if phase and phase.get("method") == "exact":
         iteration = done - phase["first_epoch"] + 1
         fraction, text = 0.9, f"Fitting the head exactly on the cached features: iteration {max(iteration, 0)}"
     elif phase:
         planned = max(phase["epochs"] or 1, 1)
-        epoch = done - phase["first_epoch"] + 1
-        fraction, text = epoch / planned, f"Epoch {epoch}/{planned}"
+        completed = max(done - phase["first_epoch"] + 1, 0)  # epochs of this phase already finished
+        fraction = completed / planned
+        text = f"Epoch {min(completed + 1, planned)}/{planned}" + ("" if seen["batches"] else " · first batch...")
         if seen["batches"]:
             last = seen["batches"][-1]
             fraction = (last["epoch"] - phase["first_epoch"] + last["step"] / max(last["steps"] or 1, 1)) / planned
@@ -182,7 +193,10 @@ def results(run) -> None:
         st.error(problem, icon=":material/broken_image:")
         return
     if status["status"] != "done":
-        message = f"This run is {status['status']}: {status.get('reason') or ''}"
+        said = {"failed": "This run failed", "cancelled": "This run was stopped before it finished"}
+        message = said.get(status["status"], f"This run is {status['status']}")
+        reason = status.get("reason")
+        message += f": {reason}" if reason else "."
         (st.warning if status["status"] == "cancelled" else st.error)(message)
         if run.history:
             _curves(run)
@@ -192,16 +206,27 @@ def results(run) -> None:
     m1.metric("Test accuracy", f"{metrics['test_accuracy']:.1%}")
     m2.metric("Test loss", f"{metrics['test_loss']:.3f}")
     m3.metric("Training time", f"{metrics['train_seconds']:.0f} s")
-    m4.metric("Trainable / total parameters", f"{metrics['trainable_params']:,} / {metrics['total_params']:,}")
+    m4.metric("Trained parameters", _count(metrics["trainable_params"]),
+              help=f"{metrics['trainable_params']:,} of the model's {metrics['total_params']:,} parameters were trained.")
+    st.caption(f"{metrics['test_size']:,} test images · {metrics['trainable_params']:,} of "
+               f"{metrics['total_params']:,} parameters trained.")
     _convergence(metrics)
     _curves(run)
     left, right = st.columns(2)
-    left.plotly_chart(plots.per_class_accuracy(metrics), key=f"per_class_{run.id}")
+    left.plotly_chart(plots.per_class_accuracy(metrics), key=f"per_class_{run.id}", config=PLOTLY_CONFIG)
     picked = right.plotly_chart(plots.confusion_matrix(metrics), key=f"confusion_{run.id}",
-                                on_select="rerun", selection_mode="points")
+                                on_select="rerun", selection_mode="points", config=PLOTLY_CONFIG)
     _mistakes(run, metrics, _clicked_cell(picked))
     _downloads(run)
     _export_downloads(run)
+
+
+def _count(n: int) -> str:
+    """A parameter count short enough for a metric tile: 72.6k, 4.0M."""
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
 
 
 def _convergence(metrics) -> None:
@@ -218,8 +243,8 @@ def _convergence(metrics) -> None:
 
 def _curves(run) -> None:
     left, right = st.columns(2)
-    left.plotly_chart(plots.curves(run.history, "loss"), key=f"loss_{run.id}")
-    right.plotly_chart(plots.curves(run.history, "accuracy"), key=f"acc_{run.id}")
+    left.plotly_chart(plots.curves(run.history, "loss"), key=f"loss_{run.id}", config=PLOTLY_CONFIG)
+    right.plotly_chart(plots.curves(run.history, "accuracy"), key=f"acc_{run.id}", config=PLOTLY_CONFIG)
 
 
 def _clicked_cell(picked):
@@ -236,8 +261,11 @@ def _mistakes(run, metrics, clicked) -> None:
     if not wrong:
         return
     names = ["any"] + metrics["class_names"]
-    if clicked:
+    # A selected cell stays selected over reruns: apply it when it changes, so the dropdowns
+    # can still be changed by hand afterwards.
+    if clicked and st.session_state.get(f"mis_click_{run.id}") != clicked:
         st.session_state[f"mis_true_{run.id}"], st.session_state[f"mis_pred_{run.id}"] = clicked
+    st.session_state[f"mis_click_{run.id}"] = clicked
     c1, c2 = st.columns(2)
     true = c1.selectbox("True class", names, key=f"mis_true_{run.id}")
     predicted = c2.selectbox("Predicted class", names, key=f"mis_pred_{run.id}",
@@ -272,31 +300,37 @@ def _downloads(run) -> None:
 
 
 # (format, quantize, label); labels and the card are instant, the rest take seconds to build.
-EXPORTS = (("savedmodel", False, "SavedModel (.zip)"), ("tflite", False, "TFLite (float)"),
-           ("tflite", True, "TFLite (8-bit weights)"), ("labels", False, "labels.txt"),
+EXPORTS = (("savedmodel", False, "SavedModel (.zip)"), ("tflite", False, "TFLite, float"),
+           ("tflite", True, "TFLite, 8-bit"), ("labels", False, "labels.txt"),
            ("card", False, "Model card (.md)"))
 
 
 def _export_downloads(run) -> None:
-    """Other formats: a Build button, then a download. Builds are kept in the run's
-    exports/ folder, so reruns and other sessions download without converting again."""
+    """Other formats: a Build button, then (in its place) a download. Builds are kept in the
+    run's exports/ folder, so reruns and other sessions download without converting again."""
     from tl import export
 
     st.markdown("**Export** (the TFLite models take a uint8 RGB image of any size and resize it to "
-                f"{run.config.image_size}x{run.config.image_size} inside; see the model card)")
-    for column, (fmt, quantize, label) in zip(st.columns(len(EXPORTS)), EXPORTS):
+                f"{run.config.image_size}x{run.config.image_size} inside; 8-bit: weights quantised, about "
+                "4x smaller; see the model card)")
+    columns = st.columns(3)
+    for n, (fmt, quantize, label) in enumerate(EXPORTS):
+        column = columns[n % 3]
         key = f"{fmt}{'_int8' if quantize else ''}_{run.id}"
         path = export.cached_path(run, fmt, quantize)
+        slot = column.empty()  # the Build button, replaced by the download once built
         instant = fmt in ("labels", "card")
-        if not path.is_file() and (instant or column.button(f"Build {label}", key=f"build_{key}")):
+        if not path.is_file() and (instant or slot.button(f"Build {label}", key=f"build_{key}",
+                                                           width="stretch")):
             try:
-                with column, st.spinner(f"Building {label}..."):
+                with slot, st.spinner(f"Building {label}..."):
                     export.cached(run, fmt, quantize)
             except UserError as exc:
-                column.error(str(exc))
+                slot.error(str(exc))
         if path.is_file():
-            column.download_button(label, data=lambda path=path: path.read_bytes(), file_name=path.name,
-                                   key=f"dl_{key}", on_click="ignore")
+            slot.download_button(label, data=lambda path=path: path.read_bytes(), file_name=path.name,
+                                 key=f"dl_{key}", on_click="ignore", width="stretch",
+                                 icon=":material/download:")
 
 
 # -- runs list -------------------------------------------------------------------------
@@ -317,7 +351,13 @@ def runs_list(root: str, manager) -> None:
     damaged = [row for row in rows if row["status"] == "damaged"]
     st.caption(f"{len(rows)} run{'s' if len(rows) != 1 else ''}"
                + (f", {len(damaged)} damaged (delete them, or restore their files)" if damaged else ""))
-    st.dataframe(table, hide_index=True, key="runs_table")
+    text = st.column_config.TextColumn
+    st.dataframe(table, hide_index=True, key="runs_table", column_config={  # fits 900 px: no column cut off
+        "run": text("run", width=250), "status": text("status", width=80), "dataset": text("dataset", width=90),
+        "backbone": text("backbone", width=120), "strategy": text("strategy", width=120),
+        "head": text("head", width=110),
+        "test accuracy": st.column_config.NumberColumn("test acc", width=70, format="percent"),
+        "seconds": st.column_config.NumberColumn("seconds", width=70)})
     if damaged:
         with st.expander(f"Why {'these runs are' if len(damaged) > 1 else 'this run is'} damaged",
                          expanded=len(damaged) <= 3):

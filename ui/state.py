@@ -4,6 +4,10 @@ import streamlit as st
 
 from tl import runs
 
+# Plotly's own toolbar floats over a chart's title on a phone; Streamlit's element toolbar
+# (full screen, download) stays.
+PLOTLY_CONFIG = {"displayModeBar": False, "displaylogo": False}
+
 
 def runs_dir() -> str:
     """The runs folder (``$TL_RUNS_DIR`` or ./runs), resolved."""
@@ -38,20 +42,37 @@ def data_key(cfg) -> str:
 
 
 def current_run(root: str):
-    """The run the Train page shows: this session's, else the one in the URL, else the
-    newest running or queued one, else ``None``. Kept in the URL so a reload finds it."""
-    run_id = st.session_state.get("run_id") or st.query_params.get("run")
+    """The run the Train page shows: this session's choice, else (on the first visit of
+    the session: a reload or a shared link) the one in the URL, else the newest running or
+    queued one, else ``None``. Kept in the URL so a reload finds it.
+
+    Within a session the page's own choice wins over the URL, so coming Back from another
+    page (whose ``?run=`` may still be in the address) shows what the user left here. An id
+    in the URL that names no run gets one sentence, and the page goes on without it."""
+    first_visit = not st.session_state.get("train_visited")
+    st.session_state["train_visited"] = True
+    run_id = st.session_state.get("run_id")
+    wanted = st.query_params.get("run") if first_visit else None
     run = None
-    if run_id:
+    for candidate in (run_id, wanted):
+        if not candidate:
+            continue
         try:
-            run = runs.get(run_id, root)
+            run = runs.get(candidate, root)
+            break
         except runs.RunNotFound:
-            run = None
-    if run is None:
+            if candidate == wanted:
+                del st.query_params["run"]
+                st.warning(f"There is no run '{candidate}' in {root} (deleted, or a link from another "
+                           "machine); pick one from the runs list below.", icon=":material/link_off:")
+            st.session_state.pop("run_id", None)
+    if run is None and first_visit:
         active = [r for r in runs.list_runs(root) if r.status().get("status") in ("running", "queued")]
         run = active[-1] if active else None  # the oldest active one is training now
     if run is not None:
-        show_run(run.id)
+        # The session remembers it; the address is written only by a user's choice
+        # (show_run): each change of it is a step in the browser's history.
+        st.session_state["run_id"] = run.id
     return run
 
 

@@ -1,14 +1,16 @@
 """The Train page's choices: registry selectboxes and hyper-parameters -> a RunConfig."""
 
+import dataclasses
+
 import streamlit as st
 
 from tl import runs
 from tl.backbones import BACKBONES, check_installed_weights
-from tl.config import OPTIMIZERS, RunConfig
+from tl.config import OPTIMIZER_DESCRIPTIONS, OPTIMIZERS, STRATEGY_DEFAULTS, RunConfig
 from tl.datasets import DATASETS
 from tl.errors import UserError
 from tl.heads import HEADS
-from tl.strategies import STRATEGIES
+from tl.strategies import STRATEGIES, weights_warning
 
 DEFAULTS = RunConfig()
 WEIGHT_CHOICES = {
@@ -24,6 +26,103 @@ def _describe(registry):
     return lambda name: f"{name}: {registry[name].description}"
 
 
+# The widgets' keys: ``train_<field>`` for each of these config fields.
+FIELDS = ("dataset", "backbone", "strategy", "head", "image_size", "samples_per_class", "batch_size",
+          "class_weight", "seed", "epochs", "min_steps", "learning_rate", "optimizer", "dropout",
+          "early_stopping", "augment", "fine_tune_epochs", "fine_tune_layers", "fine_tune_learning_rate",
+          "synthetic_classes")
+OTHER_KEYS = ("train_weights", "train_weights_run", "train_weights_file", "train_source", "train_data_dir")
+SAVED = "train_saved"  # a copy of the form's values that outlives the widgets (see _restore)
+FOLLOWED = "train_form_run"  # the run whose settings the form was last set to
+
+
+def _restore() -> None:
+    """Put back the values the widgets had when the user left the page: Streamlit drops a
+    widget's state once a run of another page does not draw it, so without this copy the
+    form would come back at the defaults (after Classify and Back, for instance)."""
+    for key, value in st.session_state.get(SAVED, {}).items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+def _save() -> None:
+    keys = [f"train_{f}" for f in FIELDS] + list(OTHER_KEYS)
+    st.session_state[SAVED] = {k: st.session_state[k] for k in keys if k in st.session_state}
+
+
+def follow_run(run) -> None:
+    """Set the form to ``run``'s own settings, once each time the run on screen changes (a
+    reload, a shared link, Open), so the form always describes the run below it and Train
+    trains it again. Fields left to the strategy's default read as auto again."""
+    if run is None or st.session_state.get(FOLLOWED) == run.id:
+        return
+    st.session_state[FOLLOWED] = run.id
+    try:
+        cfg = run.config
+    except UserError:
+        return  # a damaged run: the results say why; the form keeps its values
+    values = cfg.to_dict()
+    defaults = STRATEGIES[cfg.strategy].defaults
+    for field in FIELDS:
+        value = values.get(field)
+        if field in STRATEGY_DEFAULTS and value == defaults.get(field):
+            value = None
+        st.session_state[f"train_{field}"] = value
+    weights = cfg.weights
+    if weights.startswith("run:"):
+        st.session_state.update(train_weights="run", train_weights_run=weights[4:])
+    elif weights in ("imagenet", "none"):
+        st.session_state["train_weights"] = weights
+    else:
+        st.session_state.update(train_weights="file", train_weights_file=weights)
+    if cfg.data_dir:
+        st.session_state.update(train_source="server", train_data_dir=cfg.data_dir)
+
+
+def mark_followed(run_id: str) -> None:
+    """The form already holds this run's settings (it was just trained from them)."""
+    st.session_state[FOLLOWED] = run_id
+
+
+def _comparable(cfg, fields) -> dict:
+    """The values of ``fields`` with the strategy's defaults filled in."""
+    values = cfg.resolved().to_dict()
+    return {name: values.get(name) for name in fields}
+
+
+def same_settings(run, cfg) -> bool:
+    """Whether ``run`` was (or is being) trained with ``cfg``'s settings: every setting the
+    form shows for this strategy and head (one it does not show cannot be told apart)."""
+    fields = st.session_state.get("train_form_fields") or [f.name for f in dataclasses.fields(cfg)]
+    try:
+        return _comparable(run.config, fields) == _comparable(cfg, fields)
+    except UserError:
+        return False  # damaged: never the same
+
+
+def twin_of(cfg, root: str) -> str | None:
+    """The id of a queued or running run with exactly ``cfg``'s settings, if there is one."""
+    for run in runs.list_runs(root):
+        if run.status().get("status") in ("queued", "running") and same_settings(run, cfg):
+            return run.id
+    return None
+
+
+def settings_line(cfg) -> str:
+    """The settings in one line, above the Train button."""
+    if cfg.weights == "imagenet":
+        weights = "ImageNet weights" + (", installed" if BACKBONES[cfg.backbone].weights_offline else "")
+    elif cfg.weights == "none" or not STRATEGIES[cfg.strategy].pretrained:
+        weights = "random weights"
+    elif cfg.weights.startswith("run:"):
+        weights = f"weights of run {cfg.weights[4:]}"
+    else:
+        weights = "weights from a file"
+    data = "your images" if cfg.dataset == "folder" else cfg.dataset
+    return (f"**{data}** · **{cfg.backbone}** ({weights}) · strategy **{cfg.strategy}** · head **{cfg.head}** · "
+            f"{cfg.image_size} px")
+
+
 def _apply_prefill() -> None:
     """Choices handed over by the home page's advisor become the widgets' values."""
     prefill = st.session_state.pop("train_prefill", None)
@@ -31,10 +130,26 @@ def _apply_prefill() -> None:
         st.session_state[f"train_{field}"] = value
 
 
-def config_form(root: str):
-    """Render the choices; return a validated :class:`RunConfig`, or ``None`` after
-    showing why the choices cannot run."""
+def _default(key: str, value) -> None:
+    """A widget's starting value, set through the session state (never also as the widget's
+    ``value``, which Streamlit warns about once the state was set by code)."""
+    if st.session_state.get(key) is None:
+        st.session_state[key] = value
+
+
+def config_form(root: str, run=None):
+    """Render the choices (set to ``run``'s settings when the run on screen changed); return
+    a validated :class:`RunConfig`, or ``None`` after showing why the choices cannot run."""
+    _restore()
+    follow_run(run)
     _apply_prefill()
+    try:
+        return _form(root)
+    finally:
+        _save()
+
+
+def _form(root: str):
     col1, col2 = st.columns(2)
     dataset = col1.selectbox("Dataset", list(DATASETS), key="train_dataset", format_func=_describe(DATASETS),
                              help="synthetic works offline; folder reads your own images; cifar10 downloads once.")
@@ -53,12 +168,18 @@ def config_form(root: str):
     head = col2.selectbox("Head", list(HEADS), key="train_head", format_func=_describe(HEADS),
                           help="The classifier on top of the backbone.")
     weights = _weights_choice(col2, backbone, strategy, root)
+    warning = weights_warning(strategy, backbone, weights)
+    if warning:
+        col2.warning(warning, icon=":material/warning:")
 
     spec = STRATEGIES[strategy]
     values = dict(dataset=dataset, data_dir=data_dir or None, backbone=backbone, strategy=strategy,
                   head=head, weights=weights)
     with st.expander("Hyper-parameters", expanded=False):
         values.update(_hyper_parameters(spec, dataset, backbone, head))
+    st.session_state["train_form_fields"] = list(values)
+    if DATASETS[dataset].needs_dir and not data_dir:
+        return None  # data_source() already says what to do next; not an error yet
     try:
         return RunConfig(**values)
     except UserError as exc:
@@ -107,21 +228,26 @@ def _hyper_parameters(spec, dataset, backbone, head) -> dict:
     c1, c2, c3 = st.columns(3)
     min_size = BACKBONES[backbone].min_size
     exact = fitted_exactly(spec.name, head)
+    _default("train_image_size", max(DEFAULTS.image_size, min_size))
+    if st.session_state["train_image_size"] < min_size:  # a backbone with a larger minimum was chosen
+        st.session_state["train_image_size"] = max(DEFAULTS.image_size, min_size)
+    for field in ("samples_per_class", "batch_size", "seed", "fine_tune_layers", "synthetic_classes", "dropout"):
+        _default(f"train_{field}", getattr(DEFAULTS, field))
     values = {
         "image_size": c1.number_input(
-            "Image size (pixels)", min_value=min_size, max_value=1024, value=max(DEFAULTS.image_size, min_size),
+            "Image size (pixels)", min_value=min_size, max_value=1024,
             step=16, key="train_image_size",
             help="Images are resized to this inside the model. 224 is ImageNet's size (best accuracy, slow on a CPU)."),
         "samples_per_class": c1.number_input(
-            "Images per class (cap, 0 = all)", min_value=0, value=DEFAULTS.samples_per_class, step=50,
+            "Images per class (cap, 0 = all)", min_value=0, step=50,
             key="train_samples_per_class", help="Caps each class to keep CPU runs short; 0 uses everything."),
         "batch_size": c2.number_input(
-            "Batch size", min_value=1, max_value=4096, value=DEFAULTS.batch_size, key="train_batch_size",
+            "Batch size", min_value=1, max_value=4096, key="train_batch_size",
             help="Images per step; lower it if memory runs out."),
         "class_weight": c3.selectbox(
             "Class weights", ["none", "balanced"], key="train_class_weight",
             help="balanced makes rare classes count as much as common ones (for imbalanced data)."),
-        "seed": c3.number_input("Seed", min_value=0, value=0, key="train_seed",
+        "seed": c3.number_input("Seed", min_value=0, key="train_seed",
                                 help="Same seed, same split and same initial weights."),
     }
     if head_on_features(spec.name, head):
@@ -141,7 +267,7 @@ def _hyper_parameters(spec, dataset, backbone, head) -> dict:
             "Fine-tune epochs", min_value=0, value=None, placeholder=_auto(spec, "fine_tune_epochs"),
             key="train_fine_tune_epochs", help="Epochs of the second phase, with the top layers unfrozen.")
         values["fine_tune_layers"] = c2.number_input(
-            "Layers to unfreeze", min_value=1, value=DEFAULTS.fine_tune_layers, key="train_fine_tune_layers",
+            "Layers to unfreeze", min_value=1, key="train_fine_tune_layers",
             help="Weighted layers (conv/dense) counted from the top; BatchNorm stays frozen.")
     if "fine_tune_learning_rate" in spec.applies:
         values["fine_tune_learning_rate"] = c3.number_input(
@@ -151,7 +277,7 @@ def _hyper_parameters(spec, dataset, backbone, head) -> dict:
             help="Low, so the pretrained weights move a little (10x lower than the learning rate by default).")
     if dataset == "synthetic":
         values["synthetic_classes"] = c1.number_input(
-            "Synthetic classes", min_value=2, max_value=10, value=DEFAULTS.synthetic_classes,
+            "Synthetic classes", min_value=2, max_value=10,
             key="train_synthetic_classes", help="How many shapes to tell apart.")
     return {k: (int(v) if isinstance(v, float) and k not in _FLOATS else v) for k, v in values.items()}
 
@@ -171,8 +297,9 @@ def _step_parameters(spec, c1, c2, c3) -> dict:
             "Learning rate", min_value=1e-6, max_value=1.0, value=None, placeholder=_auto(spec, "learning_rate"),
             format="%.5f", key="train_learning_rate", help="Step size; lower it if the loss jumps or becomes NaN."),
         "optimizer": c2.selectbox("Optimizer", OPTIMIZERS, key="train_optimizer",
+                                  format_func=lambda name: OPTIMIZER_DESCRIPTIONS[name].rstrip("."),
                                   help="adam is a safe default; sgd uses momentum 0.9."),
-        "dropout": c3.slider("Dropout", 0.0, 0.9, DEFAULTS.dropout, 0.05, key="train_dropout",
+        "dropout": c3.slider("Dropout", 0.0, 0.9, step=0.05, key="train_dropout",
                              help="Share of features dropped while training the head; raise it if it overfits."),
         "early_stopping": c3.number_input(
             "Early stopping patience (0 = off)", min_value=0, max_value=1000, value=None,
@@ -186,8 +313,8 @@ _FLOATS = {"learning_rate", "fine_tune_learning_rate", "dropout"}
 
 # -- the user's own images -------------------------------------------------------------
 
-# The server path comes first: it is what the page offered before uploads existed.
-SOURCES = {"server": "A folder on the server", "zip": "Upload a zip", "upload_dir": "Upload a folder"}
+# Uploads first: a newcomer's images are on their own machine, not on the server.
+SOURCES = {"zip": "Upload a zip", "upload_dir": "Upload a folder", "server": "A folder on the server"}
 
 
 def data_source() -> str | None:
@@ -197,8 +324,11 @@ def data_source() -> str | None:
     kind = st.radio("Images", list(SOURCES), key="train_source", format_func=SOURCES.get, horizontal=True,
                     help="A zip or a folder with one sub-folder per class, images inside.")
     if kind == "server":
-        return st.text_input("Data folder on the server", key="train_data_dir", placeholder="/path/to/photos",
+        path = st.text_input("Data folder on the server", key="train_data_dir", placeholder="/path/to/photos",
                              help="One sub-folder per class, images inside.")
+        if not path:
+            st.caption("Type the path of a folder with one sub-folder per class to continue.")
+        return path
     if kind == "zip":
         uploaded = st.file_uploader("Zip of class folders", type=["zip"], key="train_zip",
                                     help="For example photos.zip holding photos/cats/1.jpg and photos/dogs/2.jpg.")
@@ -207,6 +337,7 @@ def data_source() -> str | None:
         files = st.file_uploader("Folder of class folders", accept_multiple_files="directory", key="train_upload_dir",
                                  help="Pick the folder that holds one sub-folder per class.") or []
     if not files:
+        st.caption("Upload your images to continue: one folder per class, images inside.")
         return None
     stored = ingest_upload(kind, files)
     return None if stored is None else str(stored.path)
