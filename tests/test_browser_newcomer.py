@@ -73,7 +73,7 @@ def snap(page, name: str) -> None:
     """The whole page: a tall viewport (the app scrolls inside, so full_page sees one screen)."""
     size = page.viewport_size
     page.set_viewport_size({"width": size["width"], "height": 4000})
-    page.wait_for_timeout(1200)  # plotly redraws at the new size
+    page.wait_for_timeout(2000)  # plotly redraws at the new size
     page.screenshot(path=str(OUTPUT / f"newcomer-{name}-{size['width']}.png"))
     page.set_viewport_size(size)
 
@@ -214,6 +214,8 @@ def test_a_screenshot_of_every_page(app, viewport):
     open_train(page, url)
     snap(page, "train")
     open_train(page, url, shapes.id)
+    page.locator(".st-key-run_area").get_by_text("Export").first.wait_for()
+    settle(page)
     snap(page, "train-results")
     page.goto(f"{url}/classify?run={shapes.id}")
     page.get_by_text("Images (JPEG, PNG").wait_for()
