@@ -5,6 +5,7 @@ from streamlit.testing.v1 import AppTest
 from tl import runs
 
 from conftest import REPO
+from test_app_export import open_run
 
 APP = str(REPO / "streamlit_app.py")
 WAIT_SECONDS = 240
@@ -129,22 +130,13 @@ def test_delete_a_run_after_confirming(runs_root):
     assert not run.path.exists()
 
 
-def open_train_at(run_id):
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["run"] = run_id
-    at.run()
-    at.switch_page("app_pages/train.py").run()
-    assert not at.exception, at.exception
-    return at
-
-
 def test_the_form_follows_the_run_on_screen_and_offers_to_train_it_again(runs_root):
     from conftest import tiny_config, train_run
 
     first = train_run(runs_root, tiny_config(strategy="scratch", image_size=24, samples_per_class=10, seed=3))
     second = runs.create(tiny_config(strategy="frozen", backbone="small_cnn", image_size=16), runs_root)
     second.set_status("cancelled", reason="Stopped by the user.")
-    at = open_train_at(first.id)
+    at = open_run(first.id)
     assert at.selectbox(key="train_backbone").value == "small_cnn"
     assert at.selectbox(key="train_strategy").value == "scratch"
     assert at.number_input(key="train_image_size").value == 24
@@ -164,7 +156,7 @@ def test_the_form_follows_the_run_on_screen_and_offers_to_train_it_again(runs_ro
 
 
 def test_an_unknown_run_in_the_url_is_one_sentence(runs_root):
-    at = open_train_at("20990101-000000-gone-0000")
+    at = open_run("20990101-000000-gone-0000")
     assert any("There is no run '20990101-000000-gone-0000'" in w.value for w in at.warning)
     assert "run" not in at.query_params
 
@@ -201,3 +193,24 @@ def _form_config(at):
             "synthetic_classes"}
     values = {k: at.session_state[f"train_{k}"] for k in keys}
     return RunConfig(weights="none", **values)
+
+
+def test_the_train_and_compare_pages_render_without_tensorflow(tmp_path):
+    """The weights checks on these pages (EfficientNet-Lite's converted files, Keras's
+    download folder) find Keras's folder without importing Keras: the first render stays
+    TensorFlow-free (it took 2.5 s more when keras_home() imported Keras)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom streamlit.testing.v1 import AppTest\n"
+            f"at = AppTest.from_file({APP!r}, default_timeout=120).run()\n"
+            "for page in ('app_pages/train.py', 'app_pages/compare.py'):\n"
+            "    at.switch_page(page).run()\n"
+            "    assert not at.exception, at.exception\n"
+            "    assert at.get('selectbox'), page\n"
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TL_RUNS_DIR": str(tmp_path / "runs")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["False", "False"]

@@ -553,7 +553,7 @@ def test_a_runs_folder_that_is_a_file_or_under_one_is_one_sentence(tmp_path, cap
                                   "--weights", "none", "--image-size", "16", "--runs-dir", where)
         assert code == cli.EXIT_USAGE and str(blocker) in error_line(err)
         code, out, err = cli_main(capsys, "runs", "--runs-dir", where)
-        assert code in (0, cli.EXIT_USAGE) and "Traceback" not in err
+        assert code == cli.EXIT_USAGE and str(blocker) in error_line(err)
         with pytest.raises(UserError) as caught:
             jobs.JobManager(where)
         assert str(blocker) in one_sentence(str(caught.value))
@@ -636,8 +636,6 @@ def test_an_export_that_cannot_be_written_is_one_sentence_and_leaves_nothing(two
     out_dir.mkdir()
 
     def failing(path, data):
-        Path(path).with_name(".partial").write_bytes(b"half")
-        Path(path).with_name(".partial").unlink()
         raise OSError(fault, os.strerror(fault), str(path))
 
     monkeypatch.setattr(export, "atomic_write_bytes", failing)
@@ -699,8 +697,7 @@ def test_a_dead_extractions_temporary_file_is_removed(runs_dir):
     dead.wait()
     leftover = entry / f".features.{dead.pid}.tmp"
     leftover.write_bytes(b"\0" * 4096)
-    shutil.rmtree(entry / "features.npy", ignore_errors=True)
-    (entry / "features.npy").unlink(missing_ok=True)
+    (entry / "features.npy").unlink()  # so the second run extracts again, past the leftover
     second = train_run(runs_dir, cfg)
     assert second.status()["status"] == "done" and first.status()["status"] == "done"
     assert not leftover.exists()

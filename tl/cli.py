@@ -272,9 +272,6 @@ def _fmt(value) -> str:
 def cmd_runs(args) -> int:
     from tl import runs
 
-    root = runs.runs_root(args.runs_dir)
-    if root.exists() and not root.is_dir():  # list_runs would call it empty
-        raise UserError(f"The runs folder '{root}' is a file, not a folder; give --runs-dir a folder.")
     rows = [run.summary() for run in runs.list_runs(args.runs_dir)]
     if args.json:
         print(json.dumps(rows))

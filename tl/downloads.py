@@ -5,13 +5,13 @@ import re
 
 
 def keras_home() -> str:
-    """The folder Keras caches downloads in (``$KERAS_HOME``, else ``~/.keras``)."""
-    try:
-        from keras.src.backend.config import keras_home as _home
-
-        return _home()
-    except ImportError:  # pragma: no cover - other Keras layouts
-        return os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras"))
+    """The folder Keras caches downloads in, by Keras's own rule and without importing it
+    (the app's pages ask before any TensorFlow is loaded): ``$KERAS_HOME``, else ``~/.keras``,
+    or ``/tmp/.keras`` when the home folder is not writable."""
+    if "KERAS_HOME" in os.environ:
+        return os.environ["KERAS_HOME"]
+    base = os.path.expanduser("~")
+    return os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
 
 
 def failed_url(message: str) -> str | None:

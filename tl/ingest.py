@@ -37,6 +37,7 @@ from tl.data.folder import is_junk
 from tl.errors import DataError
 from tl.files import atomic_write_json, read_json, sha256_of
 from tl.images import IMAGE_EXTENSIONS
+from tl.processes import same_process
 
 try:
     from lzma import LZMAError
@@ -393,27 +394,11 @@ def _sweep(root: Path) -> None:
         try:
             if not match or not item.is_dir(follow_symlinks=False):
                 continue
-            dead = match["host"] == _HOST and not _alive(int(match["pid"]))
+            dead = match["host"] == _HOST and not same_process(int(match["pid"]))
             if dead or now - item.stat(follow_symlinks=False).st_mtime > STALE_SECONDS:
                 shutil.rmtree(item.path, ignore_errors=True)
         except OSError:
             continue
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine (this process counts as alive: other
-    threads of it may be ingesting)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OverflowError, ValueError):  # not a pid this system can have
-        return False
-    except OSError:  # EPERM: it exists, it is someone else's
-        return True
-    return True
 
 
 def _store(root: Path, digest: str, entries, limits: Limits, name: str, folders=()) -> Ingested:

@@ -9,15 +9,21 @@ not exist (macOS) only the pid is compared.
 import os
 
 
+def _stat(pid) -> list | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or ``None``
+    (no such process, or no ``/proc``)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def process_start(pid) -> int | None:
     """The start time of process ``pid`` in clock ticks since boot, or ``None`` (no such
     process, or no ``/proc``)."""
-    try:
-        with open(f"/proc/{int(pid)}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except (OSError, ValueError, IndexError):
-        return None
-    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+    fields = _stat(pid)
+    return int(fields[19]) if fields and len(fields) > 19 and fields[19].isdigit() else None
 
 
 def same_process(pid, start=None) -> bool:
@@ -34,10 +40,8 @@ def same_process(pid, start=None) -> bool:
         pass  # alive, someone else's
     except OSError:
         return False
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = _stat(pid)
+    if fields is None:
         return True  # no /proc: the pid is all we can check
     if fields and fields[0] == "Z":
         return False

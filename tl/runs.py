@@ -74,8 +74,11 @@ class Run:
 
     @property
     def config(self) -> RunConfig:
+        return self._config(self._json("config.json", dict))
+
+    def _config(self, values: dict) -> RunConfig:
         try:
-            return RunConfig.from_dict(self._json("config.json", dict))
+            return RunConfig.from_dict(values)
         except ConfigError as exc:
             raise RunDamaged(f"Run {self.id} is damaged: its config.json is not a valid run config "
                              f"({str(exc).rstrip('.')}); delete the run.") from None
@@ -167,14 +170,23 @@ class Run:
 
     def summary(self) -> dict:
         """One row for run lists: id, status, dataset, backbone, strategy, accuracy, time.
-        A damaged run still gets its row, status ``damaged`` and the reason."""
-        problem = self.damage()
+        A damaged run still gets its row, status ``damaged`` and the reason. Each file is
+        read once (run lists call this for every run on every page rerun)."""
+        status = self.status()
+        problem = status["reason"] if status["status"] == DAMAGED else None  # first, as damage() says
         try:
-            cfg = self._json("config.json", dict, {})
-        except RunDamaged:
-            cfg = {}
-        status = {"status": DAMAGED, "reason": problem} if problem else self.status()
-        metrics = {} if problem else self.metrics
+            cfg = self._json("config.json", dict)
+        except RunDamaged as exc:
+            cfg, problem = {}, problem or str(exc)
+        metrics = {}
+        if problem is None:
+            try:
+                self._config(cfg)
+                metrics, _ = self.metrics, self.labels
+            except RunDamaged as exc:
+                problem = str(exc)
+        if problem:
+            status, metrics = {"status": DAMAGED, "reason": problem}, {}
         started, finished = status.get("started"), status.get("finished")
         number = (int, float)
         duration = ((finished or time.time()) - started
@@ -298,9 +310,16 @@ def list_runs(runs_dir=None) -> list:
     """All runs, newest first (damaged ones included: their status says so).
 
     Raises:
-        UserError: the runs folder exists but cannot be listed.
+        UserError: the runs folder (or a folder above it) is a file, or it cannot be listed.
     """
     root = runs_root(runs_dir)
+    for path in (root, *root.parents):  # not made yet is empty; a file in the way is not
+        if os.path.lexists(path):
+            if not path.is_dir():
+                where = "it is" if path == root else f"'{path}' is"
+                raise UserError(f"The runs folder '{root}' cannot be used: {where} a file, not a folder; give "
+                                "--runs-dir (or $TL_RUNS_DIR) a folder.")
+            break
     try:
         if not root.is_dir():
             return []

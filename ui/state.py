@@ -86,3 +86,34 @@ def remember(param: str, value: str) -> None:
     st.session_state[f"{param}_id"] = value
     if st.query_params.get(param) != value:
         st.query_params[param] = value
+
+
+# -- form values that survive a trip to another page ------------------------------------
+
+def restore_form(saved: str) -> None:
+    """Put back the values the form's widgets had when the user left the page: Streamlit
+    drops a widget's state once a run of another page does not draw it, so without this copy
+    (kept under ``saved`` by :func:`save_form`) a form comes back at its defaults, after
+    Classify and Back for instance."""
+    for key, value in st.session_state.get(saved, {}).items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+def save_form(saved: str, keys) -> None:
+    st.session_state[saved] = {k: st.session_state[k] for k in keys if k in st.session_state}
+
+
+def widget_default(key: str, value) -> None:
+    """A widget's starting value, set through the session state (never also as the widget's
+    ``value``, which Streamlit warns about once the state was set by code)."""
+    if st.session_state.get(key) is None:
+        st.session_state[key] = value
+
+
+def image_size_default(key: str, default: int, min_size: int) -> None:
+    """The image-size field's starting value, raised to the backbone's minimum when a
+    backbone with a larger one was chosen."""
+    widget_default(key, max(default, min_size))
+    if st.session_state[key] < min_size:
+        st.session_state[key] = max(default, min_size)

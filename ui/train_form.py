@@ -11,6 +11,7 @@ from tl.datasets import DATASETS
 from tl.errors import UserError
 from tl.heads import HEADS
 from tl.strategies import STRATEGIES, weights_warning
+from ui.state import image_size_default, restore_form, save_form, widget_default
 
 DEFAULTS = RunConfig()
 WEIGHT_CHOICES = {
@@ -32,22 +33,12 @@ FIELDS = ("dataset", "backbone", "strategy", "head", "image_size", "samples_per_
           "early_stopping", "augment", "fine_tune_epochs", "fine_tune_layers", "fine_tune_learning_rate",
           "synthetic_classes")
 OTHER_KEYS = ("train_weights", "train_weights_run", "train_weights_file", "train_source", "train_data_dir")
-SAVED = "train_saved"  # a copy of the form's values that outlives the widgets (see _restore)
+SAVED = "train_saved"  # a copy of the form's values that outlives the widgets (ui.state.restore_form)
 FOLLOWED = "train_form_run"  # the run whose settings the form was last set to
 
 
-def _restore() -> None:
-    """Put back the values the widgets had when the user left the page: Streamlit drops a
-    widget's state once a run of another page does not draw it, so without this copy the
-    form would come back at the defaults (after Classify and Back, for instance)."""
-    for key, value in st.session_state.get(SAVED, {}).items():
-        if key not in st.session_state:
-            st.session_state[key] = value
-
-
-def _save() -> None:
-    keys = [f"train_{f}" for f in FIELDS] + list(OTHER_KEYS)
-    st.session_state[SAVED] = {k: st.session_state[k] for k in keys if k in st.session_state}
+def _keys() -> list:
+    return [f"train_{f}" for f in FIELDS] + list(OTHER_KEYS)
 
 
 def follow_run(run) -> None:
@@ -130,23 +121,16 @@ def _apply_prefill() -> None:
         st.session_state[f"train_{field}"] = value
 
 
-def _default(key: str, value) -> None:
-    """A widget's starting value, set through the session state (never also as the widget's
-    ``value``, which Streamlit warns about once the state was set by code)."""
-    if st.session_state.get(key) is None:
-        st.session_state[key] = value
-
-
 def config_form(root: str, run=None):
     """Render the choices (set to ``run``'s settings when the run on screen changed); return
     a validated :class:`RunConfig`, or ``None`` after showing why the choices cannot run."""
-    _restore()
+    restore_form(SAVED)
     follow_run(run)
     _apply_prefill()
     try:
         return _form(root)
     finally:
-        _save()
+        save_form(SAVED, _keys())
 
 
 def _form(root: str):
@@ -228,11 +212,9 @@ def _hyper_parameters(spec, dataset, backbone, head) -> dict:
     c1, c2, c3 = st.columns(3)
     min_size = BACKBONES[backbone].min_size
     exact = fitted_exactly(spec.name, head)
-    _default("train_image_size", max(DEFAULTS.image_size, min_size))
-    if st.session_state["train_image_size"] < min_size:  # a backbone with a larger minimum was chosen
-        st.session_state["train_image_size"] = max(DEFAULTS.image_size, min_size)
+    image_size_default("train_image_size", DEFAULTS.image_size, min_size)
     for field in ("samples_per_class", "batch_size", "seed", "fine_tune_layers", "synthetic_classes", "dropout"):
-        _default(f"train_{field}", getattr(DEFAULTS, field))
+        widget_default(f"train_{field}", getattr(DEFAULTS, field))
     values = {
         "image_size": c1.number_input(
             "Image size (pixels)", min_value=min_size, max_value=1024,
