@@ -281,6 +281,35 @@ def test_a_damaged_model_file_is_one_sentence_for_predict_and_export(two_runs, c
     assert survivor.status()["status"] == "done"
 
 
+MISMATCHED_CONFIGS = {
+    "empty": lambda config: {},  # valid: every default (efficientnet_lite0, feature_extraction, 224 px)
+    "another backbone": lambda config: {**config, "backbone": "perceptron"},
+    "another image size": lambda config: {**config, "image_size": 24},
+}
+
+
+@pytest.mark.parametrize("case", list(MISMATCHED_CONFIGS))
+def test_a_config_that_does_not_describe_the_model_is_one_sentence(two_runs, capsys, tmp_path, case):
+    """config.json is valid but names another backbone or size than model.keras holds:
+    classify and export say so in one sentence; the run still lists; the other still works."""
+    root, victim, survivor = two_runs
+    path = victim.path / "config.json"
+    path.write_text(json.dumps(MISMATCHED_CONFIGS[case](json.loads(path.read_text()))))
+    image = write_image_folder(tmp_path / "img", {"a": 1, "b": 1}) / "a" / "000.png"
+    code, out, err = cli_main(capsys, "predict", victim.id, image, "--runs-dir", root)
+    message = error_line(err)
+    assert code == cli.EXIT_USAGE and victim.id in message and "does not describe its model.keras" in message
+    assert "small_cnn backbone trained with strategy scratch, 16 px" in message and "restore the config.json" in message
+    code, out, err = cli_main(capsys, "export", victim.id, "--format", "tflite", "--out", tmp_path / "m.tflite",
+                              "--runs-dir", root)
+    assert code == cli.EXIT_USAGE and "does not describe its model.keras" in error_line(err)
+    assert not (tmp_path / "m.tflite").exists()
+    code, out, err = cli_main(capsys, "runs", "--runs-dir", root, "--json")
+    assert code == 0 and {row["run_id"] for row in json.loads(out)} == {victim.id, survivor.id}
+    code, out, err = cli_main(capsys, "predict", survivor.id, image, "--runs-dir", root)
+    assert code == 0 and "Transferred head" in out, err
+
+
 def test_a_file_named_like_a_run_and_a_run_without_config_are_not_runs(two_runs, capsys):
     root, victim, survivor = two_runs
     (root / "20990101-000000-x-y-0000").write_text("not a folder")
@@ -380,6 +409,56 @@ def test_a_reused_pid_does_not_hold_the_device_slot(runs_dir, monkeypatch):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def _running_as_an_older_version_wrote_it(run, pid, started) -> None:
+    """status.json as versions before start times were kept wrote it: a pid, no pid_start."""
+    (run.path / "status.json").write_text(json.dumps({"status": "running", "pid": pid, "started": started,
+                                                       "created": started, "updated": started}))
+
+
+def test_an_old_running_record_whose_pid_is_a_younger_stranger_does_not_hold_the_slot(runs_dir, monkeypatch):
+    """An older version left a run running with a pid and no pid_start; that pid now
+    belongs to another program, started after the run: the run reads failed (a sentence),
+    the queue moves on, and the stranger is never signalled."""
+    stuck = runs.create(tiny_config(name="stuck"), runs_dir)
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        _running_as_an_older_version_wrote_it(stuck, stranger.pid, time.time() - 600)
+        waiting = runs.create(tiny_config(name="waiting"), runs_dir)
+        started = []
+        monkeypatch.setattr(jobs.JobManager, "_spawn", lambda self, run: started.append(run.id))
+        manager = jobs.JobManager(runs_dir, max_parallel=1, poll_seconds=0.1)
+        manager.cancel(stuck.id)  # not its worker: nothing to signal
+        manager.shutdown()
+        assert started == [waiting.id]
+        assert stuck.status()["status"] == "failed"
+        one_sentence(stuck.status()["reason"])
+        assert stranger.poll() is None, "the stranger process was signalled"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_an_old_running_record_whose_worker_lives_still_holds_the_slot(runs_dir, monkeypatch):
+    """The same record with its real worker alive (started when the run did: the job manager
+    writes "started" just after it starts the worker) keeps the device slot."""
+    worker_started = time.time()
+    worker = subprocess.Popen(["sleep", "60"])
+    try:
+        running = runs.create(tiny_config(name="running"), runs_dir)
+        _running_as_an_older_version_wrote_it(running, worker.pid, worker_started)
+        runs.create(tiny_config(name="waiting"), runs_dir)
+        started = []
+        monkeypatch.setattr(jobs.JobManager, "_spawn", lambda self, run: started.append(run.id))
+        manager = jobs.JobManager(runs_dir, max_parallel=1, poll_seconds=0.1)
+        manager.shutdown()
+        assert started == [] and manager.running() == [running.id]
+        assert running.status()["status"] == "running"
+        assert worker.poll() is None
+    finally:
+        worker.kill()
+        worker.wait()
 
 
 def test_leftovers_of_killed_processes_are_removed_at_start(runs_dir):

@@ -1,5 +1,5 @@
 """A run's epoch history as training writes it: throttled writes of ``history.json``, the
-iterations of an exact head fit as epochs, and whether a phase converged.
+reported iterations of an exact head fit as epochs, and whether a phase converged.
 
 Plain Python (no Keras), below both :mod:`tl.training` and :mod:`tl.callbacks`.
 """
@@ -31,33 +31,47 @@ class HistoryFile:
 
 
 class ExactFitRecorder:
-    """Turns the iterations of an exact head fit into history entries and epoch events,
-    with the NaN guard and cancellation (the epochs so far are kept on both)."""
+    """Turns the reported iterations of an exact head fit (:func:`tl.head_fit.fit_softmax`)
+    into history entries and epoch events, and checks every iteration for cancellation and
+    a NaN loss (the entries so far are kept on both).
+
+    Each entry is one "epoch" (``epoch`` goes up by one per entry, as the charts and the
+    later phases count) and keeps its L-BFGS ``iteration``; ``seconds`` is the time since
+    the entry before."""
 
     def __init__(self, learner, phase):
         self.learner, self.phase = learner, phase
         self.started = time.time()
         self.file = HistoryFile(learner)
 
+    def iterated(self, iteration, loss):
+        """After every L-BFGS iteration (each reads the whole training split)."""
+        self.learner.images_seen += len(self.learner.data.splits["train"])
+        self._check(loss)
+
     def add(self, entry):
+        """After each reported iteration: ``entry`` from the fit's history."""
         learner = self.learner
-        if learner.run.cancel_requested():
-            self.file.flush()
-            raise Cancelled()
-        if not np.isfinite(entry["loss"]):
-            self.file.flush()
-            raise TrainingFailed("The head's loss became NaN while fitting it on the cached features; "
-                                 "the features hold non-finite values: delete the feature cache and train again.")
+        self._check(entry["loss"])
         learner.epochs_done += 1
-        learner.images_seen += len(learner.data.splits["train"])
         now = time.time()
         record = {"epoch": learner.epochs_done, "phase": self.phase, "method": "exact", "learning_rate": None,
-                  "loss": entry["loss"], "accuracy": entry["accuracy"], "val_loss": entry["val_loss"],
-                  "val_accuracy": entry["val_accuracy"], "seconds": round(now - self.started, 4)}
+                  "iteration": entry["iteration"], "loss": entry["loss"], "accuracy": entry["accuracy"],
+                  "val_loss": entry["val_loss"], "val_accuracy": entry["val_accuracy"],
+                  "seconds": round(now - self.started, 4)}
         self.started = now
         learner.history.append(record)
         learner.emit("epoch", **record)
         self.file.appended()
+
+    def _check(self, loss):
+        if self.learner.run.cancel_requested():
+            self.file.flush()
+            raise Cancelled()
+        if not np.isfinite(loss):
+            self.file.flush()
+            raise TrainingFailed("The head's loss became NaN while fitting it on the cached features; "
+                                 "the features hold non-finite values: delete the feature cache and train again.")
 
     def flush(self):
         self.file.flush()

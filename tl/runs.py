@@ -85,8 +85,9 @@ class Run:
 
     def status(self) -> dict:
         """The status record. A run marked running whose process is gone (or whose pid now
-        belongs to another process) reads as failed; one whose status.json cannot be used
-        reads as ``damaged``, with the reason."""
+        belongs to another process: one that started at another time, or, in a record
+        without the process's start time, after the run started) reads as failed; one
+        whose status.json cannot be used reads as ``damaged``, with the reason."""
         try:
             record = self._json("status.json", dict, {"status": "queued"})
         except RunDamaged as exc:
@@ -94,7 +95,8 @@ class Run:
         if record.get("status") not in STATUSES:
             return {"status": DAMAGED, "reason": f"Run {self.id} is damaged: its status.json holds no known "
                                                  "status; delete the run or restore the file."}
-        if record.get("status") == "running" and not _alive(record.get("pid"), record.get("pid_start")):
+        if record.get("status") == "running" and not _alive(record.get("pid"), record.get("pid_start"),
+                                                            record.get("started")):
             record = dict(record, status="failed",
                           reason="The training process stopped unexpectedly (it was killed or crashed).")
         return record
@@ -130,7 +132,8 @@ class Run:
         """The saved model (images in, probabilities out), in safe mode, without optimizer.
 
         Raises:
-            UserError: ``model.keras`` is missing or cannot be loaded, in one sentence.
+            UserError: ``model.keras`` is missing or cannot be loaded, or ``config.json``
+                does not describe it (see :meth:`config_mismatch`), in one sentence.
         """
         import keras
 
@@ -139,10 +142,34 @@ class Run:
             raise UserError(problem)
         path = self.model_path
         try:
-            return keras.saving.load_model(path, safe_mode=True, compile=False)
+            model = keras.saving.load_model(path, safe_mode=True, compile=False)
         except Exception as exc:
             raise UserError(f"The model.keras of run '{self.id}' could not be loaded ({_short(exc)}); "
                             "train the run again.") from None
+        problem = self.config_mismatch(model)
+        if problem:
+            raise RunDamaged(problem)
+        return model
+
+    def config_mismatch(self, model) -> str | None:
+        """The sentence saying that ``config.json`` does not describe ``model`` (this run's
+        loaded ``model.keras``: another backbone, strategy or input size), or ``None``.
+
+        Classifying, exporting and reusing a run build on the backbone, strategy and size in
+        its ``config.json``; one edited or copied from another run (``{}`` is a valid config:
+        every default) would otherwise fail deep inside Keras. The model says what it is:
+        :func:`tl.models.build_model` names it ``<backbone>_<strategy>``, and its backbone
+        layer takes the training size."""
+        cfg = self.config
+        built = _model_description(model)
+        if built == (cfg.backbone, cfg.strategy, cfg.image_size):
+            return None
+        backbone, strategy, size = built
+        found = (f"a {backbone} backbone trained with strategy {strategy}" if strategy
+                 else f"a model named '{backbone}'") + ("" if size is None else f", {size} px")
+        return (f"Run {self.id} is damaged: its config.json (backbone {cfg.backbone}, strategy {cfg.strategy}, "
+                f"{cfg.image_size} px) does not describe its model.keras ({found}); restore the config.json it "
+                "was trained with, or delete the run.")
 
     def model_problem(self) -> str | None:
         """The sentence saying why ``model.keras`` cannot be used (missing, not a file, not
@@ -248,10 +275,26 @@ def _short(exc, limit: int = 160) -> str:
     return text[:limit].rsplit(" ", 1)[0].rstrip(".,;:") + "..."
 
 
-def _alive(pid, start=None) -> bool:
+def _alive(pid, start=None, started=None) -> bool:
     if not pid:
         return True  # not started by a process we can check (e.g. just queued)
-    return same_process(pid, start)
+    return same_process(pid, start, running_since=started)  # started: for records without start
+
+
+def _model_description(model) -> tuple:
+    """``(backbone, strategy, input side)`` of a run's model, read from its name and its
+    backbone layer: ``(model name, None, ...)`` for a name that is no backbone and
+    strategy of the registries, ``None`` for the side of a model without a backbone layer."""
+    from tl.backbones import BACKBONES
+    from tl.strategies import STRATEGIES
+
+    backbone, strategy = next(((b, s) for b in BACKBONES for s in STRATEGIES if model.name == f"{b}_{s}"),
+                              (model.name, None))
+    try:
+        height, width = model.get_layer("backbone").input.shape[1:3]
+    except ValueError:
+        return backbone, strategy, None
+    return backbone, strategy, height if height == width else f"{height} x {width}"
 
 
 def new_run_id(cfg: RunConfig) -> str:
