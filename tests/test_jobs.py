@@ -4,6 +4,7 @@ A worker spends most of its ~10 s importing TensorFlow, so each test chains scen
 through one queue to start as few workers as it can.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -165,3 +166,24 @@ def test_a_queued_run_is_claimed_by_one_manager_only(runs_dir):
     run = runs.create(tiny_config(), runs_dir)
     assert _claim(run) is True
     assert _claim(run) is False  # a second manager on the same folder skips it
+
+
+def test_workers_never_join_a_cluster_even_when_the_app_has_tf_config(start_manager, monkeypatch):
+    """An app started in a shell set up for a cluster run (TF_CONFIG exported) still trains its
+    runs on this machine: its workers' environment has no TF_CONFIG (a worker that kept it would
+    wait for the cluster's other workers for ever)."""
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:9", "127.0.0.1:10"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    environments = []
+    popen = subprocess.Popen
+
+    def spy(command, **kwargs):
+        environments.append(kwargs.get("env"))
+        return popen(command, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    run = start_manager().submit(tiny_config())
+    assert final_status(run)["status"] == "done"
+    assert len(environments) == 1 and "TF_CONFIG" not in environments[0]
+    assert environments[0]["PATH"] == os.environ["PATH"]
+    assert next(e for e in run.events()[0] if e["type"] == "device")["kind"] == "cpu"

@@ -5,6 +5,7 @@ import time
 
 import keras
 
+from tl import cluster
 from tl.errors import Cancelled, TrainingFailed
 from tl.history import BATCH_EVENT_SECONDS, HistoryFile, phase_report
 
@@ -71,7 +72,7 @@ class Progress(keras.callbacks.Callback):
         else:
             self.stale += 1
         patience = self.patience
-        if patience and self.stale >= patience:
+        if patience and not cluster.every_worker(self.stale < patience):  # a cluster stops together
             self.stopped_at = epoch + 1
             learner.emit("log", message=f"Early stopping at epoch {epoch + 1}: no lower validation loss for "
                                         f"{patience} epoch(s); the best epoch's weights are kept.")
