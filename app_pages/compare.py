@@ -3,7 +3,8 @@
 import streamlit as st
 
 from tl.errors import UserError
-from ui.compare_view import current_sweep, pick_runs, show_sweep, start_sweep, sweep_form, sweep_view
+from ui.compare_view import (current_sweep, pick_runs, show_sweep, start_sweep, sweep_estimate, sweep_form,
+                             sweep_view)
 from ui.state import job_manager, runs_dir
 
 st.title("Compare")
@@ -19,6 +20,8 @@ mode = st.radio("What to compare", ["Run every strategy (sweep)", "Pick finished
 if mode.startswith("Run"):
     shown = current_sweep(root)  # first, so the form can follow it
     choices = sweep_form(shown)
+    if choices is not None:
+        sweep_estimate(*choices)
     if choices is not None and st.button("Run comparison", key="compare_start", type="primary"):
         started = start_sweep(root, manager, *choices)
         if started is not None:

@@ -11,8 +11,9 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from tl import runs
+from tl import budget, runs
 from tl import sweep as sweeps
+from tl.config import RunConfig
 from tl.files import atomic_write_json, read_json
 from tl.strategies import weights_warning
 
@@ -110,7 +111,10 @@ def test_a_two_strategy_sweep_from_the_page(runs_root, downloads):
     assert sorted(table["strategy"]) == ["feature_extraction", "scratch"]
     assert len(at.get("plotly_chart")) == 6  # 4 curves, accuracy vs time, per class
     specs = chart_specs(at)
-    assert specs.count('"name":"scratch"') >= 5 and specs.count('"name":"feature_extraction"') >= 5
+    assert specs.count('"name":"scratch"') >= 5 and specs.count('"name":"feature_extraction"') >= 3
+    # Its head was fitted exactly: off the epoch axis, one marker with its iterations.
+    iterations = found["feature_extraction"].history[-1]["iteration"]
+    assert specs.count(f'"name":"feature_extraction: head fitted exactly ({iterations} iterations)"') == 2
     assert any("The advisor's choice, scratch" in m.value for m in [*at.success, *at.warning])
 
     rows = list(csv.DictReader(io.StringIO(downloads["comparison.csv"].decode())))
@@ -135,6 +139,62 @@ def test_pick_runs_without_any_says_what_to_do(runs_root):
     at.radio(key="compare_mode").set_value("Pick finished runs").run()
     assert not at.exception
     assert at.info[0].value == "No finished runs yet: train some on the Train page, or run a sweep."
+
+
+def test_the_sweep_shows_its_estimate_and_what_the_budget_refuses_before_the_click(runs_root, monkeypatch):
+    monkeypatch.setenv(budget.BUDGET_ENV, "2500")
+    at = open_compare()
+    # The defaults: every strategy on EfficientNet-Lite0 at 224 px, 400 synthetic images.
+    strategies = at.multiselect(key="compare_strategies").value
+    each = {cfg.strategy: budget.estimate(cfg, 400) for cfg in sweeps.sweep_configs(RunConfig(), strategies, "t")}
+    total = sum(run.seconds for run in each.values())
+    assert total >= 120 and each["scratch"].seconds >= 120  # in minutes, then
+    peak = max(run.memory_mb for run in each.values())
+    estimated = [c.value for c in at.caption if c.value.startswith("Estimated")]
+    assert estimated == [f"Estimated ~{total / 60:.0f} min in all (scratch ~{each['scratch'].seconds / 60:.0f} min "
+                         f"of it), peak memory ~{peak:,.0f} MB (scratch) on a CPU: 6 runs one after another, "
+                         "400 images each. Budget: 2,500 MB."]
+    over = [name for name, run in each.items() if run.memory_mb > 2500]
+    assert "scratch" in over
+    needs = ", ".join(f"{name} ~{each[name].memory_mb:,.0f} MB" for name in over)
+    assert texts(at.warning) == (f"Over the memory budget of 2,500 MB (TL_MEMORY_BUDGET_MB): {needs}. Untick them "
+                                 "or lower the image size or batch size: Run comparison queues nothing until every "
+                                 "run fits.")
+    at.button(key="compare_start").click().run()
+    assert not at.exception, at.exception
+    assert at.error[0].value.startswith(f"Nothing was queued: the {over[0]} run would not fit (untick it, or change "
+                                        "the settings). This run needs about")
+    assert sweeps.list_sweeps(runs_root) == [] and runs.list_runs(runs_root) == []
+
+    # The light strategies fit; the slower of them is named.
+    at.multiselect(key="compare_strategies").set_value(["feature_extraction", "frozen"]).run()
+    assert not at.warning
+    estimated = [c.value for c in at.caption if c.value.startswith("Estimated")]
+    light = {name: each[name] for name in ("feature_extraction", "frozen")}
+    assert estimated == [f"Estimated ~{sum(r.seconds for r in light.values()):.0f} s in all (frozen "
+                         f"~{light['frozen'].seconds:.0f} s of it), peak memory "
+                         f"~{max(r.memory_mb for r in light.values()):,.0f} MB "
+                         f"({max(light, key=lambda name: light[name].memory_mb)}) on a CPU: 2 runs one after "
+                         "another, 400 images each. Budget: 2,500 MB."]
+
+
+def test_every_choice_fits_a_phone_and_the_chosen_one_is_described(runs_root):
+    from tl.backbones import BACKBONES
+    from tl.datasets import DATASETS
+    from tl.heads import HEADS
+
+    at = open_compare()
+    described = {"compare_dataset": DATASETS, "compare_backbone": BACKBONES, "compare_head": HEADS}
+    boxes = {box.key: box for box in at.selectbox}
+    assert set(described) | {"compare_weights"} <= set(boxes)
+    for box in boxes.values():
+        assert all(len(option) <= 40 for option in box.options), (box.key, box.options)
+    for key, registry in described.items():
+        assert boxes[key].options == list(registry)
+        assert registry[boxes[key].value].description in [c.value for c in at.caption], key
+        assert all(f"- **{name}**: {entry.description}" in boxes[key].help for name, entry in registry.items())
+    at.selectbox(key="compare_head").set_value("flatten_dense").run()
+    assert HEADS["flatten_dense"].description in [c.value for c in at.caption]
 
 
 def test_stop_a_sweep_from_its_progress_view(runs_root):
@@ -170,7 +230,7 @@ def test_the_compare_page_does_not_import_tensorflow(runs_root):
             "at.selectbox(key='compare_backbone').set_value('resnet50').run()\n"
             "at.radio(key='compare_mode').set_value('Pick finished runs').run()\n"
             "assert not at.exception, at.exception\n"
-            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'openvino'))\n"
             "print(loaded[:5]); sys.exit(1 if loaded else 0)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]

@@ -186,6 +186,39 @@ def test_train_while_an_identical_run_is_queued_asks_first(runs_root):
     assert [r.id for r in runs.list_runs(runs_root)] == [twin.id]
 
 
+PHONE_CHARACTERS = 40  # what a selectbox shows uncut on a 390-pixel phone, about
+
+
+def test_every_choice_fits_a_phone_and_the_chosen_one_is_described(runs_root):
+    from tl.backbones import BACKBONES
+    from tl.config import OPTIMIZER_DESCRIPTIONS
+    from tl.datasets import DATASETS
+    from tl.heads import HEADS
+    from tl.strategies import STRATEGIES
+
+    at = open_train()
+    at.selectbox(key="train_strategy").set_value("fine_tune").run()  # shows the optimizer too
+    assert not at.exception, at.exception
+    described = {"train_dataset": {n: d.description for n, d in DATASETS.items()},
+                 "train_backbone": {n: b.description for n, b in BACKBONES.items()},
+                 "train_strategy": {n: s.description for n, s in STRATEGIES.items()},
+                 "train_head": {n: h.description for n, h in HEADS.items()},
+                 "train_optimizer": OPTIMIZER_DESCRIPTIONS}
+    boxes = {box.key: box for box in at.selectbox}
+    assert set(described) | {"train_weights", "train_class_weight"} <= set(boxes)
+    for box in boxes.values():
+        assert all(len(option) <= PHONE_CHARACTERS for option in box.options), (box.key, box.options)
+    captions = [c.value for c in at.caption]
+    for key, texts in described.items():
+        assert boxes[key].options == list(texts)  # the names themselves
+        assert texts[boxes[key].value] in captions, key  # the chosen one's description under it
+        assert all(f"- **{name}**: {text}" in boxes[key].help for name, text in texts.items()), key
+    at.selectbox(key="train_backbone").set_value("resnet50").run()
+    captions = [c.value for c in at.caption]
+    assert BACKBONES["resnet50"].description in captions
+    assert BACKBONES["efficientnet_lite0"].description not in captions
+
+
 def _form_config(at):
     from tl.config import RunConfig
 

@@ -176,8 +176,8 @@ def start_training(page, server, epochs: int, samples: int, classes: int = 2) ->
     before = {run.id for run in runs.list_runs(root)}
     page.goto(f"{url}/train")
     page.get_by_text("Hyper-parameters").wait_for()
-    choose(page, "Backbone", "small_cnn:")
-    choose(page, "Strategy", "scratch:")
+    choose(page, "Backbone", "small_cnn")
+    choose(page, "Strategy", "scratch")
     page.get_by_text("Hyper-parameters").click()
     number(page, "Image size (pixels)", 16)
     number(page, "Images per class (cap, 0 = all)", samples)

@@ -82,6 +82,50 @@ def test_curves_reject_unknown_metric():
         plots.curves(HEAD_ONLY, "val_loss")
 
 
+def fit_step(n, iteration, loss, val_loss, accuracy=0.8, val_accuracy=0.75, seconds=0.5):
+    """An entry of an exact head fit: a reported L-BFGS iteration, with a running ``epoch``."""
+    return {"epoch": n, "phase": "head", "method": "exact", "learning_rate": None, "iteration": iteration,
+            "loss": loss, "accuracy": accuracy, "val_loss": val_loss, "val_accuracy": val_accuracy,
+            "seconds": seconds}
+
+
+EXACT = [fit_step(1, 1, 1.2, 1.3), fit_step(2, 2, 0.8, 0.9), fit_step(3, 3, 0.5, 0.6),
+         fit_step(4, 5, 0.3, 0.45), fit_step(5, 8, 0.2, 0.4, accuracy=0.95, val_accuracy=0.9)]
+THEN_IMAGES = EXACT + [dict(epoch(6, "fine_tune", loss=0.15, val_loss=0.35), method="steps"),
+                       dict(epoch(7, "fine_tune", loss=0.1, val_loss=0.3), method="steps")]
+
+
+def test_curves_of_an_exact_fit_are_against_its_iterations():
+    fig = plots.curves(EXACT, "loss")
+    by_name = traces(fig)
+    assert list(by_name) == ["train", "validation"]
+    assert list(by_name["train"].x) == [1, 2, 3, 5, 8]  # the recorded iterations, not the running index
+    assert list(by_name["validation"].y) == [1.3, 0.9, 0.6, 0.45, 0.4]
+    assert all(trace.mode == "lines+markers" for trace in fig.data)  # sparse points stay visible
+    assert fig.layout.xaxis.title.text == "L-BFGS iteration"
+    assert fig.layout.title.text.startswith("Loss per L-BFGS iteration") and "fitted exactly" in fig.layout.title.text
+    # Old runs recorded no iteration: their position stands in.
+    old = [{key: value for key, value in entry.items() if key != "iteration"} for entry in EXACT]
+    assert list(traces(plots.curves(old, "accuracy"))["train"].x) == [1, 2, 3, 4, 5]
+
+
+def test_curves_after_an_exact_head_fit_count_epochs_on_images():
+    fig = plots.curves(THEN_IMAGES, "loss")
+    by_name = traces(fig)
+    assert list(by_name) == ["train", "validation", "head fitted exactly (8 iterations)"]
+    assert list(by_name["train"].x) == [1, 2] and list(by_name["train"].y) == [0.15, 0.1]
+    fitted = by_name["head fitted exactly (8 iterations)"]
+    assert list(fitted.x) == [0, 0] and list(fitted.y) == [0.2, 0.4] and fitted.mode == "markers"
+    assert fig.layout.xaxis.title.text == "epoch" and not fig.layout.shapes
+    # The epoch in progress on images, counted the same way.
+    batch = {"phase": "fine_tune", "epoch": 8, "step": 1, "steps": 2, "loss": 0.1, "accuracy": 0.9}
+    assert list(traces(plots.curves(THEN_IMAGES, "loss", [batch]))["current epoch"].x) == [2.5]
+    first = dict(batch, epoch=6)  # the first epoch on images, none finished yet
+    fig = plots.curves(EXACT, "accuracy", [first])
+    assert fig.layout.xaxis.title.text == "epoch" and list(traces(fig)["current epoch"].x) == [0.5]
+    assert list(traces(fig)["head fitted exactly (8 iterations)"].y) == [0.95, 0.9]
+
+
 # -- per-class accuracy and confusion matrix ---------------------------------------------
 
 METRICS = {"class_names": ["cat", "dog", "bird"],
@@ -165,6 +209,32 @@ def test_compare_curves_by_cumulative_time():
     by_name = traces(fig)
     assert list(by_name["fine"].x) == [3.0, 4.5, 7.0]
     assert list(by_name["head"].x) == [2.0, 4.0] and list(by_name["head"].y) == [0.9, 0.7]
+    assert fig.layout.xaxis.title.text == "training time (s)"
+
+
+def test_compare_curves_keep_exact_fits_off_the_epoch_axis():
+    mixed = [{"label": "features", "history": EXACT}, {"label": "fine", "history": THEN_IMAGES},
+             {"label": "scratch", "history": HEAD_ONLY}]
+    fig = plots.compare_curves(mixed, metric="val_loss")
+    by_name = traces(fig)
+    assert list(by_name) == ["features: head fitted exactly (8 iterations)", "fine", "scratch"]
+    fitted = by_name["features: head fitted exactly (8 iterations)"]
+    assert list(fitted.x) == [0] and list(fitted.y) == [0.4] and fitted.mode == "markers"  # its final value
+    assert list(by_name["fine"].x) == [0, 1, 2] and list(by_name["fine"].y) == [0.4, 0.35, 0.3]
+    assert list(by_name["scratch"].x) == [1, 2]
+    assert fig.layout.xaxis.title.text == "epoch" and "epoch 0: heads fitted exactly" in fig.layout.title.text
+
+    # Only exact fits: against their iterations.
+    fig = plots.compare_curves([{"label": "features", "history": EXACT},
+                                {"label": "earlier", "history": EXACT[:3]}])
+    assert fig.layout.xaxis.title.text == "L-BFGS iteration"
+    assert fig.layout.title.text.startswith("Validation accuracy by L-BFGS iteration")
+    assert list(traces(fig)["features"].x) == [1, 2, 3, 5, 8] and list(traces(fig)["earlier"].x) == [1, 2, 3]
+
+    # Against time, every entry where its seconds put it.
+    fig = plots.compare_curves(mixed, metric="val_loss", x="time")
+    assert list(traces(fig)["features"].x) == [0.5, 1.0, 1.5, 2.0, 2.5]
+    assert list(traces(fig)["fine"].x) == [0.5, 1.0, 1.5, 2.0, 2.5, 4.5, 6.5]
     assert fig.layout.xaxis.title.text == "training time (s)"
 
 

@@ -4,6 +4,7 @@ Every function takes lists/dicts as they are stored in a run folder and returns 
 ``plotly.graph_objects.Figure``; nothing here reads files, imports streamlit or Keras.
 """
 
+import bisect
 import math
 
 import plotly.graph_objects as go
@@ -31,6 +32,29 @@ def _per_row_height(count: int) -> int:
     return max(HEIGHT, 24 * count + 120)
 
 
+def _exact(entry: dict) -> bool:
+    """Whether a history entry is a reported iteration of an exact head fit (L-BFGS on
+    cached features) rather than an epoch of gradient steps."""
+    return entry.get("method") == "exact"
+
+
+def _iterations(fit: list) -> list:
+    """The L-BFGS iteration of each entry of an exact fit (its position where a run
+    recorded none)."""
+    return [entry.get("iteration") or n for n, entry in enumerate(fit, 1)]
+
+
+def _on_images(history: list):
+    """A function from a history entry's running ``epoch`` to its epoch of training on
+    images: an exact fit's entries take running numbers too, but are not epochs."""
+    fitted = sorted(entry["epoch"] for entry in history if _exact(entry))
+    return lambda epoch: epoch - bisect.bisect_left(fitted, epoch)
+
+
+def _fitted_text(fit: list) -> str:
+    return f"head fitted exactly ({_iterations(fit)[-1]} iterations)"
+
+
 def curves(history: list, metric: str = "loss", batches: list | None = None) -> go.Figure:
     """Train and validation ``metric`` ("loss" or "accuracy") against epoch.
 
@@ -38,29 +62,57 @@ def curves(history: list, metric: str = "loss", batches: list | None = None) -> 
     last epoch). ``batches`` (batch events of the epoch in progress) add a fainter
     "current epoch" trace at fractional epochs ``epoch - 1 + step / steps``; batches of
     epochs already in ``history`` are ignored.
+
+    A head fitted exactly (entries with ``method: "exact"``) has iterations, not epochs: a
+    history of only that fit is drawn against its L-BFGS iterations; before epochs on
+    images, the fit's final values are one "head fitted exactly" marker at epoch 0 and the
+    epochs on images count from 1.
     """
     if metric not in ("loss", "accuracy"):
         raise ValueError(f"metric must be 'loss' or 'accuracy', not {metric!r}")
-    title = f"{metric.capitalize()} per epoch"
+    fit = [h for h in history if _exact(h)]
+    stepped = [h for h in history if not _exact(h)]
     done = max((h["epoch"] for h in history), default=0)
     live = [b for b in batches or () if b.get("steps") and b["epoch"] > done]
+    if fit and not stepped and not live:
+        return _fit_curves(fit, metric)
+    title = f"{metric.capitalize()} per epoch"
     if not history and not live:
         return _empty(title, "No epochs yet")
     fig = _figure(title, xaxis_title="epoch", yaxis_title=metric, hovermode="x unified")
-    epochs = [h["epoch"] for h in history]
-    fig.add_scatter(x=epochs, y=[h.get(metric) for h in history], name="train", mode="lines+markers")
-    fig.add_scatter(x=epochs, y=[h.get(f"val_{metric}") for h in history], name="validation",
+    on_images = _on_images(history)
+    epochs = [on_images(h["epoch"]) for h in stepped]
+    fig.add_scatter(x=epochs, y=[h.get(metric) for h in stepped], name="train", mode="lines+markers")
+    fig.add_scatter(x=epochs, y=[h.get(f"val_{metric}") for h in stepped], name="validation",
                     mode="lines+markers")
+    if fit:
+        fig.add_scatter(x=[0, 0], y=[fit[-1].get(metric), fit[-1].get(f"val_{metric}")], name=_fitted_text(fit),
+                        mode="markers", marker={"symbol": "diamond", "size": 11}, text=["train", "validation"],
+                        hovertemplate="%{text}: %{y:.3f}<extra>head fitted exactly</extra>")
     if live:
-        fig.add_scatter(x=[b["epoch"] - 1 + b["step"] / b["steps"] for b in live],
+        fig.add_scatter(x=[on_images(b["epoch"]) - 1 + b["step"] / b["steps"] for b in live],
                         y=[b.get(metric) for b in live], name="current epoch", mode="lines",
                         opacity=0.45, line=dict(dash="dot"))
-    for before, after in zip(history, history[1:]):
+    for before, after in zip(stepped, stepped[1:]):
         if after["phase"] != before["phase"]:
-            fig.add_vline(x=after["epoch"] - 1, line_dash="dash", line_color="gray",
+            fig.add_vline(x=on_images(after["epoch"]) - 1, line_dash="dash", line_color="gray",
                           annotation_text=f"{after['phase']} starts", annotation_position="top left")
-    last = max(done, max((b["epoch"] for b in live), default=0))
+    last = max(epochs + [on_images(b["epoch"]) for b in live], default=0)
     fig.update_xaxes(tick0=0, dtick=max(1, math.ceil(last / 10)), rangemode="tozero")
+    if metric == "accuracy":
+        fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def _fit_curves(fit: list, metric: str) -> go.Figure:
+    """Train and validation ``metric`` of an exact head fit against its L-BFGS iterations
+    (only some are recorded: markers on the lines)."""
+    title = f"{metric.capitalize()} per L-BFGS iteration<br><sub>the head fitted exactly on cached features</sub>"
+    fig = _figure(title, xaxis_title="L-BFGS iteration", yaxis_title=metric, hovermode="x unified")
+    iterations = _iterations(fit)
+    fig.add_scatter(x=iterations, y=[h.get(metric) for h in fit], name="train", mode="lines+markers")
+    fig.add_scatter(x=iterations, y=[h.get(f"val_{metric}") for h in fit], name="validation", mode="lines+markers")
+    fig.update_xaxes(rangemode="tozero")
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1.02])
     return fig
@@ -137,33 +189,67 @@ def class_counts(counts: dict) -> go.Figure:
     return fig
 
 
+# Each x of compare_curves: its title's words and its axis title.
+COMPARE_AXES = {"epoch": ("by epoch", "epoch"), "time": ("by time", "training time (s)"),
+                "iteration": ("by L-BFGS iteration", "L-BFGS iteration")}
+
+
 def compare_curves(runs: list, metric: str = "val_accuracy", x: str = "epoch") -> go.Figure:
     """One line of ``metric`` per run (``{"label", "history"}``) against epoch, or against
-    training time (cumulative history ``seconds``) with ``x="time"``."""
+    training time (cumulative history ``seconds``) with ``x="time"``.
+
+    A head fitted exactly has iterations, not epochs. Against epoch, when every run is only
+    such a fit, the lines are drawn against L-BFGS iteration instead; otherwise a run that
+    is only a fit is one marker at epoch 0 (its final value; the legend gives its
+    iterations), and a run whose head was fitted exactly before its epochs on images starts
+    its line there, at the fit's final value."""
     if x not in ("epoch", "time"):
         raise ValueError(f"x must be 'epoch' or 'time', not {x!r}")
     label = LABELS.get(metric, metric)
-    title = f"{label.capitalize()} by {x}"
     if not runs:
-        return _empty(title, "No runs")
-    fig = _figure(title, xaxis_title="epoch" if x == "epoch" else "training time (s)",
-                  yaxis_title=label)
-    for run in runs:
-        history = run["history"]
-        if x == "epoch":
-            xs = [h["epoch"] for h in history]
+        return _empty(f"{label.capitalize()} by {x}", "No runs")
+    only_fit = [bool(run["history"]) and all(_exact(h) for h in run["history"]) for run in runs]
+    axis = "iteration" if x == "epoch" and all(only_fit) else x
+    words, axis_title = COMPARE_AXES[axis]
+    title = f"{label.capitalize()} {words}"
+    if axis == "iteration":
+        title += "<br><sub>heads fitted exactly on cached features</sub>"
+    elif axis == "epoch" and any(_exact(h) for run in runs for h in run["history"]):
+        title += "<br><sub>epoch 0: heads fitted exactly on cached features</sub>"
+    fig = _figure(title, xaxis_title=axis_title, yaxis_title=label)
+    for run, fit in zip(runs, only_fit):
+        xs, ys = _series(run["history"], metric, axis)
+        if axis == "epoch" and fit:
+            fig.add_scatter(x=xs, y=ys, name=f"{run['label']}: {_fitted_text(run['history'])}", mode="markers",
+                            marker={"symbol": "diamond", "size": 11})
         else:
-            xs, elapsed = [], 0.0
-            for h in history:
-                elapsed += h.get("seconds") or 0.0
-                xs.append(round(elapsed, 3))
-        fig.add_scatter(x=xs, y=[h.get(metric) for h in history], name=run["label"], mode="lines+markers")
+            fig.add_scatter(x=xs, y=ys, name=run["label"], mode="lines+markers")
     if "accuracy" in metric:
         fig.update_yaxes(range=[0, 1.02])
     # Run labels are long: legend below the plot, so the lines keep the figure's width.
     fig.update_layout(height=HEIGHT + 22 * len(runs),
                       legend={"orientation": "h", "yanchor": "top", "y": -0.25, "xanchor": "left", "x": 0})
     return fig
+
+
+def _series(history: list, metric: str, x: str) -> tuple:
+    """``(xs, ys)`` of one run's ``metric`` against ``x``: "time" (cumulative seconds),
+    "iteration" (an exact fit's L-BFGS iterations) or "epoch" (epochs on images, after an
+    exact head fit's final value at 0)."""
+    if x == "time":
+        xs, elapsed = [], 0.0
+        for h in history:
+            elapsed += h.get("seconds") or 0.0
+            xs.append(round(elapsed, 3))
+        return xs, [h.get(metric) for h in history]
+    if x == "iteration":
+        return _iterations(history), [h.get(metric) for h in history]
+    fit = [h for h in history if _exact(h)]
+    stepped = [h for h in history if not _exact(h)]
+    on_images = _on_images(history)
+    start = [(0, fit[-1].get(metric))] if fit else []
+    points = start + [(on_images(h["epoch"]), h.get(metric)) for h in stepped]
+    return [p[0] for p in points], [p[1] for p in points]
 
 
 def _valid(row: dict) -> bool:

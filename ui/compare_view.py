@@ -3,7 +3,7 @@ side-by-side views of any set of runs (table, curves, accuracy vs time, per clas
 
 import streamlit as st
 
-from tl import plots, runs
+from tl import budget, plots, runs
 from tl import sweep as sweeps
 from tl.backbones import BACKBONES
 from tl.config import RunConfig
@@ -13,6 +13,7 @@ from tl.heads import HEADS
 from tl.strategies import STRATEGIES
 from ui.state import (PLOTLY_CONFIG, data_key, image_size_default, load_data, remember, restore_form, save_form,
                       widget_default)
+from ui.train_form import described_choice, descriptions
 
 LIVE_SECONDS = 1.0
 DEFAULTS = RunConfig()
@@ -55,16 +56,16 @@ def sweep_form(sweep=None):
 
 def _sweep_form():
     col1, col2, col3 = st.columns(3)
-    dataset = col1.selectbox("Dataset", list(DATASETS), key="compare_dataset",
-                             format_func=lambda name: f"{name}: {DATASETS[name].description}")
+    dataset = described_choice(col1, "Dataset", descriptions(DATASETS), "compare_dataset",
+                               "The images every strategy trains and is tested on (the same seeded split).")
     data_dir = None
     if DATASETS[dataset].needs_dir:
         data_dir = col1.text_input("Data folder on the server", key="compare_data_dir",
                                    placeholder="/path/to/photos", help="One sub-folder per class, images inside.")
-    backbone = col1.selectbox("Backbone", list(BACKBONES), key="compare_backbone",
-                              format_func=lambda name: f"{name}: {BACKBONES[name].description}")
-    head = col1.selectbox("Head", list(HEADS), key="compare_head",
-                          format_func=lambda name: f"{name}: {HEADS[name].description}")
+    backbone = described_choice(col1, "Backbone", descriptions(BACKBONES), "compare_backbone",
+                                "The network every strategy starts from.")
+    head = described_choice(col1, "Head", descriptions(HEADS), "compare_head",
+                            "The classifier on top of the backbone, the same for every strategy.")
     weight_options = ["imagenet", "none"] if BACKBONES[backbone].pretrained else ["none"]
     weights = col2.selectbox("Weights of the pretrained strategies", weight_options, key="compare_weights",
                              help="scratch always starts from random weights: it is the no-transfer baseline.")
@@ -132,6 +133,81 @@ def _strategy_choice(backbone: str, weights: str) -> list:
     return strategies
 
 
+# -- the estimate, before Run comparison -------------------------------------------------
+
+def sweep_estimate(base, strategies) -> None:
+    """Before Run comparison: the sweep's estimated time (its runs one after another, the
+    slowest named) and peak memory (its largest run's), each run's in the caption's help;
+    with a memory budget set, a warning naming the strategies it would refuse."""
+    count = _image_count(base)
+    if count is None:
+        return
+    found = budget.estimate_sweep(sweeps.sweep_configs(base, strategies, "estimate"), count)
+    try:
+        limit = budget.budget_mb()
+    except UserError as exc:
+        st.caption(str(exc))
+        return
+    each = "\n".join(f"- {name}: ~{_duration(run.seconds)}, ~{run.memory_mb:,.0f} MB"
+                     for name, run in found.each.items())
+    st.caption(estimate_line(found, count) + (f" Budget: {limit:,.0f} MB." if limit else ""),
+               help=f"Each run's estimate:\n\n{each}\n\nTimes allow every epoch; early stopping usually ends "
+                    "sooner.")
+    over = {name: run.memory_mb for name, run in found.each.items() if limit is not None and run.memory_mb > limit}
+    if over:
+        needs = ", ".join(f"{name} ~{mb:,.0f} MB" for name, mb in over.items())
+        st.warning(f"Over the memory budget of {limit:,.0f} MB ({budget.BUDGET_ENV}): {needs}. Untick "
+                   f"{'them' if len(over) > 1 else 'it'} or lower the image size or batch size: Run comparison "
+                   "queues nothing until every run fits.", icon=":material/memory:")
+
+
+def estimate_line(found, count: int) -> str:
+    """A sweep's :class:`tl.budget.SweepEstimate` in one sentence."""
+    peak = f"peak memory ~{found.memory_mb:,.0f} MB ({found.largest}) on a CPU"
+    if len(found.each) == 1:
+        return f"Estimated ~{_duration(found.seconds)}, {peak} ({count:,} images)."
+    slowest = _duration(found.each[found.slowest].seconds)
+    return (f"Estimated ~{_duration(found.seconds)} in all ({found.slowest} ~{slowest} of it), {peak}: "
+            f"{len(found.each)} runs one after another, {count:,} images each.")
+
+
+def _duration(seconds: float) -> str:
+    """Seconds under two minutes, else minutes (as :meth:`tl.budget.Estimate.describe`)."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _image_count(base) -> int | None:
+    """Images each run of the sweep will use: from the config where it tells (synthetic,
+    cifar10), else from the data (read once, kept for Run comparison), unless that needs a
+    download; ``None`` (after a caption saying why) when it cannot be told now."""
+    from tl import datasets
+
+    count = budget.images_hint(base)
+    if count is not None:
+        return count
+    spec = DATASETS[base.dataset]
+    if spec.downloads and not (spec.download and datasets.is_cached(datasets.DOWNLOADS[spec.download])):
+        st.caption(f"The time and memory estimate appears once {base.dataset} is downloaded (Run comparison "
+                   "downloads it first).")
+        return None
+    try:
+        return len(load_data(data_key(base)))
+    except UserError as exc:
+        st.caption(f"No time and memory estimate: {exc}")
+        return None
+
+
+def _check_budget(base, strategies, count: int) -> None:
+    """Raise the memory budget's refusal (:class:`tl.budget.BudgetError`) of the first run
+    that would not fit, before anything of the sweep is written or queued."""
+    for cfg in sweeps.sweep_configs(base, strategies, "check"):
+        try:
+            budget.check(cfg, count)
+        except budget.BudgetError as exc:
+            raise budget.BudgetError(f"Nothing was queued: the {cfg.strategy} run would not fit (untick it, or "
+                                     f"change the settings). {exc}") from None
+
+
 @st.cache_data(show_spinner="Measuring how close the images are to ImageNet...", max_entries=32)
 def _similarity(cfg_json: str, backbone: str):
     from tl.advisor import measure_similarity
@@ -147,6 +223,7 @@ def start_sweep(root: str, manager, base, strategies):
     try:
         key = data_key(base)
         data = load_data(key)
+        _check_budget(base, strategies, len(data))  # all or nothing: no sweep with some runs refused
         unavailable = sweeps.weights_unavailable(base.backbone, base.weights)
         if no_transfer(base.backbone, base.weights, unavailable):  # the advice is scratch: nothing to measure
             similarity = Similarity(None, None, 0, "not measured, as nothing pretrained can be transferred.")
@@ -250,7 +327,7 @@ def epochs_label(cfg, history) -> str:
     fitted exactly on cached features."""
     stepped = sum(1 for entry in history if entry.get("method") != "exact")
     if STRATEGIES[cfg.strategy].uses_features and stepped == 0:
-        return f"{len(history)} iterations (exact fit)" if history else ""
+        return f"{history[-1].get('iteration', len(history))} iterations (exact fit)" if history else ""
     return f"{stepped}/{cfg.total_epochs}"
 
 

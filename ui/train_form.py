@@ -20,11 +20,22 @@ WEIGHT_CHOICES = {
     "run": "An earlier run's backbone",
     "file": "A weights file on the server",
 }
-IMAGENET_INSTALLED = "ImageNet (installed with pip, no download)"
+IMAGENET_INSTALLED = "ImageNet (installed, no download)"
 
 
-def _describe(registry):
-    return lambda name: f"{name}: {registry[name].description}"
+def descriptions(registry) -> dict:
+    """name -> description of a registry's entries."""
+    return {name: entry.description for name, entry in registry.items()}
+
+
+def described_choice(container, label: str, choices: dict, key: str, help: str) -> str:
+    """A selectbox of the names in ``choices`` (name -> description): names only, so the
+    box fits a phone's width; every description in its help, the chosen one's in a caption
+    under it. Returns the chosen name."""
+    every = "\n".join(f"- **{name}**: {text}" for name, text in choices.items())
+    name = container.selectbox(label, list(choices), key=key, help=f"{help}\n\n{every}")
+    container.caption(choices[name])
+    return name
 
 
 # The widgets' keys: ``train_<field>`` for each of these config fields.
@@ -135,8 +146,8 @@ def config_form(root: str, run=None):
 
 def _form(root: str):
     col1, col2 = st.columns(2)
-    dataset = col1.selectbox("Dataset", list(DATASETS), key="train_dataset", format_func=_describe(DATASETS),
-                             help="synthetic works offline; folder reads your own images; cifar10 downloads once.")
+    dataset = described_choice(col1, "Dataset", descriptions(DATASETS), "train_dataset",
+                               "synthetic works offline; folder reads your own images; the others download once.")
     data_dir = None
     if DATASETS[dataset].needs_dir:
         with col1:
@@ -144,13 +155,11 @@ def _form(root: str):
     if DATASETS[dataset].card:
         with col1.expander("About this dataset"):
             dataset_card(DATASETS[dataset].card)
-    backbone = col1.selectbox("Backbone", list(BACKBONES), key="train_backbone", format_func=_describe(BACKBONES),
-                              help="The pretrained network. efficientnet_lite0 is fast on a CPU and needs no download.")
-    strategy = col2.selectbox("Strategy", list(STRATEGIES), key="train_strategy",
-                              format_func=_describe(STRATEGIES),
-                              help="How much of the backbone is trained; the Home page's advisor helps choose.")
-    head = col2.selectbox("Head", list(HEADS), key="train_head", format_func=_describe(HEADS),
-                          help="The classifier on top of the backbone.")
+    backbone = described_choice(col1, "Backbone", descriptions(BACKBONES), "train_backbone",
+                                "The pretrained network. efficientnet_lite0 is fast on a CPU and needs no download.")
+    strategy = described_choice(col2, "Strategy", descriptions(STRATEGIES), "train_strategy",
+                                "How much of the backbone is trained; the Home page's advisor helps choose.")
+    head = described_choice(col2, "Head", descriptions(HEADS), "train_head", "The classifier on top of the backbone.")
     weights = _weights_choice(col2, backbone, strategy, root)
     warning = weights_warning(strategy, backbone, weights)
     if warning:
@@ -278,9 +287,8 @@ def _step_parameters(spec, c1, c2, c3) -> dict:
         "learning_rate": c2.number_input(
             "Learning rate", min_value=1e-6, max_value=1.0, value=None, placeholder=_auto(spec, "learning_rate"),
             format="%.5f", key="train_learning_rate", help="Step size; lower it if the loss jumps or becomes NaN."),
-        "optimizer": c2.selectbox("Optimizer", OPTIMIZERS, key="train_optimizer",
-                                  format_func=lambda name: OPTIMIZER_DESCRIPTIONS[name].rstrip("."),
-                                  help="adam is a safe default; sgd uses momentum 0.9."),
+        "optimizer": described_choice(c2, "Optimizer", {name: OPTIMIZER_DESCRIPTIONS[name] for name in OPTIMIZERS},
+                                      "train_optimizer", "adam is a safe default; sgd uses momentum 0.9."),
         "dropout": c3.slider("Dropout", 0.0, 0.9, step=0.05, key="train_dropout",
                              help="Share of features dropped while training the head; raise it if it overfits."),
         "early_stopping": c3.number_input(
