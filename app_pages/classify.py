@@ -155,6 +155,9 @@ try:
 except UserError as exc:
     st.error(str(exc))
     st.stop()
+engine = predictor.engine
+st.caption(f"Backbone on {'OpenVINO' if engine.engine == 'openvino' else 'TensorFlow'} ({engine.precision})."
+           + (f" {predictor.engine_note}" if predictor.engine_note else ""))
 if predictor.imagenet_weights is None and predictor.imagenet_reason is None:
     st.warning("The ImageNet head has random weights here (TL_IMAGENET_TOP=random, for offline tests): "
                "its labels are noise.", icon=":material/warning:")

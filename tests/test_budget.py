@@ -46,6 +46,27 @@ def test_estimates_grow_with_the_work():
     assert budget.estimate(cfg, 4000).seconds > base.seconds
 
 
+def test_a_sweep_adds_up_its_times_and_peaks_at_its_largest_run():
+    from tl import sweep as sweeps
+
+    base = RunConfig(backbone="mobilenet_v2")
+    configs = sweeps.sweep_configs(base, sweeps.strategies_for(base.backbone), "test")
+    found = budget.estimate_sweep(configs, 400)
+    each = {cfg.strategy: budget.estimate(cfg, 400) for cfg in configs}
+    assert found.each == each and list(found.each) == list(sweeps.strategies_for(base.backbone))
+    assert found.seconds == pytest.approx(sum(run.seconds for run in each.values()))  # one after another
+    assert found.memory_mb == max(run.memory_mb for run in each.values())  # one at a time
+    # From random weights scratch trains longest; full_fine_tune also keeps cached features.
+    assert (found.slowest, found.largest) == ("scratch", "full_fine_tune")
+    assert each["scratch"].seconds > each["full_fine_tune"].seconds
+    assert each["full_fine_tune"].memory_mb > each["scratch"].memory_mb
+    one = budget.estimate_sweep(configs[:1], 400)
+    assert one == (each["feature_extraction"].seconds, each["feature_extraction"].memory_mb,
+                   "feature_extraction", "feature_extraction", {"feature_extraction": each["feature_extraction"]})
+    with pytest.raises(ValueError, match="at least one config"):
+        budget.estimate_sweep([], 400)
+
+
 def test_budget_comes_from_the_environment(monkeypatch):
     monkeypatch.delenv(budget.BUDGET_ENV, raising=False)
     assert budget.budget_mb() is None
@@ -92,3 +113,15 @@ def test_budget_imports_without_tensorflow():
     code = "import sys, tl.budget; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_openvino_pass_is_counted_where_features_are_extracted(monkeypatch):
+    monkeypatch.delenv("TL_ENGINE", raising=False)
+    cfg = RunConfig()  # feature extraction: one frozen pass over every image
+    assert budget.estimate(cfg, 400).parts["engine"] == budget.ENGINE_MB
+    assert budget.estimate(cfg.replace(engine="tensorflow"), 400).parts["engine"] == 0
+    monkeypatch.setenv("TL_ENGINE", "tensorflow")
+    assert budget.estimate(cfg, 400).parts["engine"] == 0
+    monkeypatch.delenv("TL_ENGINE")
+    scratch = RunConfig(backbone="small_cnn", weights="none", strategy="scratch", image_size=32)
+    assert budget.estimate(scratch, 400).parts["engine"] == 0  # no frozen pass at all

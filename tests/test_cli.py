@@ -94,7 +94,7 @@ def test_worker_trains_a_queued_run_in_process(runs_dir):
 
 def test_format_event_covers_every_event_type():
     samples = [
-        {"type": "device", "kind": "gpu", "gpus": ["H100"], "replicas": 1, "precision": "mixed_float16"},
+        {"type": "device", "kind": "gpu", "gpus": ["H100"], "replicas": 1, "train_precision": "mixed_float16"},
         {"type": "data", "classes": 2, "images": 10, "train": 6, "val": 2, "test": 2},
         {"type": "phase", "phase": "head", "epochs": 1, "learning_rate": 0.001, "trainable_params": 10},
         {"type": "features", "cache": "hit", "images": 10},
@@ -103,10 +103,12 @@ def test_format_event_covers_every_event_type():
          "val_accuracy": 0.6, "seconds": 1.0},
         {"type": "status", "status": "done", "test_accuracy": 0.9},
         {"type": "log", "message": "hello"},
+        {"type": "cluster", "role": "worker", "task": "worker:1", "workers": 2, "chief_run_id": "r1"},
     ]
     lines = [cli.format_event(e) for e in samples]
     assert all(lines)
-    assert lines[0] == "Device: gpu (H100), 1 replica(s), mixed_float16"
+    assert lines[0] == "Device: gpu (H100), 1 replica(s), training in mixed_float16"
+    assert lines[-1] == "Cluster: worker (worker:1) of 2 workers, training run r1 (the chief writes it)"
 
 
 def subcommand(name):

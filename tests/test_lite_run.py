@@ -48,6 +48,16 @@ def test_cli_predict_names_the_cat_and_the_coffee(lite_run, runs_dir, capsys):
     assert {item["label"] for item in cat["transfer"]} <= set(lite_run.labels)
 
 
+@pytest.mark.parametrize("engine, precision", [("tensorflow", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")])
+def test_classify_says_egyptian_cat_with_every_engine_and_precision(lite_run, engine, precision):
+    # bf16 where this CPU has it; elsewhere the predictor says so and runs fp32.
+    predictor = Predictor(lite_run, engine=engine, precision=precision)
+    assert predictor.engine.engine == engine
+    result = predictor.predict(skimage.data.chelsea(), 3)
+    assert result.imagenet.labels[0] == "Egyptian cat", (predictor.engine, result.imagenet.labels)
+    assert set(result.transfer.labels) <= set(lite_run.labels)
+
+
 def test_grad_cam_of_the_imagenet_head_looks_at_the_cat(lite_run):
     image = skimage.data.chelsea()
     heat = Predictor(lite_run).grad_cam(image, "imagenet")

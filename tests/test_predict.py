@@ -71,6 +71,9 @@ def test_both_heads_give_probabilities_and_real_imagenet_labels(shared, frozen_r
 
 
 def _calls(monkeypatch):
+    """Names of the models run, in order: Keras calls and the engine's backbone passes."""
+    from tl import engine
+
     seen = []
     original = keras.Model.predict_on_batch
 
@@ -79,6 +82,14 @@ def _calls(monkeypatch):
         return original(self, x)
 
     monkeypatch.setattr(keras.Model, "predict_on_batch", spy)
+    for kind in (engine.Pass, engine.OpenVinoPass):
+        def pass_spy(self, images, _original=kind.__call__):
+            seen.append(self.model.name)
+            with monkeypatch.context() as inner:  # its own Keras call is not a second pass
+                inner.setattr(keras.Model, "predict_on_batch", original)
+                return _original(self, images)
+
+        monkeypatch.setattr(kind, "__call__", pass_spy)
     return seen
 
 

@@ -180,7 +180,7 @@ def similarity_from_probs(probs, threshold: float = SIMILARITY_THRESHOLD) -> Sim
 
 
 def measure_similarity(data, backbone: str, sample: int = SIMILARITY_SAMPLE, seed: int = 0,
-                       weights="imagenet") -> Similarity:
+                       weights="imagenet", runs_dir=None) -> Similarity:
     """Run ``backbone``'s ImageNet classifier on up to ``sample`` images of ``data``.
 
     Args:
@@ -190,13 +190,16 @@ def measure_similarity(data, backbone: str, sample: int = SIMILARITY_SAMPLE, see
         seed: seed of that choice.
         weights: "imagenet" (what the measure means); ``None`` builds the same network
             with random weights (for tests of the mechanics).
+        runs_dir: whose cache keeps the engine's converted model (:mod:`tl.engine`).
 
     Returns:
         A :class:`Similarity`; when the backbone has no ImageNet head, or its ImageNet
         weights are not downloaded and cannot be, ``similar`` is ``None`` and ``reason``
         says why. Never raises for those.
     """
+    from tl import engine
     from tl.backbones import preprocess_affine
+    from tl.paths import cache_root
 
     spec = BACKBONES[backbone]
     if spec.is_baseline or not spec.pretrained:
@@ -209,7 +212,10 @@ def measure_similarity(data, backbone: str, sample: int = SIMILARITY_SAMPLE, see
     chosen = np.sort(rng.choice(len(data), size=min(sample, len(data)), replace=False))
     images = np.stack([_resize(data.read(i), spec.native_size) for i in chosen]).astype("float32")
     kernel, bias = preprocess_affine(spec.preprocess)
-    probs = model.predict(images @ kernel + bias, batch_size=16, verbose=0)
+    runner = engine.compile(model, key={"pass": "imagenet", "backbone": spec.name, "weights": str(weights)},
+                            cache_root=cache_root(runs_dir))
+    ready = (images @ kernel + bias).astype("float32")
+    probs = np.concatenate([runner(ready[i:i + 16]) for i in range(0, len(ready), 16)])
     return similarity_from_probs(probs)
 
 

@@ -55,10 +55,18 @@ up, so the estimates are 1,323 / 1,323 / 1,518 / 2,501 / 3,589 MB. Lite0 also ru
 35 GMAC/s here (108 images/s extracting features at 224 px; 84 forward-equivalents/s
 training from scratch), not the 8 of the calibration runs above: GMAC_PER_SECOND_LITE.
 Times are for all the epochs a config allows; early stopping usually ends sooner.
+
+The frozen-backbone pass on OpenVINO (:mod:`tl.engine`) adds its converter and its own
+copy of the network to the peak: ``python -m tl train`` at the defaults, its converted-model
+cache cold (a fresh ``--runs-dir``), ``TL_ENGINE=openvino`` against ``tensorflow`` (maximum
+RSS, 2026-12-01): EfficientNet-Lite0 (ImageNet weights) 1,388 against 1,100 MB, ResNet-50
+(weights none) 1,575 against 1,291 MB: +288 and +284 MB, so ENGINE_MB = 300 wherever
+features are extracted and OpenVINO is installed (and not switched off with ``tensorflow``).
 """
 
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from tl.errors import UserError
 
@@ -74,6 +82,7 @@ K_LITE = {"forward": 0.23, "fine_tune": 0.30, "train": 0.70, "scratch": 1.15}
 FINE_TUNE_SHARE = 0.65
 GMAC_PER_SECOND = 8.0
 GMAC_PER_SECOND_LITE = 35.0
+ENGINE_MB = 300.0
 SLOTS = {"adam": 2, "rmsprop": 1, "sgd": 1}
 IN_MEMORY_DATA_MB = {"cifar10": 60000 * 32 * 32 * 3 / MB}
 
@@ -148,8 +157,18 @@ def estimate(cfg, num_images: int) -> Estimate:
         "activations": cfg.batch_size * act * size2 * 4 * k / MB,
         "features": num_images * width * 4 / MB if features else 0.0,
         "data": IN_MEMORY_DATA_MB.get(cfg.dataset, 0.0),
+        "engine": ENGINE_MB if features and _openvino_runs(cfg) else 0.0,
     }
     return Estimate(sum(parts.values()), _seconds(cfg, num_images), parts)
+
+
+def _openvino_runs(cfg) -> bool:
+    """Whether the frozen pass will likely run on OpenVINO (installed, not switched off),
+    without importing it."""
+    import importlib.util
+
+    chosen = cfg.engine or os.environ.get("TL_ENGINE") or "auto"
+    return chosen != "tensorflow" and importlib.util.find_spec("openvino") is not None
 
 
 def _seconds(cfg, num_images: int) -> float:
@@ -178,6 +197,34 @@ def _seconds(cfg, num_images: int) -> float:
         trace = TRACE_SECONDS["backprop" if cfg.strategy in BACKPROP_STRATEGIES else "forward"]
     rate = GMAC_PER_SECOND_LITE if BACKBONES[cfg.backbone].is_lite else GMAC_PER_SECOND
     return BASE_SECONDS + trace + forwards * gmac / rate
+
+
+class SweepEstimate(NamedTuple):
+    """A sweep's estimate: its runs train one after another, so their times add up, and one
+    at a time, so its peak memory is its largest run's."""
+
+    seconds: float  # all the runs
+    memory_mb: float  # the largest run's peak
+    slowest: str  # the strategy that takes the most time
+    largest: str  # the strategy with the largest peak
+    each: dict  # strategy -> its run's Estimate
+
+
+def estimate_sweep(configs, num_images: int) -> SweepEstimate:
+    """Estimate a sweep of ``configs`` (one per strategy, as :func:`tl.sweep.sweep_configs`
+    makes them) on ``num_images`` images, trained one after another (one worker, the
+    default).
+
+    Raises:
+        ValueError: no configs.
+    """
+    each = {cfg.strategy: estimate(cfg, num_images) for cfg in configs}
+    if not each:
+        raise ValueError("Expected `configs` to hold at least one config. Received: none.")
+    slowest = max(each, key=lambda name: each[name].seconds)
+    largest = max(each, key=lambda name: each[name].memory_mb)
+    return SweepEstimate(sum(found.seconds for found in each.values()), each[largest].memory_mb, slowest, largest,
+                         each)
 
 
 def budget_mb() -> float | None:

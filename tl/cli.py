@@ -14,6 +14,7 @@ import sys
 import typing
 
 from tl.config import FIELD_HELP, RunConfig
+from tl.engine import ENGINE_DESCRIPTIONS, ENGINES, PRECISION_DESCRIPTIONS, PRECISIONS
 from tl.errors import UserError
 
 EXIT_FAILED = 1
@@ -74,6 +75,10 @@ def _parser():
     predict.add_argument("--top", type=int, default=5, help="Classes to show per head, 1 to 10. Default: 5.")
     predict.add_argument("--runs-dir", help=RUNS_DIR_HELP)
     predict.add_argument("--json", action="store_true", help="Print one JSON object per image.")
+    predict.add_argument("--engine", choices=ENGINES, help="What runs the backbone: " + "; ".join(
+        f"{name}: {text}" for name, text in ENGINE_DESCRIPTIONS.items()) + " Default: $TL_ENGINE, else auto.")
+    predict.add_argument("--engine-precision", choices=PRECISIONS, help="Precision of the backbone pass: " + "; ".join(
+        f"{name}: {text}" for name, text in PRECISION_DESCRIPTIONS.items()) + " Default: $TL_ENGINE_PRECISION, else auto.")
     predict.set_defaults(handler=cmd_predict)
 
     list_cmd = sub.add_parser("list", help="list datasets, backbones, heads, strategies and optimizers")
@@ -125,6 +130,10 @@ def field_help(field, default=None) -> str:
         parts.append(f"One of: {', '.join(registries()[plural])} (`python -m tl list` explains them).")
     elif field.name == "class_weight":
         parts.append(f"One of: {', '.join(CLASS_WEIGHTS)}.")
+    elif field.name in ("engine", "engine_precision"):
+        variable = "TL_ENGINE" if field.name == "engine" else "TL_ENGINE_PRECISION"
+        parts.append(f"Default: ${variable}, else auto.")
+        return " ".join(parts).replace("%", "%%")
     if default is not None:
         parts.append(f"Default: {default}.")
     elif field.name in STRATEGY_DEFAULTS:
@@ -154,29 +163,46 @@ def config_from_args(args) -> RunConfig:
 # -- commands --------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from tl import training
+    from tl import cluster, training
 
     cfg = config_from_args(args)
+    role = cluster.role()  # TF_CONFIG: one worker of a cluster (README, "Training across machines")
+    if role:
+        cluster.check_config(cfg)
     fetch_with_progress(cfg.dataset)
+    if role and not role.chief:  # trains in step with the chief, writing only into a folder of its own
+        with cluster.worker_folders() as folder:
+            return _execute(training.prepare(cfg, folder), args, runs_dir=folder, role=role)
     run = training.prepare(cfg, args.runs_dir)
-    return _execute(run, args)
+    return _execute(run, args, role=role)
 
 
 def cmd_worker(args) -> int:
     from tl import runs
 
+    os.environ.pop("TF_CONFIG", None)  # the app's runs never join a cluster (tl/jobs.py leaves it out too)
     run = runs.get(args.run_id, args.runs_dir)
     return _execute(run, args)
 
 
-def _execute(run, args) -> int:
+def _execute(run, args, runs_dir=None, role=None) -> int:
+    """Train ``run`` printing its progress; ``runs_dir``: where it lives when not
+    ``--runs-dir`` (a worker's own folder); ``role``: this process's place in a cluster."""
     from tl import training
 
     out = sys.stderr if args.json else sys.stdout
-    print(f"Run {run.id} in {run.path}", file=out)
+    runs_dir = runs_dir or args.runs_dir
+    if role and not role.chief:
+        print(f"Task {role.task} of a {role.workers}-worker cluster: it trains the chief's run and writes only "
+              f"into {run.path}, removed at the end", file=out)
+    else:
+        print(f"Run {run.id} in {run.path}", file=out)
+    if role:  # TensorFlow holds every signal but SIGKILL until the cluster forms
+        print(f"Waiting for all {role.workers} workers in TF_CONFIG to join; until they have, TensorFlow defers "
+              f"Ctrl-C (kill -9 {os.getpid()} stops it)", file=out, flush=True)
     previous = _cancel_on_signals(run)
     try:
-        status = training.execute(run, args.runs_dir, on_event=_printer(out))
+        status = training.execute(run, runs_dir, on_event=_printer(out))
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -190,6 +216,11 @@ def _execute(run, args) -> int:
         "test_loss": metrics.get("test_loss"), "train_seconds": metrics.get("train_seconds"),
         "trainable_params": metrics.get("trainable_params"), "convergence": metrics.get("convergence"),
     }
+    if role:
+        summary.update(role.as_record())
+        if not role.chief:  # its own folder goes at the end: it names the run it trained, the chief's
+            chief = next((e for e in run.events()[0] if e["type"] == "cluster"), {})
+            summary.update(run_id=chief.get("chief_run_id"), run_dir=None)
     if args.json:
         print(json.dumps(summary))
     return 0 if status["status"] == "done" else EXIT_FAILED
@@ -225,7 +256,11 @@ def format_event(event) -> str:
     kind = event["type"]
     if kind == "device":
         gpus = f" ({', '.join(event['gpus'])})" if event.get("gpus") else ""
-        return f"Device: {event['kind']}{gpus}, {event['replicas']} replica(s), {event['precision']}"
+        return f"Device: {event['kind']}{gpus}, {event['replicas']} replica(s), training in {event.get('train_precision') or event.get('precision')}"
+    if kind == "cluster":
+        writer = "this process writes it" if event["role"] == "chief" else "the chief writes it"
+        return (f"Cluster: {event['role']} ({event['task']}) of {event['workers']} workers, training run "
+                f"{event['chief_run_id']} ({writer})")
     if kind == "data":
         return (f"Data: {event['classes']} classes, {event['images']} images "
                 f"(train {event['train']} / val {event['val']} / test {event['test']})")
@@ -239,17 +274,16 @@ def format_event(event) -> str:
         if event["cache"] == "hit":
             return f"Features: reused from the cache ({event['images']} images)"
         if event["cache"] == "stored":
-            return f"Features: extracted {event['images']} images in {event['seconds']:.1f} s"
+            engine = f" ({event['engine']}, {event['engine_precision']})" if event.get("engine") else ""
+            return f"Features: extracted {event['images']} images in {event['seconds']:.1f} s{engine}"
         return f"Features: {event.get('done', 0)}/{event['images']} images"
     if kind == "batch":
         return (f"  epoch {event['epoch']} step {event['step']}/{event['steps']} "
                 f"loss {_fmt(event['loss'])} acc {_fmt(event['accuracy'])}")
     if kind == "epoch":
-        if event.get("method") == "exact":  # one line per 10 L-BFGS iterations
-            if event["epoch"] % 10:
-                return ""
-            return (f"Iteration {event['epoch']} ({event['phase']}, exact fit): loss {_fmt(event['loss'])} "
-                    f"acc {_fmt(event['accuracy'])} | val loss {_fmt(event['val_loss'])} "
+        if event.get("method") == "exact":  # reported iterations only: a few lines (tl/head_fit.py)
+            return (f"Iteration {event.get('iteration', event['epoch'])} ({event['phase']}, exact fit): "
+                    f"loss {_fmt(event['loss'])} acc {_fmt(event['accuracy'])} | val loss {_fmt(event['val_loss'])} "
                     f"val acc {_fmt(event['val_accuracy'])}")
         return (f"Epoch {event['epoch']} ({event['phase']}): loss {_fmt(event['loss'])} "
                 f"acc {_fmt(event['accuracy'])} | val loss {_fmt(event['val_loss'])} "
@@ -331,7 +365,9 @@ def cmd_predict(args) -> int:
     from tl.predict import DRAFT_SIZE, Predictor, check_top_k
 
     k = check_top_k(args.top)
-    predictor = Predictor(runs.get(args.run_id, args.runs_dir))
+    predictor = Predictor(runs.get(args.run_id, args.runs_dir), engine=args.engine, precision=args.engine_precision)
+    if predictor.engine_note:
+        print(f"note: {predictor.engine_note}", file=sys.stderr)
     failed = 0
     for path in args.images:
         name = Path(path).name
@@ -399,12 +435,16 @@ def cmd_compare(args) -> int:
     from tl import sweep as sweeps
 
     out = sys.stderr if args.json else sys.stdout
+    if os.environ.get("TF_CONFIG"):
+        raise UserError("compare trains on this machine only: unset TF_CONFIG (across machines, train one run at "
+                        "a time with `python -m tl train`).")
     base = compare_config(args)
     strategies = sweeps.parse_strategies(args.strategies, base.backbone)
     sweeps.sweep_configs(base, strategies, "check")  # every config valid before any work
     data = datasets.load(base, args.runs_dir)
     print(f"Measuring similarity to ImageNet with {base.backbone}...", file=out, flush=True)
-    advice = advisor.advise(advisor.images_per_class(data), advisor.measure_similarity(data, base.backbone, seed=base.seed),
+    advice = advisor.advise(advisor.images_per_class(data), advisor.measure_similarity(data, base.backbone, seed=base.seed,
+                                                                                      runs_dir=args.runs_dir),
                             assume_similar=args.similar != "no", backbone=base.backbone, weights=base.weights)
     print(f"Advisor: {advice.case} -> {advice.strategy}. {advice.basis}", file=out)
     sweep = sweeps.create(base, strategies, args.runs_dir, advice=advice.to_dict())

@@ -1,6 +1,7 @@
 """Which devices training uses: all local GPUs (mixed precision) when present, else CPU.
 
-- ``TF_CONFIG`` set: ``MultiWorkerMirroredStrategy`` (one worker of a cluster).
+- ``TF_CONFIG`` set: ``MultiWorkerMirroredStrategy``, this process one worker of a cluster
+  (:mod:`tl.cluster`; the app's workers never have it: :mod:`tl.jobs` leaves it out).
 - one or more GPUs: ``MirroredStrategy`` over all of them, ``mixed_float16``.
 - ``TL_CPU_REPLICAS=N`` (N > 1): the CPU split into N logical devices under
   ``MirroredStrategy``; a way to exercise the distributed path without GPUs.
@@ -10,6 +11,8 @@
 import os
 import shutil
 import subprocess
+
+from tl import cluster
 
 
 def setup():
@@ -30,8 +33,9 @@ def setup():
     if replicas > 1 and not gpus:
         _split_cpu(tf, replicas)
 
-    if os.environ.get("TF_CONFIG"):
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    role = cluster.role()
+    if role:
+        strategy = cluster.strategy()
         kind = "multi-worker"
     elif gpus:
         strategy = tf.distribute.MirroredStrategy()
@@ -49,8 +53,12 @@ def setup():
         "kind": kind,
         "replicas": strategy.num_replicas_in_sync,
         "gpus": [gpu_name(tf, g) for g in gpus],
-        "precision": policy,
+        # Training's mixed-precision policy; the frozen-backbone passes record their own
+        # (engine, engine_precision: tl.engine).
+        "train_precision": policy,
     }
+    if role:  # how many processes train together, and which one this is
+        info.update(role.as_record())
     return strategy, info
 
 

@@ -4,7 +4,10 @@ One ``.npy`` file per key, rows in item order. Writing streams chunk by chunk; r
 memory-maps the file and copies the requested rows out in one indexing operation, so
 memory stays flat however many images there are, and a split's features come back as one
 matrix (:meth:`FeatureStore.read`). A key covers everything that changes the features:
-backbone, weights, cut layer, image size, numeric precision and the data's fingerprint.
+backbone, weights, cut layer, image size, the inference precision (``engine_precision``:
+fp32 features from TensorFlow and from OpenVINO agree to about 1e-5 and share entries; bf16
+ones never mix with them) and the data's fingerprint. The training precision policy is not
+part of it.
 """
 
 import hashlib
@@ -23,11 +26,11 @@ CHUNK_BATCHES = 32
 
 
 def cache_key(*, backbone: str, weights: str, cut: str | None, image_size: int,
-              precision: str, fingerprint: str) -> str:
+              engine_precision: str, fingerprint: str) -> str:
     """A short hash naming the cache entry for these inputs."""
     parts = {
         "format": FEATURE_FORMAT, "backbone": backbone, "weights": weights, "cut": cut or "last",
-        "image_size": image_size, "precision": precision, "data": fingerprint,
+        "image_size": image_size, "engine_precision": engine_precision, "data": fingerprint,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -109,17 +112,21 @@ def _check_entry(folder: Path) -> str | None:
 
 
 def extract(root, key: str, extractor, batches, total: int, *, meta: dict, on_chunk=None) -> FeatureStore:
-    """Run ``extractor`` over ``batches`` (an iterable of tf.data pipelines, one per chunk)
-    and write the pooled features of all ``total`` items to the cache under ``key``, with
-    their sha256 in meta.json.
+    """Run ``extractor`` (a :class:`tl.engine.Pass`, or a Keras model, run as it is) over
+    ``batches`` (an iterable of tf.data pipelines, one per chunk) and write the pooled
+    features of all ``total`` items to the cache under ``key``, with their sha256 in meta.json.
 
     ``on_chunk(done, total)`` is called after each chunk; it may raise to stop (the partial
     file is removed, nothing is cached). Temporary files of killed extractions are removed.
     """
+    from tl.engine import Choice, Pass
+
+    if not isinstance(extractor, Pass):
+        extractor = Pass(extractor, Choice("tensorflow", "fp32"))
     folder = Path(root) / "features" / key
     folder.mkdir(parents=True, exist_ok=True)
     _remove_dead_temporaries(folder)
-    dim = int(extractor.output.shape[-1])
+    dim = int(extractor.model.output.shape[-1])
     final = folder / "features.npy"
     tmp = folder / f".features.{os.getpid()}.tmp"
     digest = hashlib.sha256()
@@ -132,7 +139,7 @@ def extract(root, key: str, extractor, batches, total: int, *, meta: dict, on_ch
             handle.write(header.getvalue())
             digest.update(header.getvalue())
             for pipeline in batches:
-                features = extractor.predict(pipeline, verbose=0)
+                features = extractor.predict(pipeline)
                 block = np.asarray(features, dtype=np.float32).reshape(len(features), dim).tobytes()
                 handle.write(block)
                 digest.update(block)

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from tl import runs, training
+from tl import cluster, runs, training
 from tl.errors import ConfigError, RunNotFound, UserError
 from tl.files import os_error_sentence, read_json
 from tl.processes import own_record, same_process
@@ -40,16 +40,16 @@ class _Job:
     """One worker. ``process`` is None for a worker an earlier app process started (it
     outlives the app, being in its own session), which we can watch only by pid."""
 
-    def __init__(self, run, process=None, pid=None, pid_start=None):
+    def __init__(self, run, process=None, pid=None, pid_start=None, started=None):
         self.run, self.process = run, process
         self.pid = process.pid if process else pid
-        self.pid_start = pid_start
+        self.pid_start, self.started = pid_start, started  # started: for records without pid_start
         self.kill_at = None  # set by cancel: when to SIGKILL a worker that has not stopped
 
     def signal(self, signum) -> None:
         """Signal the worker; an adopted one only while its pid is still that process (a
         pid reused by another program is never signalled)."""
-        if self.process is not None or same_process(self.pid, self.pid_start):
+        if self.process is not None or same_process(self.pid, self.pid_start, running_since=self.started):
             _signal(self.pid, signum)
 
     def finished(self) -> bool:
@@ -190,7 +190,8 @@ class JobManager:
             if status["status"] == "queued":
                 queued.append((created if isinstance(created, (int, float)) else 0, run.id))
             elif status["status"] == "running" and status.get("pid"):
-                self._jobs[run.id] = _Job(run, pid=status["pid"], pid_start=status.get("pid_start"))  # it holds the device
+                self._jobs[run.id] = _Job(run, pid=status["pid"], pid_start=status.get("pid_start"),
+                                          started=status.get("started"))  # it holds the device
             elif _on_disk(run) == "running":  # Run.status() said failed: make it permanent
                 run.set_status("failed", reason=status.get("reason") or DIED)
         self._queue = [run_id for _, run_id in sorted(queued)]
@@ -214,8 +215,11 @@ class JobManager:
         try:
             with open(run.path / "worker.log", "ab") as out:
                 # Own session: a Ctrl-C or a restart of the app does not kill the training.
+                # No TF_CONFIG: the app's runs train here, never as one worker of a cluster
+                # (a cluster run is started with `python -m tl train` on each machine).
                 process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, start_new_session=True)
+                                           stdin=subprocess.DEVNULL, start_new_session=True,
+                                           env=cluster.environment_without_cluster())
         except OSError as exc:
             run.set_status("failed", reason=f"The training process could not start: {exc}.")
             return None

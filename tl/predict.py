@@ -81,9 +81,10 @@ class Prediction:
 class _Path:
     """prep (image -> preprocessed input) -> trunk -> output ``index`` -> head."""
 
-    features: object  # keras.Model: image -> trunk output(s); one compiled call per image
+    features: object  # keras.Model: image -> trunk output(s) (Grad-CAM differentiates it)
     index: int | None  # which trunk output the head reads (None: the only one)
     head: object  # keras.Model: trunk output -> probabilities
+    runner: object = None  # tl.engine.Pass of ``features``: what runs it for predictions
 
 
 def check_top_k(k) -> int:
@@ -113,9 +114,14 @@ class Predictor:
             weights were ``"none"`` is then treated as if it had started from ImageNet.
         share: use one backbone pass for both heads where the run allows it; ``False``
             always runs the two models separately (to compare the two ways).
+        engine, precision: what runs the backbone passes (:func:`tl.engine.choose`:
+            ``None`` follows ``$TL_ENGINE`` / ``$TL_ENGINE_PRECISION``, else auto, fp32).
+            ``engine_note`` then holds the one sentence saying why the engine or precision
+            is not the one asked for, or ``None``.
     """
 
-    def __init__(self, run, imagenet_weights=_DEFAULT, share: bool = True):
+    def __init__(self, run, imagenet_weights=_DEFAULT, share: bool = True, engine: str | None = None,
+                 precision: str | None = None):
         if imagenet_weights is _DEFAULT:
             imagenet_weights = IMAGENET_WEIGHTS
 
@@ -148,7 +154,26 @@ class Predictor:
             self.transfer_path = _split_run_model(model)
             self.imagenet_path = None if top is None else _split_imagenet(top, self.spec)
         del model, top
+        self._compile_passes(engine, precision)
         gc.collect()
+
+    def _compile_passes(self, engine, precision) -> None:
+        """One engine pass per distinct backbone model (one when both heads share it)."""
+        from tl import engine as engines
+        from tl.paths import cache_root
+
+        notes = []
+        for name, path in (("transfer", self.transfer_path), ("imagenet", self.imagenet_path)):
+            if path is None:
+                continue
+            if self.shared and name == "imagenet":
+                path.runner = self.transfer_path.runner
+                continue
+            key = {"pass": "classify", "path": "shared" if self.shared else name, "backbone": self.cfg.backbone}
+            path.runner = engines.compile(path.features, key=key, cache_root=cache_root(self.run.path.parent),
+                                          engine=engine, precision=precision, on_note=notes.append)
+        self.engine = self.transfer_path.runner.choice
+        self.engine_note = notes[0] if notes else None
 
     # -- construction ------------------------------------------------------------------
 
@@ -223,7 +248,7 @@ class Predictor:
         backbone_seconds = None
         if self.shared:
             started = time.perf_counter()
-            outputs = self.transfer_path.features.predict_on_batch(batch)
+            outputs = self.transfer_path.runner(batch)
             backbone_seconds = time.perf_counter() - started
             transfer_probs, transfer_seconds = _timed(self.transfer_path.head, outputs[0])
             imagenet_probs, imagenet_seconds = _timed(self.imagenet_path.head, outputs[1])
@@ -264,7 +289,7 @@ class Predictor:
 def _run_path(path: _Path, batch):
     """Probabilities of one path's own backbone pass and head, and the seconds both took."""
     started = time.perf_counter()
-    features = path.features.predict_on_batch(batch)
+    features = path.runner(batch)
     probs, _ = _timed(path.head, features if path.index is None else features[path.index])
     return probs, time.perf_counter() - started
 

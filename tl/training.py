@@ -13,7 +13,7 @@ import traceback
 
 import numpy as np
 
-from tl import budget, datasets, runs
+from tl import budget, cluster, datasets, runs
 from tl.backbones import check_installed_weights, cut_layer, set_trainable_top
 from tl.config import RunConfig
 from tl.errors import Cancelled, ConfigError, TrainingFailed, UserError
@@ -145,6 +145,8 @@ def _train(run, cfg, runs_dir, emit) -> dict:
 
     strategy, device = devices.setup()
     emit("device", **device)
+    if "role" in device:  # one worker of a cluster: the run it trains is the chief's
+        emit("cluster", chief_run_id=cluster.chiefs_text(run.id), **cluster.role().as_record())
     keras.utils.set_random_seed(cfg.seed)
     data = datasets.load(cfg, runs_dir)
     run.write_json("labels.json", {"class_names": data.class_names, "dataset": data.name,
@@ -186,6 +188,7 @@ class Learner:
         self.train_seconds = 0.0
         self.extract_seconds = 0.0
         self.feature_cache = None
+        self.engine_choice = None  # tl.engine.Choice of the frozen-backbone pass, once features are needed
         self._store = None
         self.best = None  # the lowest validation loss so far
         self.best_epoch = None
@@ -311,7 +314,7 @@ class Learner:
         recorder = ExactFitRecorder(self, "head")
         fit = fit_softmax(train, labels[splits["train"]], self.data.num_classes, val=val,
                           val_labels=labels[splits["val"]], sample_weight=weights,
-                          on_iteration=recorder.add)
+                          on_iteration=recorder.iterated, on_report=recorder.add)
         recorder.flush()
         predictions = self.head.get_layer("predictions")
         predictions.set_weights([fit.kernel, fit.bias])
@@ -379,6 +382,7 @@ class Learner:
         from tl.callbacks import Progress
         from tl.models import count_params
 
+        cluster.take_chiefs_weights(model)  # in a cluster, every worker starts the phase from the chief's weights
         # Compiled afresh each phase: trainable flags only take effect on compile.
         model.compile(optimizer=make_optimizer(self.cfg.optimizer, learning_rate),
                       loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
@@ -402,26 +406,37 @@ class Learner:
 
     # cached features
     def _features(self):
-        from tl import features
+        from tl import engine, features
         from tl.models import feature_extractor
 
         if self._store is not None:
             return self._store
         cfg, data = self.cfg, self.data
-        key = features.cache_key(backbone=cfg.backbone, weights=self.weights_id, cut=self.cut,
-                                 image_size=cfg.image_size, precision=self.device["precision"],
-                                 fingerprint=data.fingerprint)
         root = runs.cache_root(self.runs_dir)
+        if self.engine_choice is None:
+            self.engine_choice = engine.choose(cfg.engine, cfg.engine_precision)
+            if self.engine_choice.note:
+                self.emit("log", message=self.engine_choice.note)
+        key = self._feature_key(self.engine_choice.precision)
         started = time.time()
         store = features.lookup(root, key, on_damaged=lambda message: self.emit("log", message=message))
-        if store is not None and len(store) == len(data):
+        # A cluster extracts together (a collective predict) or not at all.
+        if cluster.every_worker(store is not None and len(store) == len(data)):
             self.feature_cache, self._store = "hit", store
-            self.emit("features", cache="hit", key=key, images=len(store), seconds=0.0)
+            self.emit("features", cache="hit", key=key, images=len(store), seconds=0.0,
+                      **self.engine_choice.as_record())
             return store
         self.feature_cache = "miss"
-        extractor = feature_extractor(self.model)
+        runner = engine.compile(feature_extractor(self.model), cache_root=root, engine=self.engine_choice.engine,
+                                precision=self.engine_choice.precision,
+                                key={"pass": "features", "backbone": cfg.backbone, "weights": self.weights_id,
+                                     "cut": self.cut or "last", "image_size": cfg.image_size},
+                                on_note=lambda message: self.emit("log", message=message))
+        if runner.choice != self.engine_choice:  # fell back (the model did not convert): its own key
+            self.engine_choice = runner.choice
+            key = self._feature_key(runner.precision)
         total = len(data)
-        self.emit("features", cache="miss", key=key, images=total, done=0)
+        self.emit("features", cache="miss", key=key, images=total, done=0, **runner.choice.as_record())
         last = [0.0]
 
         def on_chunk(done, total):
@@ -429,17 +444,27 @@ class Learner:
                 raise Cancelled()
             if time.time() - last[0] >= BATCH_EVENT_SECONDS or done == total:
                 last[0] = time.time()
-                self.emit("features", cache="miss", key=key, images=total, done=done)
+                self.emit("features", cache="miss", key=key, images=total, done=done, **runner.choice.as_record())
 
         pipelines = (datasets.image_pipeline(data, chunk, cfg.batch_size, image_size=cfg.image_size)
                      for chunk in features.chunks(np.arange(total), cfg.batch_size))
-        store = features.extract(root, key, extractor, pipelines, total, on_chunk=on_chunk, meta={
+        store = features.extract(root, key, runner, pipelines, total, on_chunk=on_chunk, meta={
             "backbone": cfg.backbone, "weights": self.weights_id, "cut": self.cut or "last",
-            "image_size": cfg.image_size, "dataset": data.name, "fingerprint": data.fingerprint})
+            "image_size": cfg.image_size, "dataset": data.name, "fingerprint": data.fingerprint,
+            **runner.choice.as_record()})
         self.extract_seconds = time.time() - started
-        self.emit("features", cache="stored", key=key, images=total, seconds=round(self.extract_seconds, 3))
+        self.emit("features", cache="stored", key=key, images=total, seconds=round(self.extract_seconds, 3),
+                  **runner.choice.as_record())
         self._store = store
         return store
+
+    def _feature_key(self, engine_precision: str) -> str:
+        from tl import features
+
+        cfg = self.cfg
+        return features.cache_key(backbone=cfg.backbone, weights=self.weights_id, cut=self.cut,
+                                  image_size=cfg.image_size, engine_precision=engine_precision,
+                                  fingerprint=self.data.fingerprint)
 
     # best checkpoint
     def note_epoch(self, model, val_accuracy, val_loss) -> bool:
@@ -473,27 +498,34 @@ class Learner:
             model, weights = self.best_weights
             model.set_weights(weights)
             refresh_standardization(self.head)
+        cluster.take_chiefs_weights(self.model)  # each worker tests its share of the chief's model
 
     # results
     def evaluate(self) -> dict:
         """Test-split metrics: accuracy, loss, confusion matrix, per-class, misclassified."""
         cfg, data = self.cfg, self.data
         test = data.splits["test"]
+        feature_accuracy = None
         if self.spec.uses_features:  # the head alone on the cached test features, eagerly in chunks
             store = self._features()
             probs = np.concatenate([np.asarray(self.head(store.read(test[i:i + 4096])[:, None, None, :],
                                                          training=False))
                                     for i in range(0, len(test), 4096)] or [np.zeros((0, data.num_classes))])
+            if self.engine_choice.precision != "fp32":
+                # Features of another precision than the served model's: score what is served.
+                feature_accuracy = classification_report(probs, data.labels[test], data.class_names)["test_accuracy"]
+                probs = self._served_probs(test)
         else:
-            probs = self.model.predict(
-                datasets.image_pipeline(data, test, cfg.batch_size, image_size=cfg.image_size), verbose=0)
+            probs = self._served_probs(test)
         results = classification_report(probs, data.labels[test], data.class_names)
         results["misclassified"] = [
             dict(item, item=int(test[item["index"]]), key=data.keys[test[item["index"]]])
             for item in results["misclassified"]
         ]
         val_accs = [h["val_accuracy"] for h in self.history if h.get("val_accuracy") is not None]
-        epochs_run = len(self.history)
+        # An exact fit records a few of its L-BFGS iterations; it ran up to the last one recorded.
+        exact = [h.get("iteration") or 1 for h in self.history if h.get("method") == "exact"]
+        epochs_run = len(self.history) - len(exact) + (max(exact) if exact else 0)
         results.update(
             train_seconds=round(self.train_seconds, 3),
             extract_seconds=round(self.extract_seconds, 3),
@@ -507,8 +539,19 @@ class Learner:
             total_params=int(self.model.count_params()),
             train_size=len(data.splits["train"]), val_size=len(data.splits["val"]), test_size=len(test),
             device=self.device, weights=self.weights_id,
+            train_precision=self.device.get("train_precision"),
+            engine=None if self.engine_choice is None else self.engine_choice.engine,
+            engine_precision=None if self.engine_choice is None else self.engine_choice.precision,
         )
+        if feature_accuracy is not None:
+            results["feature_test_accuracy"] = feature_accuracy
         return results
+
+    def _served_probs(self, rows):
+        """Probabilities of the whole model (what model.keras serves) on images ``rows``."""
+        cfg = self.cfg
+        return self.model.predict(
+            datasets.image_pipeline(self.data, rows, cfg.batch_size, image_size=cfg.image_size), verbose=0)
 
     def save_model(self):
         """Save the full model (images in, probabilities out) atomically as model.keras.

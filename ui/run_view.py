@@ -9,6 +9,7 @@ from tl.errors import UserError
 from ui.state import PLOTLY_CONFIG, data_key, load_data, show_run
 
 LIVE_SECONDS = 1.0
+ENGINE_NAMES = {"openvino": "OpenVINO", "tensorflow": "TensorFlow"}
 
 
 # -- dataset preview -------------------------------------------------------------------
@@ -155,7 +156,8 @@ def _progress(run) -> dict:
             seen["data"] = event
     cache[run.id] = (offset, seen)
 
-    done = len(run.history)
+    history = run.history
+    done = len(history)
     phase = seen["phase"]
     fraction, text = 0.0, ("Starting: loading TensorFlow, reading the data and building the model (a few "
                            "seconds)...")
@@ -163,8 +165,8 @@ def _progress(run) -> dict:
         text = (f"Starting: {seen['data']['images']:,} images read; building the model and compiling the "
                 "first steps...")
     if phase and phase.get("method") == "exact":
-        iteration = done - phase["first_epoch"] + 1
-        fraction, text = 0.9, f"Fitting the head exactly on the cached features: iteration {max(iteration, 0)}"
+        iteration = history[-1].get("iteration", 0) if done >= phase["first_epoch"] else 0  # last reported
+        fraction, text = 0.9, f"Fitting the head exactly on the cached features: iteration {iteration}"
     elif phase:
         planned = max(phase["epochs"] or 1, 1)
         completed = max(done - phase["first_epoch"] + 1, 0)  # epochs of this phase already finished
@@ -178,7 +180,9 @@ def _progress(run) -> dict:
     elif seen["features"] and seen["features"].get("done") is not None:
         feat = seen["features"]
         fraction = feat["done"] / max(feat["images"], 1) * 0.5
-        text = f"Extracting features: {feat['done']}/{feat['images']} images"
+        engine = f" on {ENGINE_NAMES.get(feat['engine'], feat['engine'])} {feat['engine_precision']}" \
+            if feat.get("engine") else ""
+        text = f"Extracting features{engine}: {feat['done']}/{feat['images']} images"
     return {"fraction": min(max(fraction, 0.0), 1.0), "text": text, "batches": seen["batches"]}
 
 
@@ -210,6 +214,7 @@ def results(run) -> None:
               help=f"{metrics['trainable_params']:,} of the model's {metrics['total_params']:,} parameters were trained.")
     st.caption(f"{metrics['test_size']:,} test images · {metrics['trainable_params']:,} of "
                f"{metrics['total_params']:,} parameters trained.")
+    _engine_caption(metrics)
     _convergence(metrics)
     _curves(run)
     left, right = st.columns(2)
@@ -219,6 +224,19 @@ def results(run) -> None:
     _mistakes(run, metrics, _clicked_cell(picked))
     _downloads(run)
     _export_downloads(run)
+
+
+def _engine_caption(metrics) -> None:
+    """Which engine ran the frozen backbone, and the served model's accuracy beside the
+    cached features' when those were not fp32."""
+    if not metrics.get("engine"):
+        return
+    text = (f"Frozen backbone on {ENGINE_NAMES.get(metrics['engine'], metrics['engine'])} "
+            f"({metrics['engine_precision']}), {metrics.get('extract_seconds') or 0:.1f} s of feature extraction.")
+    if metrics.get("feature_test_accuracy") is not None:
+        text += (f" The test accuracy above is the saved model's (float32); on the {metrics['engine_precision']} "
+                 f"features it was {metrics['feature_test_accuracy']:.1%}.")
+    st.caption(text)
 
 
 def _count(n: int) -> str:
