@@ -43,6 +43,7 @@ def app(tmp_path_factory):
 def expect(locator):
     from playwright.sync_api import expect as playwright_expect
 
+    playwright_expect.set_options(timeout=30_000)  # a loaded CI machine can take longer than 5 s to draw
     return playwright_expect(locator)
 
 
