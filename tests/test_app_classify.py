@@ -87,6 +87,7 @@ def test_real_photos_and_bad_files(app_with_run):
     assert errors[3].startswith("bomb.png is too large")
     charts = at.get("plotly_chart")
     assert len(charts) == 4  # two heads x two good photos
+    assert "Backbone on OpenVINO (fp32)." in [c.value for c in at.caption]  # the default engine, said
 
     index = json.loads((Path(os.environ["KERAS_HOME"]) / "models" / "imagenet_class_index.json").read_text())
     names = {name.replace("_", " ") for _, name in index.values()}
