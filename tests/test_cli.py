@@ -202,3 +202,13 @@ def test_json_errors_are_one_json_object_on_stdout(tmp_path, args, message):
     error = json.loads(lines[0])
     assert list(error) == ["error"] and message in error["error"]
     assert result.stderr.strip() == f"error: {error['error']}"
+
+
+def test_an_unknown_command_lists_only_the_public_ones(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["nonsense"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("python -m tl: error: unknown command 'nonsense'; choose from train, runs, predict, list, "
+                   "compare, download, export")
+    assert "worker" not in err

@@ -25,6 +25,11 @@ JSON_PROGRESS_HELP = "Print progress to stderr and a JSON summary as the last li
 
 def main(argv=None) -> int:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    public = _public_commands(parser)
+    if argv and not argv[0].startswith("-") and argv[0] not in public + list(HIDDEN):
+        # argparse's own message would list the hidden commands among the choices
+        parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(public)}")
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -43,10 +48,18 @@ def main(argv=None) -> int:
 
 # -- parser ----------------------------------------------------------------------------
 
+HIDDEN = ("worker",)  # internal: the app's job manager runs it; not for people
+
+
+def _public_commands(parser) -> list:
+    """The subcommands a person may type, in the order they were added."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return [name for name in subparsers.choices if name not in HIDDEN]
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m tl", description="Transfer Learning Studio")
     sub = parser.add_subparsers(dest="command")
-    hidden = {"worker"}  # internal: the app's job manager runs it; not for people
 
     train = sub.add_parser("train", help="train one run and print its progress")
     train.add_argument("--config", help="A JSON file of config fields to start from; the flags given override its "
@@ -90,7 +103,7 @@ def _parser():
     download.add_argument("dataset")
     download.set_defaults(handler=cmd_download)
     _add_export_parser(sub)
-    sub.metavar = "{" + ",".join(name for name in sub.choices if name not in hidden) + "}"
+    sub.metavar = "{" + ",".join(name for name in sub.choices if name not in HIDDEN) + "}"
     return parser
 
 
