@@ -221,3 +221,13 @@ def test_cpu_flags_name_the_cpu():
 def test_cache_root_is_where_the_converted_models_go(tmp_path, no_env, monkeypatch):
     monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path / "cache"))
     assert runs.cache_root() == Path(tmp_path / "cache")
+
+
+def test_a_gpu_box_extracts_on_tensorflow_in_its_training_precision(runs_dir, no_env, monkeypatch):
+    # auto with a GPU: TensorFlow under mixed_float16 ("fp16", not a name one can ask for),
+    # which the run must carry through to the pass rather than resolve again.
+    monkeypatch.setattr(engine, "_gpu_visible", lambda: True)
+    monkeypatch.setattr(engine, "_tensorflow_precision", lambda: "fp16")
+    run = train_run(runs_dir, tiny_config(strategy="feature_extraction", head="linear"))
+    assert run.status()["status"] == "done", run.status()
+    assert (run.metrics["engine"], run.metrics["engine_precision"]) == ("tensorflow", "fp16")

@@ -252,7 +252,7 @@ class OpenVinoPass(Pass):
 
 
 def compile(model, *, key: dict, cache_root, engine: str | None = None, precision: str | None = None,
-            on_note=None) -> Pass:
+            choice: Choice | None = None, on_note=None) -> Pass:
     """A :class:`Pass` of ``model`` on the engine chosen by :func:`choose`.
 
     Args:
@@ -262,12 +262,15 @@ def compile(model, *, key: dict, cache_root, engine: str | None = None, precisio
         key: what the model is (backbone, weights, cut, size, which outputs): names the
             converted model on disk, together with a digest of the weights.
         cache_root: the folder the cache lives under (``tl.paths.cache_root``).
+        choice: a :class:`Choice` made already (by :func:`choose`); ``engine`` and
+            ``precision`` are then not resolved again.
         on_note: called with one sentence when the engine or precision is not what was
             asked (OpenVINO missing, a model that does not convert, no bf16 on this CPU).
     """
-    choice = choose(engine, precision)
-    if choice.note and on_note:
-        on_note(choice.note)
+    if choice is None:
+        choice = choose(engine, precision)
+        if choice.note and on_note:
+            on_note(choice.note)
     if choice.engine == "tensorflow":
         return Pass(model, choice)
     try:

@@ -427,8 +427,7 @@ class Learner:
                       **self.engine_choice.as_record())
             return store
         self.feature_cache = "miss"
-        runner = engine.compile(feature_extractor(self.model), cache_root=root, engine=self.engine_choice.engine,
-                                precision=self.engine_choice.precision,
+        runner = engine.compile(feature_extractor(self.model), cache_root=root, choice=self.engine_choice,
                                 key={"pass": "features", "backbone": cfg.backbone, "weights": self.weights_id,
                                      "cut": self.cut or "last", "image_size": cfg.image_size},
                                 on_note=lambda message: self.emit("log", message=message))
@@ -540,8 +539,7 @@ class Learner:
             train_size=len(data.splits["train"]), val_size=len(data.splits["val"]), test_size=len(test),
             device=self.device, weights=self.weights_id,
             train_precision=self.device.get("train_precision"),
-            engine=None if self.engine_choice is None else self.engine_choice.engine,
-            engine_precision=None if self.engine_choice is None else self.engine_choice.precision,
+            **(self.engine_choice.as_record() if self.engine_choice else {"engine": None, "engine_precision": None}),
         )
         if feature_accuracy is not None:
             results["feature_test_accuracy"] = feature_accuracy
