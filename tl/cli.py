@@ -13,6 +13,7 @@ import signal
 import sys
 import typing
 
+from tl import cli_data
 from tl.config import FIELD_HELP, RunConfig
 from tl.engine import ENGINE_DESCRIPTIONS, ENGINES, PRECISION_DESCRIPTIONS, PRECISIONS
 from tl.errors import UserError
@@ -103,6 +104,7 @@ def _parser():
     download.add_argument("dataset")
     download.set_defaults(handler=cmd_download)
     _add_export_parser(sub)
+    cli_data.add_parser(sub, RUNS_DIR_HELP)
     sub.metavar = "{" + ",".join(name for name in sub.choices if name not in HIDDEN) + "}"
     return parser
 
@@ -507,7 +509,7 @@ def fetch_with_progress(dataset: str) -> None:
     """Download a dataset archive (if it is one and not cached), a progress line per 10%."""
     from tl import datasets
 
-    spec = datasets.DATASETS[dataset]
+    spec = datasets.spec_of(dataset)
     if spec.download and not datasets.is_cached(datasets.DOWNLOADS[spec.download]):
         download = datasets.DOWNLOADS[spec.download]
         folder = datasets.fetch(download, progress=datasets.download_progress_printer(sys.stderr, download.title))

@@ -25,7 +25,8 @@ CLASS_WEIGHTS = ("none", "balanced")
 # One plain-English line per RunConfig field: what it changes. `python -m tl train --help`
 # prints these (with choices and defaults added); the app can reuse them as tooltips.
 FIELD_HELP = {
-    "dataset": "Where the images come from.",
+    "dataset": "Where the images come from: a built-in name, or data:NAME for a dataset made in the app "
+               "(`python -m tl data list` shows them).",
     "data_dir": "Folder of your own images, one sub-folder per class (dataset 'folder' only).",
     "backbone": "The network that turns each image into features (a pretrained one brings what it "
                 "learnt on ImageNet).",
@@ -233,7 +234,12 @@ def _validate(cfg: RunConfig) -> None:
     for name in ("weights", "strategy", "backbone", "dataset", "head", "optimizer", "class_weight"):
         if not isinstance(getattr(cfg, name), str):
             raise ConfigError(f"Expected `{name}` to be a name. Received: {name}={getattr(cfg, name)!r}.")
-    _one_of("dataset", cfg.dataset, DATASETS)
+    if cfg.dataset.startswith("data:"):  # made in the app; whether it exists is checked when it loads
+        if not cfg.dataset[5:].strip():
+            raise ConfigError("Expected `dataset` as data:NAME, with the name of a dataset made in the app. "
+                              "Received: dataset='data:'.")
+    else:
+        _one_of("dataset", cfg.dataset, [*DATASETS, "data:NAME"])
     _one_of("backbone", cfg.backbone, BACKBONES)
     _one_of("strategy", cfg.strategy, STRATEGIES)
     _one_of("head", cfg.head, HEADS)
@@ -271,7 +277,7 @@ def _validate(cfg: RunConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"Expected `{name}` to be text. Received: {name}={value!r}.")
-    needs_dir = DATASETS[cfg.dataset].needs_dir
+    needs_dir = cfg.dataset in DATASETS and DATASETS[cfg.dataset].needs_dir
     if needs_dir and not cfg.data_dir:
         raise ConfigError(
             f"Dataset '{cfg.dataset}' reads images from a folder: set `data_dir` to a folder "

@@ -11,6 +11,7 @@ of the dataset is never held in memory. Where each part lives:
 - :mod:`tl.data.folder`: folders of class sub-folders, the cached scan, leakage;
 - :mod:`tl.data.public`: CIFAR-10 and the downloadable archives;
 - :mod:`tl.data.registry`: the registry, the dataset cards and :func:`load`;
+- :mod:`tl.data.made`: datasets made in the app (``data:NAME``), stored and versioned;
 - :mod:`tl.data.pipeline`: the tf.data pipelines and augmentation.
 """
 
@@ -20,7 +21,7 @@ from tl.data.folder import (JUNK_NAMES, LAYOUT_HINT, FolderScan, folder_data, is
 from tl.data.pipeline import image_pipeline, make_augmenter
 from tl.data.public import (CIFAR10_CLASSES, DOWNLOADS, Download, download_error, download_progress_printer,
                             fetch, is_cached)
-from tl.data.registry import CARDS, DATASETS, DEFAULT_DATASET, DatasetSpec, load
+from tl.data.registry import CARDS, DATASETS, DEFAULT_DATASET, DatasetSpec, load, spec_of
 from tl.data.synthetic import SYNTHETIC_DEFAULT_PER_CLASS, SYNTHETIC_SHAPES, SYNTHETIC_SIZE, synthetic_image
 
 __all__ = [
@@ -28,5 +29,5 @@ __all__ = [
     "FolderScan", "JUNK_NAMES", "LAYOUT_HINT", "SYNTHETIC_DEFAULT_PER_CLASS", "SYNTHETIC_SHAPES", "SYNTHETIC_SIZE",
     "balanced_class_weights", "download_error", "download_progress_printer", "fetch", "folder_data",
     "image_pipeline", "is_cached", "is_junk", "leakage", "load", "make_augmenter", "scan_folder_cached",
-    "skipped_message", "stratified_split", "synthetic_image",
+    "skipped_message", "spec_of", "stratified_split", "synthetic_image",
 ]

@@ -117,6 +117,16 @@ class Run:
                              "delete the run.")
         return names
 
+    @property
+    def data_origin(self) -> dict | None:
+        """Which made dataset and version the run trained on (``labels.json``'s ``origin``:
+        kind, id, name, version), or ``None`` for other data and runs from before."""
+        try:
+            origin = self._json("labels.json", dict, {}).get("origin")
+        except RunDamaged:
+            return None
+        return origin if isinstance(origin, dict) else None
+
     def damage(self) -> str | None:
         """The sentence saying which file of the run cannot be used, or ``None``."""
         status = self.status()
@@ -205,11 +215,12 @@ class Run:
             cfg = self._json("config.json", dict)
         except RunDamaged as exc:
             cfg, problem = {}, problem or str(exc)
-        metrics = {}
+        metrics, origin = {}, None
         if problem is None:
             try:
                 self._config(cfg)
                 metrics, _ = self.metrics, self.labels
+                origin = self.data_origin
             except RunDamaged as exc:
                 problem = str(exc)
         if problem:
@@ -224,6 +235,7 @@ class Run:
             "status": status.get("status"),
             "reason": status.get("reason"),
             "dataset": cfg.get("dataset"),
+            "data_version": (origin or {}).get("version"),  # of a made dataset, the one trained on
             "backbone": cfg.get("backbone"),
             "strategy": cfg.get("strategy"),
             "head": cfg.get("head"),

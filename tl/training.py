@@ -14,6 +14,7 @@ import traceback
 import numpy as np
 
 from tl import budget, cluster, datasets, runs
+from tl.data import made
 from tl.backbones import check_installed_weights, cut_layer, set_trainable_top
 from tl.config import RunConfig
 from tl.errors import Cancelled, ConfigError, TrainingFailed, UserError
@@ -150,9 +151,9 @@ def _train(run, cfg, runs_dir, emit) -> dict:
     keras.utils.set_random_seed(cfg.seed)
     data = datasets.load(cfg, runs_dir)
     run.write_json("labels.json", {"class_names": data.class_names, "dataset": data.name,
-                                   "counts": data.counts()})
-    run.write_json("split.json", {"fingerprint": data.fingerprint, **{
-        split: [data.keys[i] for i in idx] for split, idx in data.splits.items()}})
+                                   "counts": data.counts(), **_origin_record(data)})
+    run.write_json("split.json", split_record(data))
+    made.record_use(data, run.path)  # a made dataset keeps these photos while the run exists
     emit("data", classes=data.num_classes, images=len(data),
          **{split: len(idx) for split, idx in data.splits.items()})
 
@@ -166,6 +167,26 @@ def _train(run, cfg, runs_dir, emit) -> dict:
         learner.save_model()
     run.write_json("metrics.json", metrics)
     return metrics
+
+
+def split_record(data) -> dict:
+    """What ``split.json`` holds: the data's fingerprint, where it came from (a made
+    dataset's id and version), each split's keys and, where known, each item's content hash
+    (aligned with the keys)."""
+    record = {"fingerprint": data.fingerprint, **_origin_record(data)}
+    record.update({split: [data.keys[i] for i in idx] for split, idx in data.splits.items()})
+    if data.content_hashes is not None:
+        record["content_hashes"] = {split: [data.content_hashes[i] for i in idx]
+                                    for split, idx in data.splits.items()}
+    return record
+
+
+def _origin_record(data) -> dict:
+    """``{"origin": ...}`` for a versioned dataset (its folder left out: it is this
+    machine's), else nothing."""
+    if not data.origin:
+        return {}
+    return {"origin": {k: v for k, v in data.origin.items() if k != "path"}}
 
 
 # -- the learner -----------------------------------------------------------------------

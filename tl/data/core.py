@@ -27,6 +27,8 @@ class Data:
         skipped: ``(key, reason)`` for files left out (not images, unreadable).
         content_hashes: a hash of each item's file bytes (folder datasets), to find
             identical images across splits (:func:`leakage`); ``None`` otherwise.
+        origin: where a versioned dataset's items come from (a made dataset: its kind, id,
+            name, version and folder), recorded in each run's ``split.json``; else ``None``.
     """
 
     name: str
@@ -39,6 +41,7 @@ class Data:
     splits: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)
     content_hashes: list | None = None
+    origin: dict | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -85,6 +88,7 @@ def cap(data: Data, per_class: int, seed: int) -> Data:
         reader=lambda index: reader(int(keep[index])),
         skipped=data.skipped,
         content_hashes=None if data.content_hashes is None else [data.content_hashes[i] for i in keep],
+        origin=data.origin,
     )
 
 

@@ -82,6 +82,19 @@ DATASETS = {
 DEFAULT_DATASET = "synthetic"
 
 
+def spec_of(name: str) -> DatasetSpec:
+    """The registry's entry for ``name``; a made dataset (``data:NAME``) gets one of its own.
+
+    Raises:
+        KeyError: an unknown built-in name (configs are validated before this is asked).
+    """
+    from tl.data import made
+
+    if made.is_made(name):
+        return DatasetSpec(name, made.load, False, False, f"Made in the app: {made.name_of(name)}.")
+    return DATASETS[name]
+
+
 def load(cfg, runs_dir=None) -> Data:
     """Load the dataset a config names, cap it per class and split it (seeded, stratified).
     ``runs_dir``: the runs folder in use, under which a folder's scan is cached.
@@ -90,7 +103,7 @@ def load(cfg, runs_dir=None) -> Data:
         DataError: the data cannot be used (message says what a valid layout is).
         DownloadError: a download is needed and failed.
     """
-    data = DATASETS[cfg.dataset].load(cfg, runs_dir)
+    data = spec_of(cfg.dataset).load(cfg, runs_dir)
     data = cap(data, cfg.samples_per_class, cfg.seed)
     data.splits = stratified_split(data.labels, data.class_names, cfg.val_fraction,
                                    cfg.test_fraction, cfg.seed)
