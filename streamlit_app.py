@@ -13,6 +13,7 @@ st.secrets.load_if_toml_exists()
 
 PAGES = [
     st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("app_pages/data.py", title="Data", icon=":material/photo_library:"),
     st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("app_pages/classify.py", title="Classify", icon=":material/image_search:"),
     st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:"),

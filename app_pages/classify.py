@@ -81,10 +81,11 @@ def _inputs() -> list:
         "Images (JPEG, PNG, WebP, BMP, GIF, TIFF)", type=UPLOAD_TYPES, accept_multiple_files=True,
         key="classify_files", help="Several at once are fine; each is classified on its own.")
     found = [(f.name, f.getvalue()) for f in files or []]
-    if st.toggle("Take a photo with the camera", key="classify_use_camera"):
-        photo = st.camera_input("Photo", key="classify_camera")
+    if st.toggle("Test it live with the camera", key="classify_use_camera",
+                 help="Point the camera at something and take a photo: both heads answer; take another to try again."):
+        photo = st.camera_input("Take a photo to classify", key="classify_camera")
         if photo is not None:
-            found.append(("camera photo", photo.getvalue()))
+            found.insert(0, ("camera photo", photo.getvalue()))  # the live answer first
     return found
 
 

@@ -7,12 +7,12 @@ from tl import budget, plots, runs
 from tl import sweep as sweeps
 from tl.backbones import BACKBONES
 from tl.config import RunConfig
-from tl.datasets import DATASETS
+from tl.datasets import spec_of
 from tl.errors import UserError
 from tl.heads import HEADS
 from tl.strategies import STRATEGIES
-from ui.state import (PLOTLY_CONFIG, data_key, image_size_default, load_data, remember, restore_form, save_form,
-                      widget_default)
+from ui.state import (PLOTLY_CONFIG, data_key, dataset_choices, image_size_default, load_data, remember,
+                      restore_form, save_form, widget_default)
 from ui.train_form import described_choice, descriptions
 
 LIVE_SECONDS = 1.0
@@ -56,10 +56,11 @@ def sweep_form(sweep=None):
 
 def _sweep_form():
     col1, col2, col3 = st.columns(3)
-    dataset = described_choice(col1, "Dataset", descriptions(DATASETS), "compare_dataset",
+    dataset = described_choice(col1, "Dataset", dataset_choices(st.session_state.get("compare_dataset")),
+                               "compare_dataset",
                                "The images every strategy trains and is tested on (the same seeded split).")
     data_dir = None
-    if DATASETS[dataset].needs_dir:
+    if spec_of(dataset).needs_dir:
         data_dir = col1.text_input("Data folder on the server", key="compare_data_dir",
                                    placeholder="/path/to/photos", help="One sub-folder per class, images inside.")
     backbone = described_choice(col1, "Backbone", descriptions(BACKBONES), "compare_backbone",
@@ -185,7 +186,7 @@ def _image_count(base) -> int | None:
     count = budget.images_hint(base)
     if count is not None:
         return count
-    spec = DATASETS[base.dataset]
+    spec = datasets.spec_of(base.dataset)
     if spec.downloads and not (spec.download and datasets.is_cached(datasets.DOWNLOADS[spec.download])):
         st.caption(f"The time and memory estimate appears once {base.dataset} is downloaded (Run comparison "
                    "downloads it first).")

@@ -6,7 +6,7 @@ import streamlit as st
 
 from tl import plots, runs
 from tl.errors import UserError
-from ui.state import PLOTLY_CONFIG, data_key, load_data, show_run
+from ui.state import PLOTLY_CONFIG, data_key, load_data, runs_dir, show_run
 
 LIVE_SECONDS = 1.0
 ENGINE_NAMES = {"openvino": "OpenVINO", "tensorflow": "TensorFlow"}
@@ -16,13 +16,13 @@ ENGINE_NAMES = {"openvino": "OpenVINO", "tensorflow": "TensorFlow"}
 
 def dataset_preview(cfg) -> None:
     """Images per class, split sizes and a few samples of each class."""
-    from tl.datasets import DATASETS
+    from tl.datasets import spec_of
 
-    if DATASETS[cfg.dataset].downloads and not st.checkbox(
+    if spec_of(cfg.dataset).downloads and not st.checkbox(
             "Preview (downloads the dataset if it is not cached yet)", key="train_preview_download"):
         return
     try:
-        _download_with_progress(DATASETS[cfg.dataset])
+        _download_with_progress(spec_of(cfg.dataset))
         data = load_data(data_key(cfg))
     except UserError as exc:
         st.error(str(exc))
@@ -79,11 +79,11 @@ def _leakage_warning(data) -> None:
 def estimate_caption(cfg) -> None:
     """One line: the run's estimated peak memory and CPU time, and the budget if one is set."""
     from tl import budget
-    from tl.datasets import DATASETS
+    from tl.datasets import spec_of
 
     count = budget.images_hint(cfg)
     # A download is read only once the preview above asked for it.
-    readable = not DATASETS[cfg.dataset].downloads or st.session_state.get("train_preview_download")
+    readable = not spec_of(cfg.dataset).downloads or st.session_state.get("train_preview_download")
     if count is None and readable:
         try:
             count = len(load_data(data_key(cfg)))
@@ -292,19 +292,44 @@ def _mistakes(run, metrics, clicked) -> None:
     if not shown:
         st.caption("No mistakes of that kind.")
         return
-    try:
-        data = load_data(data_key(run.config))
-    except UserError as exc:
-        st.warning(f"Cannot show the images: {exc}")
+    read = _item_reader(run)
+    if isinstance(read, str):
+        st.warning(f"Cannot show the images: {read}")
         return
     columns = st.columns(6)
     for n, item in enumerate(shown[:24]):
-        if item["item"] >= len(data) or data.keys[item["item"]] != item["key"]:
+        image = read(item)
+        if image is None:
             continue  # the data changed since training
-        columns[n % 6].image(data.read(item["item"]), width=96,
+        columns[n % 6].image(image, width=96,
                              caption=f"{item['true']} → {item['predicted']} ({item['confidence']:.0%})")
     if len(shown) > 24:
         st.caption(f"Showing 24 of {len(shown)}.")
+
+
+def _item_reader(run):
+    """A function from a misclassified item to its image (``None`` when it is gone), or the
+    sentence saying why none can be read. A made dataset's photos are read by the keys the
+    run recorded, so an edited dataset still shows the photos this run was tested on."""
+    from tl.data import made
+
+    if made.is_made(run.config.dataset):
+        origin = run.data_origin
+
+        def read_made(item):
+            path = made.key_path(origin, item["key"], runs_dir())
+            return None if path is None else made.read_file(path, 96)
+        return read_made
+    try:
+        data = load_data(data_key(run.config))
+    except UserError as exc:
+        return str(exc)
+
+    def read(item):
+        if item["item"] >= len(data) or data.keys[item["item"]] != item["key"]:
+            return None
+        return data.read(item["item"])
+    return read
 
 
 def _downloads(run) -> None:

@@ -32,13 +32,42 @@ def load_data(cfg_json: str):
 
 
 def data_key(cfg) -> str:
-    """The config with only the fields that change the data, for :func:`load_data`."""
+    """The config with only the fields that change the data, for :func:`load_data`. A made
+    dataset changes under the same name, so its version goes into the key (as the config's
+    ``name``, which nothing reads here): a new photo is a new entry, never a stale copy."""
     from tl.config import RunConfig
 
     return RunConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, backbone="small_cnn", weights="none",
                      image_size=cfg.image_size, samples_per_class=cfg.samples_per_class,
                      val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
-                     synthetic_classes=cfg.synthetic_classes).to_json()
+                     synthetic_classes=cfg.synthetic_classes, name=_made_version(cfg.dataset)).to_json()
+
+
+def _made_version(dataset: str) -> str:
+    from tl.data import made
+    from tl.errors import UserError
+
+    if not made.is_made(dataset):
+        return ""
+    try:
+        return f"version {made.find(dataset, runs_dir()).version}"
+    except UserError:
+        return "missing"
+
+
+def dataset_choices(current: str | None = None) -> dict:
+    """name -> description of every dataset a form offers: the registry's, then the ones
+    made on the Data page (``data:NAME``); ``current`` is kept when it names a made dataset
+    that is gone, so the form can say so instead of changing the choice behind the user."""
+    from tl.data import made
+    from tl.datasets import DATASETS
+
+    choices = {name: spec.description for name, spec in DATASETS.items()}
+    for dataset in made.list_datasets(runs_dir()):
+        choices[dataset.ref] = f"Made on the Data page: {dataset.describe()}."
+    if made.is_made(current) and current not in choices:
+        choices[current] = "Made on the Data page, but not found here now (deleted?): pick another dataset."
+    return choices
 
 
 def current_run(root: str):

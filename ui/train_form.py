@@ -7,11 +7,11 @@ import streamlit as st
 from tl import runs
 from tl.backbones import BACKBONES, check_installed_weights
 from tl.config import OPTIMIZER_DESCRIPTIONS, OPTIMIZERS, STRATEGY_DEFAULTS, RunConfig
-from tl.datasets import DATASETS
+from tl.datasets import spec_of
 from tl.errors import UserError
 from tl.heads import HEADS
 from tl.strategies import STRATEGIES, weights_warning
-from ui.state import image_size_default, restore_form, save_form, widget_default
+from ui.state import dataset_choices, image_size_default, restore_form, save_form, widget_default
 
 DEFAULTS = RunConfig()
 WEIGHT_CHOICES = {
@@ -120,7 +120,7 @@ def settings_line(cfg) -> str:
         weights = f"weights of run {cfg.weights[4:]}"
     else:
         weights = "weights from a file"
-    data = "your images" if cfg.dataset == "folder" else cfg.dataset
+    data = "your images" if cfg.dataset == "folder" else cfg.dataset.removeprefix("data:")
     return (f"**{data}** · **{cfg.backbone}** ({weights}) · strategy **{cfg.strategy}** · head **{cfg.head}** · "
             f"{cfg.image_size} px")
 
@@ -146,15 +146,19 @@ def config_form(root: str, run=None):
 
 def _form(root: str):
     col1, col2 = st.columns(2)
-    dataset = described_choice(col1, "Dataset", descriptions(DATASETS), "train_dataset",
-                               "synthetic works offline; folder reads your own images; the others download once.")
+    dataset = described_choice(col1, "Dataset", dataset_choices(st.session_state.get("train_dataset")),
+                               "train_dataset", "synthetic works offline; folder reads your own images; data:NAME "
+                               "are the ones you made on the Data page; the others download once.")
+    spec_ = spec_of(dataset)
     data_dir = None
-    if DATASETS[dataset].needs_dir:
+    if spec_.needs_dir:
         with col1:
             data_dir = data_source()
-    if DATASETS[dataset].card:
+    if spec_.card:
         with col1.expander("About this dataset"):
-            dataset_card(DATASETS[dataset].card)
+            dataset_card(spec_.card)
+    if dataset.startswith("data:"):
+        col1.page_link("app_pages/data.py", label="Edit its photos on the Data page", icon=":material/photo_library:")
     backbone = described_choice(col1, "Backbone", descriptions(BACKBONES), "train_backbone",
                                 "The pretrained network. efficientnet_lite0 is fast on a CPU and needs no download.")
     strategy = described_choice(col2, "Strategy", descriptions(STRATEGIES), "train_strategy",
@@ -171,7 +175,7 @@ def _form(root: str):
     with st.expander("Hyper-parameters", expanded=False):
         values.update(_hyper_parameters(spec, dataset, backbone, head))
     st.session_state["train_form_fields"] = list(values)
-    if DATASETS[dataset].needs_dir and not data_dir:
+    if spec_.needs_dir and not data_dir:
         return None  # data_source() already says what to do next; not an error yet
     try:
         return RunConfig(**values)
