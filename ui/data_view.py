@@ -49,9 +49,13 @@ def pick_dataset(root: str):
     after showing how to make one."""
     every = made.list_datasets(root)
     by_id = {d.id: d for d in every}
+    opened = st.session_state.pop("data_open", None)  # set by a change that picked one (before the widget)
+    if opened is not None:
+        st.session_state.pop("data_pick", None)
+        st.session_state["data_id"] = opened
     if "data_pick" not in st.session_state:
-        wanted = st.query_params.get("data") or st.session_state.get("data_id")
-        if wanted and wanted not in by_id:
+        wanted = opened if opened is not None else (st.query_params.get("data") or st.session_state.get("data_id"))
+        if wanted and wanted not in by_id and opened is None:
             st.warning(f"There is no made dataset '{made.shown(wanted, 60)}' here (deleted, or a link from another "
                        "machine); pick or make one below.", icon=":material/link_off:")
         st.session_state["data_pick"] = wanted if wanted in by_id else (every[0].id if every else NEW)
@@ -100,8 +104,11 @@ def _new_dataset(root: str) -> None:
 
 
 def _open(dataset_id: str) -> None:
-    st.session_state["data_pick"] = dataset_id
-    remember("data", dataset_id)
+    """Show ``dataset_id`` ("" for none: the first one) after a rerun; the picker has been
+    drawn already, so its value is set on the next run, before it is drawn."""
+    st.session_state["data_open"] = dataset_id
+    if dataset_id:
+        remember("data", dataset_id)
     st.rerun()
 
 
@@ -328,8 +335,6 @@ def next_steps(dataset, root: str) -> None:
                 except UserError as exc:
                     st.error(str(exc))
                 else:
-                    st.session_state.pop("data_pick", None)
-                    st.session_state.pop("data_id", None)
                     st.query_params.pop("data", None)
                     flash("success", f"Deleted '{dataset.name}'.")
-                    st.rerun()
+                    _open("")
