@@ -280,7 +280,8 @@ def model_card(run) -> str:
         "## Data",
         "",
         f"- Dataset: `{info.get('dataset', cfg.dataset)}`"
-        + (f" (folder `{cfg.data_dir}`)" if cfg.data_dir else ""),
+        + (f" (folder `{cfg.data_dir}`)" if cfg.data_dir else "")
+        + (f" (made in the app, version {run.data_origin['version']})" if run.data_origin else ""),
         f"- Classes ({len(labels)}), in output order: {', '.join(labels)}",
         f"- Images used: {total if total is not None else 'unknown'} "
         f"(at most {cfg.samples_per_class or 'all'} per class)",

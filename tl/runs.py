@@ -392,12 +392,17 @@ def delete(run_id: str, runs_dir=None) -> None:
         UserError: it cannot be moved away (permissions, read-only disk), in one sentence.
     """
     run = get(run_id, runs_dir)
+    origin = run.data_origin
     trash = run.path.with_name(f".{run.id}.deleting")
     try:
         os.rename(run.path, trash)  # vanish from listings at once, then remove
     except OSError as exc:
         raise UserError(f"Run {run.id} could not be deleted: {os_error_sentence(exc, run.path)}") from None
     shutil.rmtree(trash, ignore_errors=True)
+    if origin:  # photos removed from a made dataset but kept for this run are freed now
+        from tl.data import made
+
+        made.release(origin, runs_dir)
 
 
 def remove_leftovers(runs_dir=None, older_than: float = 600.0) -> list:

@@ -553,6 +553,17 @@ def runs_using(dataset: MadeDataset) -> list:
     return sorted(_live_refs(dataset))
 
 
+def release(origin: dict, runs_dir=None) -> None:
+    """After a run of the made dataset ``origin`` (its ``labels.json`` record) was deleted:
+    free what only that run kept. Never raises: the run is gone either way."""
+    try:
+        for dataset in list_datasets(runs_dir):
+            if dataset.id == origin.get("id"):
+                collect(dataset)
+    except (UserError, OSError):
+        pass
+
+
 def collect(dataset: MadeDataset) -> int:
     """Free the photos (and thumbnails) neither the dataset nor any existing run refers to.
     Returns how many were freed; failures only leave a file behind."""
