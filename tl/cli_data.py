@@ -69,23 +69,31 @@ def cmd_add(args) -> int:
     from tl.errors import DataError, UserError
     from tl.images import MAX_BYTES, read_regular_file
 
+    class_name = made.check_name(args.class_name)  # a refused class name makes no dataset either
+    made_now = False
     try:
         dataset = made.find(args.name, args.runs_dir)
     except DataError:
-        dataset = made.create(made.name_of(args.name), args.runs_dir)
-        print(f"Made dataset data:{dataset.name}.", file=sys.stderr)
+        dataset, made_now = made.create(made.name_of(args.name), args.runs_dir), True
     files, unreadable = [], []
     for path in args.files:
         try:
-            files.append((path, read_regular_file(Path(path).expanduser(), f"'{path}'", MAX_BYTES + 1)))
+            files.append((path, read_regular_file(Path(path).expanduser(), f"'{made.shown(path, 60)}'",
+                                                  MAX_BYTES + 1)))
         except UserError as exc:  # not a regular file, unreadable: one sentence already
             unreadable.append(f"{exc} It was not added.")
-    report = made.add_photos(dataset, args.class_name, files)
+    report = made.add_photos(dataset, class_name, files)
     for line in unreadable + report.messages():
         print(line, file=sys.stderr)
     dataset = report.dataset
-    print(f"{report.describe()[:-1]} to '{args.class_name}' of data:{dataset.name}: "
-          f"{dataset.counts().get(args.class_name, 0)} photo(s) in that class; {dataset.describe()}.")
+    if made_now and not report.added:  # nothing landed: leave no empty dataset behind
+        made.delete_dataset(dataset)
+        print(f"No photo was added, so data:{dataset.name} was not made.")
+        return EXIT_PARTIAL
+    if made_now:
+        print(f"Made dataset data:{dataset.name}.", file=sys.stderr)
+    print(f"{report.describe()[:-1]} to '{class_name}' of data:{dataset.name}: "
+          f"{dataset.counts().get(class_name, 0)} photo(s) in that class; {dataset.describe()}.")
     return EXIT_PARTIAL if unreadable or report.refused else 0
 
 

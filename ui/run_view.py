@@ -315,9 +315,10 @@ def _item_reader(run):
 
     if made.is_made(run.config.dataset):
         origin = run.data_origin
+        folder = made.photo_folder(origin, runs_dir())  # looked up once for the whole gallery
 
         def read_made(item):
-            path = made.key_path(origin, item["key"], runs_dir())
+            path = made.key_path(origin, item["key"], folder=folder) if folder else None
             return None if path is None else made.read_file(path, 96)
         return read_made
     try:

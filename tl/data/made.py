@@ -247,7 +247,7 @@ def check_name(name, what: str = "class", limits: Limits = LIMITS) -> str:
         raise DataError(f"The {what} name is {len(name)} characters long ('{shown(name, 40)}'); the limit is "
                         f"{limits.max_name}, so shorten it.")
     try:
-        os.fsencode(name)
+        name.encode("utf-8")  # strict: a lone surrogate (which os.fsencode lets through) cannot go in a zip
     except UnicodeError:
         raise DataError(f"The {what} name '{shown(name, 60)}' is not valid text; type it again.") from None
     return name
@@ -309,6 +309,7 @@ def add_photos(ref, class_name: str, files, runs_dir=None, limits: Limits = LIMI
         if class_name not in dataset.classes and len(dataset.classes) >= limits.max_classes:
             raise DataError(f"The dataset has {len(dataset.classes)} classes, its limit; merge or delete a class "
                             "before adding another.")
+        _no_case_twin(dataset, class_name)
         new_class = class_name not in dataset.classes
         photos = dataset.classes.setdefault(class_name, [])
         count, size = dataset.photos, dataset.total_bytes
@@ -340,7 +341,7 @@ def add_photos(ref, class_name: str, files, runs_dir=None, limits: Limits = LIMI
             photos.append(photo)
             report.added.append(name)
             count, size = count + 1, size + len(data)
-        if report.added or new_class:
+        if report.added or (new_class and not checked):  # every file refused: no new class either
             _save_or_explain(dataset)
     return report
 
@@ -427,7 +428,7 @@ def remove_photo(ref, class_name: str, photo: str, runs_dir=None) -> tuple:
     if keeping:
         sentence += f"; run(s) {', '.join(keeping[:5])} trained on it, so it stays stored until they are deleted."
     else:
-        sentence += "." if freed else "; it stays stored while the dataset's history needs it."
+        sentence += "."
     return dataset, sentence
 
 
@@ -464,11 +465,23 @@ def rename_class(ref, old: str, new: str, runs_dir=None) -> MadeDataset:
     with _lock(dataset.path / ".lock", dataset.path):
         dataset = _read(dataset.path)
         _class(dataset, old)
-        if new != old and new in dataset.classes:
+        if new == old:
+            return dataset
+        if new in dataset.classes:
             raise DataError(f"'{dataset.name}' already has a class '{shown(new, 60)}'; merge into it instead.")
+        _no_case_twin(dataset, new, besides=old)
         dataset.classes = {(new if name == old else name): photos for name, photos in dataset.classes.items()}
         _save_or_explain(dataset)
     return dataset
+
+
+def _no_case_twin(dataset: MadeDataset, class_name: str, besides: str | None = None) -> None:
+    """Refuse a class name that differs from another class's only in case: unpacked from the
+    zip on a case-insensitive disk (Windows, macOS) the two would become one folder."""
+    for other in dataset.classes:
+        if other not in (class_name, besides) and other.casefold() == class_name.casefold():
+            raise DataError(f"'{dataset.name}' already has a class '{shown(other, 60)}', which differs from "
+                            f"'{shown(class_name, 60)}' only in case; use that class or another name.")
 
 
 def merge_class(ref, source: str, target: str, runs_dir=None) -> MadeDataset:
@@ -638,16 +651,26 @@ def read_file(path, image_size: int) -> np.ndarray:
         return np.full((image_size, image_size, 3), 128, dtype=np.uint8)
 
 
-def key_path(origin: dict, key: str, runs_dir=None) -> Path | None:
-    """Where a run's item ``key`` (``class/<hash>.<ext>``) of the made dataset ``origin``
-    (split.json's record) is stored, or ``None`` once the dataset or the photo is gone."""
+def photo_folder(origin: dict, runs_dir=None) -> Path | None:
+    """The photos folder of the made dataset a run's ``origin`` record names (``labels.json``
+    or ``split.json``), or ``None`` once that dataset is gone."""
     if not isinstance(origin, dict) or origin.get("kind") != "made":
         return None
     for dataset in list_datasets(runs_dir):
         if dataset.id == origin.get("id"):
-            path = dataset.path / "photos" / Path(key).name
-            return path if path.is_file() else None
+            return dataset.path / "photos"
     return None
+
+
+def key_path(origin: dict, key: str, runs_dir=None, folder: Path | None = None) -> Path | None:
+    """Where a run's item ``key`` (``class/<hash>.<ext>``) of the made dataset ``origin`` is
+    stored, or ``None`` once the dataset or the photo is gone. ``folder``: the
+    :func:`photo_folder` already looked up, for many keys."""
+    folder = folder or photo_folder(origin, runs_dir)
+    if folder is None:
+        return None
+    path = folder / Path(key).name
+    return path if path.is_file() else None
 
 
 # -- zip in and out ---------------------------------------------------------------------
@@ -661,6 +684,9 @@ def export_zip(ref, out=None, runs_dir=None) -> bytes | None:
         DataError: unknown dataset, or ``out`` cannot be written.
     """
     dataset = ref if isinstance(ref, MadeDataset) else find(ref, runs_dir)
+    if out is not None and not Path(out).expanduser().parent.is_dir():
+        raise DataError(f"'{shown(Path(out).expanduser().parent, 200)}' is not an existing folder; create it or "
+                        "choose another path for the zip.")
     top = re.sub(r"[^\w.-]+", "_", dataset.name).strip("._") or "photos"
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
@@ -716,12 +742,38 @@ def import_zip(name: str, source, runs_dir=None, limits: Limits = LIMITS) -> tup
 
 # -- storage -------------------------------------------------------------------------------
 
+_HASH = re.compile(r"[0-9a-f]{16}")
+_STORED_EXTS = {*EXTENSIONS.values(), ".img"}
+_ANY_LENGTH = Limits(max_name=10**6)  # a name stored under an older, longer limit still reads
+
+
+def _stored_name(name) -> str:
+    """A dataset or class name read from a manifest, as :func:`check_name` would have let it
+    in (else ValueError: the manifest was edited or damaged)."""
+    if not isinstance(name, str) or check_name(name, "stored", _ANY_LENGTH) != name:
+        raise ValueError(name)
+    return name
+
+
+def _stored_photo(record) -> Photo:
+    """A manifest's photo record; ValueError or TypeError unless its hash, type and size are
+    what :func:`add_photos` writes (a hash like '../x' would name a file outside ``photos/``)."""
+    photo = Photo(**record)
+    if not (isinstance(photo.hash, str) and _HASH.fullmatch(photo.hash) and photo.ext in _STORED_EXTS
+            and type(photo.bytes) is int and isinstance(photo.added, (int, float))):
+        raise ValueError(record)
+    return photo
+
+
 def _read(path: Path) -> MadeDataset:
     try:
         info = read_json(Path(path) / MANIFEST)
-        classes = {str(name): [Photo(**p) for p in photos] for name, photos in info["classes"].items()}
-        return MadeDataset(path=Path(path), id=info["id"], name=info["name"], version=int(info["version"]),
-                           created=float(info.get("created", 0)), classes=classes)
+        classes = {_stored_name(name): [_stored_photo(p) for p in photos]
+                   for name, photos in info["classes"].items()}
+        if not isinstance(info["id"], str) or not info["id"]:
+            raise ValueError(info["id"])
+        return MadeDataset(path=Path(path), id=info["id"], name=_stored_name(info["name"]),
+                           version=int(info["version"]), created=float(info.get("created", 0)), classes=classes)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise DataError(f"The made dataset in '{path}' is damaged (its {MANIFEST} cannot be read); restore it "
                         "from a downloaded zip, or delete that folder.") from None
