@@ -364,7 +364,7 @@ def test_a_dataset_with_one_class_or_an_empty_class_cannot_be_loaded(data_dir):
 
 # -- zip out and in -------------------------------------------------------------------------------
 
-def test_export_then_import_round_trips_classes_and_photos(pets, tmp_path):
+def test_export_then_import_round_trips_classes_and_photos(pets, tmp_path, data_dir):
     out = tmp_path / "pets.zip"
     assert made.export_zip("Pets", out) is None
     with zipfile.ZipFile(out) as archive:
@@ -379,6 +379,7 @@ def test_export_then_import_round_trips_classes_and_photos(pets, tmp_path):
     assert {c: {p.hash for p in ps} for c, ps in copy.classes.items()} == \
            {c: {p.hash for p in ps} for c, ps in pets.classes.items()}
     assert stored(copy) == stored(pets)
+    assert sorted(p.name for p in data_dir.iterdir()) == ["made"]  # the zip's unpacked copy is not kept twice
     with pytest.raises(DataError, match="already exists"):
         made.import_zip("pets", out)
     assert [d.name for d in made.list_datasets()] == ["Pets", "Pets copy"]

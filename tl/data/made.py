@@ -737,6 +737,8 @@ def import_zip(name: str, source, runs_dir=None, limits: Limits = LIMITS) -> tup
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         report = add_photos(dataset, class_name, [(p.name, p.read_bytes()) for p in files], limits=limits)
         problems += report.messages()
+    if not stored.reused:  # unpacked only to be copied in here: not kept twice
+        shutil.rmtree(stored.path.parent, ignore_errors=True)
     return find(dataset.id, runs_dir), problems
 
 
