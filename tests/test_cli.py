@@ -210,5 +210,27 @@ def test_an_unknown_command_lists_only_the_public_ones(capsys):
     assert exited.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == ("python -m tl: error: unknown command 'nonsense'; choose from train, runs, predict, list, "
-                   "compare, download, export")
+                   "compare, download, export, data")
     assert "worker" not in err
+
+
+def test_verbose_is_one_flag_for_the_whole_cli_before_or_after_the_command():
+    parser = cli._parser()
+    assert parser.parse_args(["list"]).verbose is False
+    assert parser.parse_args(["--verbose", "list"]).verbose is True
+    assert parser.parse_args(["list", "--verbose"]).verbose is True
+    assert parser.parse_args(["data", "list", "--verbose"]).verbose is True
+
+
+def test_typed_epochs_from_a_flag_or_a_config_file_drop_the_step_floor_unless_min_steps_is_typed(tmp_path):
+    parser = cli._parser()
+    scratch = ["train", "--strategy", "scratch", "--weights", "none"]
+
+    def min_steps(*flags):
+        return cli.config_from_args(parser.parse_args([*scratch, *flags])).resolved().min_steps
+
+    assert min_steps() == 300 and min_steps("--epochs", "2") == 0
+    assert min_steps("--epochs", "2", "--min-steps", "50") == 50
+    written = tmp_path / "config.json"  # a file written by hand, or before typed epochs were kept
+    written.write_text(json.dumps({"strategy": "scratch", "weights": "none", "epochs": 2}))
+    assert min_steps("--config", str(written)) == 0 and min_steps("--config", str(written), "--min-steps", "9") == 9

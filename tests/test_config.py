@@ -81,6 +81,36 @@ def test_fine_tune_learning_rate_defaults_to_ten_times_lower():
     assert RunConfig(fine_tune_learning_rate=0.005).effective_fine_tune_learning_rate == 0.005
 
 
+def test_typed_epochs_turn_the_step_floor_off_unless_it_is_typed_too():
+    from tl.strategies import STRATEGIES
+
+    scratch = dict(strategy="scratch", weights="none")
+    floor = STRATEGIES["scratch"].defaults["min_steps"]
+    assert floor > 0 and RunConfig(**scratch).resolved().min_steps == floor  # the defaults keep it
+    assert RunConfig(**scratch, epochs=2).resolved().min_steps == 0
+    assert RunConfig(**scratch, epochs=2, min_steps=50).resolved().min_steps == 50
+    assert RunConfig(**scratch, min_steps=50).resolved().epochs == STRATEGIES["scratch"].defaults["epochs"]
+    # fine_tune_epochs does not apply to feature_extraction, so typing it keeps the head's floor
+    assert RunConfig(fine_tune_epochs=3).resolved().min_steps == STRATEGIES["feature_extraction"].defaults["min_steps"]
+
+
+def test_fine_tunes_floor_follows_its_second_phases_epochs(monkeypatch):
+    from tl.strategies import STRATEGIES
+
+    monkeypatch.setitem(STRATEGIES["fine_tune"].defaults, "min_steps", 100)  # its own default is 0
+    assert RunConfig(strategy="fine_tune", fine_tune_epochs=3).resolved().min_steps == 0
+    assert RunConfig(strategy="fine_tune", epochs=3).resolved().min_steps == 100  # the head phase's epochs
+
+
+def test_a_config_written_before_the_rule_replays_and_a_resolved_one_replays_unchanged():
+    old = RunConfig.from_dict({"strategy": "scratch", "weights": "none", "epochs": 5})  # no min_steps
+    assert old.min_steps is None and old.resolved().min_steps == 0
+    for cfg in (old, RunConfig(strategy="scratch", weights="none")):
+        saved = json.loads(cfg.resolved().to_json())  # what config.json holds
+        assert saved["min_steps"] is not None
+        assert RunConfig.from_dict(saved).resolved() == cfg.resolved()
+
+
 def test_importing_tl_and_its_registries_does_not_import_tensorflow():
     code = ("import sys, tl, tl.config, tl.backbones, tl.heads, tl.strategies, tl.datasets, "
             "tl.runs, tl.training, tl.cli; tl.config.RunConfig(); "

@@ -1,8 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 
 from tl import datasets, features, runs, training
 from tl.backbones import build_backbone, finetunable_layers, set_trainable_top
+from tl.config import RunConfig
 from tl.errors import ConfigError
 from tl.heads import HEADS
 from tl.strategies import STRATEGIES
@@ -254,6 +257,28 @@ def test_balanced_class_weights_and_augmentation_train(tmp_path, runs_dir):
                       class_weight="balanced", samples_per_class=0)
     run = train_run(runs_dir, cfg)
     assert run.status()["status"] == "done", run.status().get("reason")
+
+
+def test_typed_epochs_are_trained_as_typed_recorded_and_noted(runs_dir):
+    run = train_run(runs_dir, tiny_config(strategy="scratch", epochs=2, min_steps=None))
+    assert run.status()["status"] == "done" and len(run.history) == 2
+    saved = json.loads((run.path / "config.json").read_text())
+    assert saved["epochs"] == 2 and saved["min_steps"] == 0  # "Train again" replays the same
+    notes = [e["message"] for e in run.events()[0] if e["type"] == "log" and "--min-steps" in e["message"]]
+    assert len(notes) == 1 and "At least this many steps" in notes[0], notes
+
+
+def test_the_short_epochs_note_compares_with_the_floor_the_defaults_would_have_given():
+    scratch = RunConfig(strategy="scratch", weights="none", epochs=2, batch_size=32)
+    note = training.short_epochs_note(scratch, 64)  # 2 epochs of 2 steps
+    assert note.startswith("2 epoch(s) of 2 step(s) are 4 optimiser steps") and "--min-steps 300" in note
+    assert training.short_epochs_note(scratch.replace(epochs=150), 64) is None  # 300 steps
+    assert training.short_epochs_note(scratch.replace(epochs=None), 64) is None  # the defaults
+    assert training.short_epochs_note(scratch.replace(min_steps=300), 64) is None  # the floor typed
+    stepped = RunConfig(backbone="small_cnn", weights="none", head="dense_stack", epochs=2, batch_size=32)
+    assert "--min-steps 400" in training.short_epochs_note(stepped, 64)
+    assert training.short_epochs_note(stepped.replace(head="linear"), 64) is None  # fitted exactly: no steps
+    assert training.short_epochs_note(RunConfig(strategy="frozen", epochs=1), 64) is None  # no floor to miss
 
 
 def test_classification_report():

@@ -6,6 +6,7 @@ module for every subcommand, so ``--help`` and the handlers are read side by sid
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,21 +23,27 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 RUNS_DIR_HELP = "Folder that holds the runs. Default: $TL_RUNS_DIR, else ./runs."
 JSON_PROGRESS_HELP = "Print progress to stderr and a JSON summary as the last line of stdout."
+VERBOSE_HELP = ("Also show what other libraries print to stderr (TensorFlow's start-up lines, Python warnings); "
+                "without it stderr holds only this program's own lines.")
 
 
 def main(argv=None) -> int:
     parser = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     public = _public_commands(parser)
-    if argv and not argv[0].startswith("-") and argv[0] not in public + list(HIDDEN):
+    command = next((arg for arg in argv if not arg.startswith("-")), None)  # --verbose may come first
+    if command is not None and command not in public + list(HIDDEN):
         # argparse's own message would list the hidden commands among the choices
-        parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(public)}")
+        parser.error(f"unknown command {command!r}; choose from {', '.join(public)}")
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
+    # A worker's stderr is its run's worker.log, read when a run dies: it keeps every line.
+    quiet = not args.verbose and args.command not in HIDDEN
     try:
-        return args.handler(args)
+        with own_lines_on_stderr(quiet):
+            return args.handler(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if getattr(args, "json", False):  # whoever parses stdout gets the reason too
@@ -60,6 +67,7 @@ def _public_commands(parser) -> list:
 
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m tl", description="Transfer Learning Studio")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command")
 
     train = sub.add_parser("train", help="train one run and print its progress")
@@ -106,7 +114,18 @@ def _parser():
     _add_export_parser(sub)
     cli_data.add_parser(sub, RUNS_DIR_HELP)
     sub.metavar = "{" + ",".join(name for name in sub.choices if name not in HIDDEN) + "}"
+    _verbose_after_commands(sub)
     return parser
+
+
+def _verbose_after_commands(sub) -> None:
+    """``--verbose`` after any (sub)command too, as people type it; SUPPRESS leaves the
+    value of one given before the command alone when it is not repeated."""
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _verbose_after_commands(action)
 
 
 def _add_config_flags(parser, names=None, defaults=None):
@@ -173,6 +192,82 @@ def config_from_args(args) -> RunConfig:
         if value is not None:
             base[field.name] = value
     return RunConfig.from_dict(base)
+
+
+# -- stderr: this program's own lines -------------------------------------------------
+
+class _OwnLines:
+    """``sys.stderr`` that passes on what the project's code writes (errors, notes, progress)
+    and drops what other libraries write there (Python warnings, their logging and prints)."""
+
+    def __init__(self, target):
+        self._target = target
+
+    def write(self, text):
+        return self._target.write(text) if _written_by_project() else len(text)
+
+    def writelines(self, lines):
+        if _written_by_project():
+            self._target.writelines(lines)
+
+    def __getattr__(self, name):  # flush, isatty, encoding...: the stream's own
+        return getattr(self._target, name)
+
+
+def _written_by_project() -> bool:
+    """Whether the innermost caller outside the standard library (print, warnings and
+    logging all write through it) is a module of ``tl``; with no such caller it is the
+    interpreter's own line, such as an uncaught exception's traceback, and passes."""
+    frame = sys._getframe(2)  # the caller of _OwnLines.write (or .writelines)
+    while frame is not None:
+        spec = frame.f_globals.get("__spec__")  # names `python -m tl`'s __main__ tl.__main__
+        top = (getattr(spec, "name", None) or frame.f_globals.get("__name__") or "").partition(".")[0]
+        if top not in sys.stdlib_module_names:
+            return top == "tl"
+        frame = frame.f_back
+    return True
+
+
+@contextlib.contextmanager
+def own_lines_on_stderr(quiet: bool = True):
+    """While it lasts (with ``quiet``), stderr carries the project's own lines only.
+
+    Native libraries write straight to file descriptor 2 (TensorFlow's start-up lines, some
+    of which no setting silences on a GPU machine), so that descriptor points at the null
+    device while Python's ``sys.stderr`` writes to a copy of the real one, through
+    :class:`_OwnLines`. ``TF_CPP_MIN_LOG_LEVEL`` defaults to 3 as well, so TensorFlow does
+    not format them at all. Everything is put back on exit, for in-process callers (tests).
+    """
+    if not quiet or sys.stderr is None:  # None: started with stderr closed
+        yield
+        return
+    level_was_set = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    stream = sys.stderr
+    stream.flush()
+    try:
+        on_fd2 = stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a test's capture, not a descriptor
+        on_fd2 = False
+    real = os.dup(2)
+    target = (open(real, "w", buffering=1, encoding=stream.encoding, errors="backslashreplace", closefd=False)
+              if on_fd2 else stream)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    sys.stderr = _OwnLines(target)
+    try:
+        yield
+    finally:
+        sys.stderr = stream
+        if target is stream:
+            stream.flush()
+        else:
+            target.close()  # its descriptor, closefd=False, is closed below
+        os.dup2(real, 2)
+        os.close(real)
+        if not level_was_set:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
 
 
 # -- commands --------------------------------------------------------------------------

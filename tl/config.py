@@ -53,7 +53,8 @@ FIELD_HELP = {
     "test_fraction": "Share of the images held out for the final test accuracy.",
     "early_stopping": "Stop after this many epochs without a lower validation loss, keeping the "
                       "best weights (0: off).",
-    "min_steps": "Add epochs until training has at least this many optimiser steps (helps small data).",
+    "min_steps": "Add epochs until training has at least this many optimiser steps (helps small data); "
+                 "0 when the epochs are given and this is not.",
     "seed": "Same seed, same split and same starting weights.",
     "synthetic_classes": "Number of shape classes the synthetic dataset generates (2 to 10).",
     "name": "A name for the run, to tell it from others (the Classify page and `runs --json` show it).",
@@ -74,7 +75,10 @@ class RunConfig:
     class and the cheapest transfer strategy. ``None`` in ``epochs``, ``fine_tune_epochs``,
     ``learning_rate``, ``early_stopping`` and ``min_steps`` means the strategy's own default
     (``STRATEGIES[strategy].defaults``); :meth:`resolved` fills them in, and a run folder
-    records the resolved values.
+    records the resolved values. The step floor ``min_steps`` is for the default epochs: a
+    typed number of epochs is trained as typed, so ``min_steps`` then resolves to 0 unless it
+    is typed too (a config file written before this rule, with epochs and no ``min_steps``,
+    is read the same way).
     """
 
     dataset: str = "synthetic"
@@ -116,12 +120,21 @@ class RunConfig:
 
     # -- derived values -------------------------------------------------------------
     def resolved(self) -> "RunConfig":
-        """A copy with every ``None`` that stands for a strategy default filled in."""
+        """A copy with every ``None`` that stands for a strategy default filled in; a
+        ``min_steps`` left empty beside typed epochs (those it would stretch) becomes 0."""
         from tl.strategies import STRATEGIES
 
         defaults = STRATEGIES[self.strategy].defaults
-        return self.replace(**{name: defaults[name] for name in STRATEGY_DEFAULTS
-                               if getattr(self, name) is None})
+        filled = {name: defaults[name] for name in STRATEGY_DEFAULTS if getattr(self, name) is None}
+        if self.min_steps is None and getattr(self, self.stretched_epochs) is not None:
+            filled["min_steps"] = 0  # a typed number of epochs is a promise, kept by the replay too
+        return self.replace(**filled)
+
+    @property
+    def stretched_epochs(self) -> str:
+        """The field holding the epochs ``min_steps`` adds to: ``fine_tune``'s second phase
+        (its first is a head fit with a budget of its own), else ``epochs``."""
+        return "fine_tune_epochs" if self.strategy == "fine_tune" else "epochs"
 
     @property
     def effective_fine_tune_learning_rate(self) -> float:

@@ -156,6 +156,9 @@ def _train(run, cfg, runs_dir, emit) -> dict:
     made.record_use(data, run.path)  # a made dataset keeps these photos while the run exists
     emit("data", classes=data.num_classes, images=len(data),
          **{split: len(idx) for split, idx in data.splits.items()})
+    note = short_epochs_note(cfg, len(data.splits["train"]))
+    if note:
+        emit("log", message=note)
 
     with strategy.scope():
         learner = Learner(cfg, run, data, device, runs_dir, emit)
@@ -190,6 +193,28 @@ def _origin_record(data) -> dict:
 
 
 # -- the learner -----------------------------------------------------------------------
+
+def short_epochs_note(cfg: RunConfig, train_size: int) -> str | None:
+    """The one-line note for epochs that look too short to converge: fewer optimiser steps
+    than the strategy's default step floor would have given (typed epochs turn the floor
+    off, see :meth:`RunConfig.resolved`). ``None`` when they are not, or when no phase takes
+    steps over them (a head fitted exactly)."""
+    from tl.strategies import fitted_exactly
+
+    cfg = cfg.resolved()
+    spec = STRATEGIES[cfg.strategy]
+    floor = spec.defaults["min_steps"]
+    epochs = getattr(cfg, cfg.stretched_epochs)
+    if not floor or not epochs or (spec.uses_features and fitted_exactly(cfg.strategy, cfg.head)):
+        return None
+    per_epoch = max(1, -(-train_size // cfg.batch_size))
+    planned = min(max(epochs, -(-cfg.min_steps // per_epoch)), MAX_EPOCHS)  # as Learner._epochs_for
+    if planned * per_epoch >= floor:
+        return None
+    return (f"{planned} epoch(s) of {per_epoch} step(s) are {planned * per_epoch} optimiser steps, fewer than the "
+            f"{floor} {cfg.strategy} takes by default, so training may stop before it converges: --min-steps "
+            f"{floor} (in the app, 'At least this many steps') adds epochs until there are that many.")
+
 
 class Learner:
     """Owns one run's model, data pipelines, progress events and best checkpoint.

@@ -286,8 +286,10 @@ def _step_parameters(spec, c1, c2, c3) -> dict:
             help="Passes over the training images (at most, with early stopping); empty: the strategy's default."),
         "min_steps": c1.number_input(
             "At least this many steps", min_value=0, max_value=100_000, value=None,
-            placeholder=_auto(spec, "min_steps"), key="train_min_steps",
-            help="Small data has few steps per epoch: epochs are added until there are this many optimiser steps."),
+            placeholder="auto: 0 (Epochs typed)" if st.session_state.get("train_epochs") else _auto(spec, "min_steps"),
+            key="train_min_steps",
+            help="Small data has few steps per epoch: epochs are added until there are this many optimiser steps. "
+                 "Empty: the strategy's floor, or none when you type the Epochs."),
         "learning_rate": c2.number_input(
             "Learning rate", min_value=1e-6, max_value=1.0, value=None, placeholder=_auto(spec, "learning_rate"),
             format="%.5f", key="train_learning_rate", help="Step size; lower it if the loss jumps or becomes NaN."),
