@@ -65,9 +65,10 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(root):
+def serve(root, extra_args=()):
     """``streamlit run`` on a free port with ``root`` as the runs folder, and a headless
-    chromium: yields ``{"url", "root", "browser"}``."""
+    chromium (launched with ``extra_args`` added to its flags): yields ``{"url", "root",
+    "browser"}``."""
     sync_playwright = _browser_or_skip()
     port = _free_port()
     env = {**os.environ, "TL_RUNS_DIR": str(root), "TL_MAX_JOBS": "1", "PYTHONPATH": str(REPO)}
@@ -91,7 +92,7 @@ def serve(root):
             time.sleep(0.2)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
         try:
             yield {"url": f"http://127.0.0.1:{port}", "root": root, "browser": browser}
         finally:

@@ -42,6 +42,26 @@ def _next(name: str) -> None:
     st.session_state[name] = st.session_state.get(name, 0) + 1
 
 
+def _steady(key: str, options) -> None:
+    """Keep selectbox ``key`` on its choice while its labels change under it.
+
+    Its labels carry counts ("cat (3)") that change while the option stays chosen, and the
+    browser holds on to the label it was last sent: sent back with the next action, that
+    label matches no option, and the choice would fall back to another class or dataset
+    (photos then land there). So the choice is kept under ``<key>_held`` (see :func:`_hold`),
+    read back from there when the value is such a label, and written to the widget on every
+    run, which also sends the browser the label with today's count."""
+    value = st.session_state.get(key)
+    if value not in options:
+        value = st.session_state.get(f"{key}_held")
+    if value in options:
+        st.session_state[key] = value
+
+
+def _hold(key: str, value) -> None:
+    st.session_state[f"{key}_held"] = value
+
+
 # -- choosing or making a dataset ------------------------------------------------------------
 
 def pick_dataset(root: str):
@@ -59,6 +79,7 @@ def pick_dataset(root: str):
             st.warning(f"There is no made dataset '{made.shown(wanted, 60)}' here (deleted, or a link from another "
                        "machine); pick or make one below.", icon=":material/link_off:")
         st.session_state["data_pick"] = wanted if wanted in by_id else (every[0].id if every else NEW)
+    _steady("data_pick", [*by_id, NEW])
     if st.session_state["data_pick"] not in (*by_id, NEW):
         st.session_state["data_pick"] = every[0].id if every else NEW
     options = [*by_id, NEW]
@@ -66,6 +87,7 @@ def pick_dataset(root: str):
                           format_func=lambda i: "New dataset..." if i == NEW else
                           f"{by_id[i].name} ({by_id[i].photos} photos)",
                           help="Datasets you make here are kept on this server; Train and Compare offer them.")
+    _hold("data_pick", chosen)
     if chosen == NEW:
         _new_dataset(root)
         return None
@@ -118,26 +140,31 @@ def add_photos(dataset) -> None:
     """Class picker, then the camera or the uploader for that class; advice on counts."""
     classes = list(dataset.classes)
     st.subheader("Add photos")
-    show_flashes()
     if not classes or st.session_state.get("data_adding_class"):
         _new_class(dataset, first=not classes)
         if not classes:
+            show_flashes()
             st.caption(made.ADVICE)
             return
+    _steady("data_class", classes)
     if st.session_state.get("data_class") not in classes:
         st.session_state["data_class"] = classes[-1]
-    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    class_name = c1.selectbox("To class", classes, key="data_class",
-                              format_func=lambda n: f"{n} ({len(dataset.classes[n])})")
-    if c2.button("New class", key="data_new_class", icon=":material/add:"):
-        st.session_state["data_adding_class"] = True
-        st.rerun()
+    # One row even on a phone (columns would stack there), so that the camera's Take Photo
+    # is in the first screen of the step.
+    with st.container(horizontal=True, vertical_alignment="bottom", wrap=False):
+        class_name = st.selectbox("To class", classes, key="data_class",
+                                  format_func=lambda n: f"{n} ({len(dataset.classes[n])})")
+        _hold("data_class", class_name)
+        if st.button("New class", key="data_new_class", icon=":material/add:"):
+            st.session_state["data_adding_class"] = True
+            st.rerun()
     how = st.segmented_control("How", ["Upload", "Camera"], key="data_how", default="Upload",
                                label_visibility="collapsed") or "Upload"
     if how == "Camera":
         _camera(dataset, class_name)
     else:
         _upload(dataset, class_name)
+    show_flashes()  # below the camera or uploader: what the last change did, where the eye is, moving nothing
     _advice(dataset)
 
 
