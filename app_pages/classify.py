@@ -76,17 +76,18 @@ def explain(root: str, run_id: str, digest: str, name: str, head: str, _data: by
 
 
 def _inputs() -> list:
-    """``(name, bytes)`` of every uploaded file and the camera photo."""
-    files = st.file_uploader(
-        "Images (JPEG, PNG, WebP, BMP, GIF, TIFF)", type=UPLOAD_TYPES, accept_multiple_files=True,
-        key="classify_files", help="Several at once are fine; each is classified on its own.")
-    found = [(f.name, f.getvalue()) for f in files or []]
+    """``(name, bytes)`` of the camera photo (first: the live answer) and every uploaded file.
+    The camera comes before the uploader, so on a phone Take Photo is in the first screen."""
+    found = []
     if st.toggle("Test it live with the camera", key="classify_use_camera",
                  help="Point the camera at something and take a photo: both heads answer; take another to try again."):
         photo = st.camera_input("Take a photo to classify", key="classify_camera")
         if photo is not None:
-            found.insert(0, ("camera photo", photo.getvalue()))  # the live answer first
-    return found
+            found.append(("camera photo", photo.getvalue()))
+    files = st.file_uploader(
+        "Images (JPEG, PNG, WebP, BMP, GIF, TIFF)", type=UPLOAD_TYPES, accept_multiple_files=True,
+        key="classify_files", help="Several at once are fine; each is classified on its own.")
+    return found + [(f.name, f.getvalue()) for f in files or []]
 
 
 def _show(root: str, run_id: str, predictor, index: int, name: str, data: bytes, k: int, heat: bool) -> None:
