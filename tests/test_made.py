@@ -478,3 +478,19 @@ def test_class_names_that_differ_only_in_case_are_refused(pets):
     before = made.find(pets.id).version
     made.rename_class(pets, "bird", "bird")  # to its own name: nothing to do, no new version
     assert made.find(pets.id).version == before
+
+
+def test_move_a_photo_to_another_class_and_dismiss_marks(pets):
+    cat = pets.classes["cat"][0]
+    before = made.find(pets.id).version
+    moved = made.move_photo("Pets", "cat", cat.hash, "coffee")
+    assert moved.counts() == {"cat": 3, "coffee": 5} and moved.version == before + 1
+    assert cat.hash in {p.hash for p in moved.classes["coffee"]}
+    with pytest.raises(DataError, match="no single photo matching"):
+        made.move_photo("Pets", "cat", cat.hash, "coffee")  # moved already
+    with pytest.raises(DataError, match="already in 'coffee'"):
+        made.move_photo("Pets", "coffee", cat.hash, "coffee")
+    made.dismiss("Pets", cat.hash, "coffee")
+    assert made.dismissed(made.find("Pets")) == {cat.hash: "coffee"}
+    (made.find("Pets").path / made.DISMISSED).write_text("{not json")
+    assert made.dismissed(made.find("Pets")) == {}  # a damaged file only brings suspects back

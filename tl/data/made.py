@@ -432,6 +432,57 @@ def remove_photo(ref, class_name: str, photo: str, runs_dir=None) -> tuple:
     return dataset, sentence
 
 
+def move_photo(ref, class_name: str, photo: str, target: str, runs_dir=None) -> MadeDataset:
+    """Move one photo (as :func:`remove_photo` names it) from ``class_name`` to the existing
+    class ``target``: a new version; runs trained before keep the label they saw.
+
+    Raises:
+        DataError: unknown dataset, class or photo, or ``target`` is not another class.
+    """
+    dataset = ref if isinstance(ref, MadeDataset) else find(ref, runs_dir)
+    digest = _photo_hash(photo)
+    with _lock(dataset.path / ".lock", dataset.path):
+        dataset = _read(dataset.path)
+        photos, into = _class(dataset, class_name), _class(dataset, target)
+        if target == class_name:
+            raise DataError(f"The photo is already in '{shown(target, 60)}'; pick another class to move it to.")
+        matches = [p for p in photos if p.hash.startswith(digest)]
+        if len(matches) != 1:
+            raise DataError(f"Class '{shown(class_name, 60)}' of '{dataset.name}' has no single photo matching "
+                            f"'{shown(photo, 40)}' (moved or removed meanwhile?); run the check again.")
+        photos.remove(matches[0])
+        into.append(matches[0])
+        _save_or_explain(dataset)
+    return dataset
+
+
+DISMISSED = "dismissed.json"
+
+
+def dismiss(ref, photo: str, label: str, runs_dir=None) -> None:
+    """Record that ``photo`` is right in class ``label`` ("this one is right"), so checks
+    leave it out of their suspects while it keeps that label (moved, it is judged again)."""
+    dataset = ref if isinstance(ref, MadeDataset) else find(ref, runs_dir)
+    digest = _photo_hash(photo)
+    with _lock(dataset.path / ".lock", dataset.path):
+        marks = dismissed(dataset)
+        marks[digest] = label
+        try:
+            atomic_write_json(dataset.path / DISMISSED, marks)
+        except OSError as exc:
+            raise DataError(f"The mark could not be saved: {os_error_sentence(exc, dataset.path)}") from None
+
+
+def dismissed(dataset: MadeDataset) -> dict:
+    """photo hash -> the class it was confirmed in (see :func:`dismiss`); ``{}`` when none
+    or when the file is damaged (a mark lost only brings a suspect back)."""
+    try:
+        marks = read_json(dataset.path / DISMISSED, {})
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in marks.items()} if isinstance(marks, dict) else {}
+
+
 def _photo_hash(photo: str) -> str:
     text = str(photo).strip().lower()
     if re.fullmatch(r"[0-9a-f]{6,16}", text):
