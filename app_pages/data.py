@@ -3,7 +3,9 @@ check them as thumbnails, then train on it (``?data=<id>`` links to one)."""
 
 import streamlit as st
 
-from ui.data_view import add_photos, classes, next_steps, pick_dataset
+from tl.config import RunConfig
+from ui.check_view import check_panel
+from ui.data_view import add_photos, classes, next_steps, pick_dataset, ready
 from ui.state import runs_dir
 
 st.title("Data")
@@ -16,3 +18,8 @@ if dataset is None:
 add_photos(dataset)
 classes(dataset)
 next_steps(dataset, root)
+st.subheader("Check my data")
+if ready(dataset):
+    st.caption(f"{ready(dataset)} Then check which photos may be in the wrong class.")
+else:
+    check_panel(RunConfig(dataset=dataset.ref), root, "data", dataset)

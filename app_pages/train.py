@@ -9,6 +9,7 @@ import streamlit as st
 
 from tl.errors import UserError
 from tl.strategies import weights_warning
+from ui.check_view import check_section
 from ui.run_view import dataset_preview, estimate_caption, live_progress, results, runs_list
 from ui.state import current_run, data_key, job_manager, load_data, runs_dir, show_run
 from ui.train_form import config_form, mark_followed, same_settings, settings_line, twin_of
@@ -78,6 +79,8 @@ with run_area:
 if cfg is not None:
     with preview_area, st.expander("Dataset preview", expanded=run is None):
         dataset_preview(cfg)
+    with preview_area, st.expander("Check my data"):
+        check_section(cfg, root)
 
 st.divider()
 runs_list(root, manager)

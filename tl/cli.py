@@ -14,7 +14,7 @@ import signal
 import sys
 import typing
 
-from tl import cli_data
+from tl import cli_check, cli_data
 from tl.config import FIELD_HELP, RunConfig
 from tl.engine import ENGINE_DESCRIPTIONS, ENGINES, PRECISION_DESCRIPTIONS, PRECISIONS
 from tl.errors import UserError
@@ -113,6 +113,7 @@ def _parser():
     download.set_defaults(handler=cmd_download)
     _add_export_parser(sub)
     cli_data.add_parser(sub, RUNS_DIR_HELP)
+    cli_check.add_parser(sub, RUNS_DIR_HELP)
     sub.metavar = "{" + ",".join(name for name in sub.choices if name not in HIDDEN) + "}"
     _verbose_after_commands(sub)
     return parser

@@ -3,7 +3,9 @@
 One ``.npy`` file per key, rows in item order. Writing streams chunk by chunk; reading
 memory-maps the file and copies the requested rows out in one indexing operation, so
 memory stays flat however many images there are, and a split's features come back as one
-matrix (:meth:`FeatureStore.read`). A key covers everything that changes the features:
+matrix (:meth:`FeatureStore.read`). :func:`features_of` is the one pass over a dataset through
+the cache that training and the data check both call (engine choice, key, progress events,
+cancellation). A key covers everything that changes the features:
 backbone, weights, cut layer, image size, the inference precision (``engine_precision``:
 fp32 features from TensorFlow and from OpenVINO agree to about 1e-5 and share entries; bf16
 ones never mix with them) and the data's fingerprint. The training precision policy is not
@@ -15,6 +17,8 @@ import io
 import json
 import os
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +160,88 @@ def extract(root, key: str, extractor, batches, total: int, *, meta: dict, on_ch
         raise
     atomic_write_json(folder / "meta.json", dict(meta, rows=total, dim=dim, key=key, sha256=digest.hexdigest()))
     return FeatureStore(final)
+
+
+@dataclass
+class Extracted:
+    """What :func:`features_of` gives: the store, whether it was a cache ``"hit"`` or
+    ``"miss"``, the engine that ran (or would have run) the pass, its cache key, and the
+    seconds the pass took (0 on a hit)."""
+
+    store: FeatureStore
+    cache: str
+    choice: object  # tl.engine.Choice
+    key: str
+    seconds: float
+
+
+def features_of(data, extractor, *, root, backbone: str, weights: str, cut: str | None, image_size: int,
+                batch_size: int, emit, engine: str | None = None, precision: str | None = None,
+                should_stop=None) -> Extracted:
+    """The pooled features of every item of ``data``, from the cache when an entry for the
+    same backbone, weights, cut, size, precision and data is there, else extracted into it.
+
+    Args:
+        data: a :class:`tl.data.core.Data`; its fingerprint is part of the key.
+        extractor: a callable returning the Keras feature model
+            (:func:`tl.models.feature_extractor`); called only on a miss.
+        weights: what identifies the backbone's weights (:func:`tl.weights.initial_weights`).
+        cut: the layer the backbone is cut at (``None``: its last).
+        emit: ``emit(event_type, **fields)``: ``"log"`` for the engine's notes and a damaged
+            entry; ``"features"`` with ``cache="hit"``, or ``cache="miss"`` with ``done`` of
+            ``images`` (at the start, at most every BATCH_EVENT_SECONDS, at the end), then
+            ``cache="stored"`` with the ``seconds`` it took; each with the engine's record.
+        engine, precision: the caller's choice (:func:`tl.engine.choose`).
+        should_stop: called after each chunk of images; when it returns true the pass stops
+            (nothing is cached) with :class:`tl.errors.Cancelled`.
+    """
+    from tl import cluster
+    from tl import engine as engines
+    from tl.data.pipeline import image_pipeline
+    from tl.errors import Cancelled
+    from tl.history import BATCH_EVENT_SECONDS
+
+    choice = engines.choose(engine, precision)
+    if choice.note:
+        emit("log", message=choice.note)
+
+    def key_of(engine_precision):
+        return cache_key(backbone=backbone, weights=weights, cut=cut, image_size=image_size,
+                         engine_precision=engine_precision, fingerprint=data.fingerprint)
+
+    key = key_of(choice.precision)
+    started = time.time()
+    store = lookup(root, key, on_damaged=lambda message: emit("log", message=message))
+    # A cluster extracts together (a collective predict) or not at all.
+    if cluster.every_worker(store is not None and len(store) == len(data)):
+        emit("features", cache="hit", key=key, images=len(store), seconds=0.0, **choice.as_record())
+        return Extracted(store, "hit", choice, key, 0.0)
+    runner = engines.compile(extractor(), cache_root=root, choice=choice,
+                             key={"pass": "features", "backbone": backbone, "weights": weights,
+                                  "cut": cut or "last", "image_size": image_size},
+                             on_note=lambda message: emit("log", message=message))
+    if runner.choice != choice:  # fell back (the model did not convert): its own key
+        choice = runner.choice
+        key = key_of(runner.precision)
+    total = len(data)
+    emit("features", cache="miss", key=key, images=total, done=0, **choice.as_record())
+    last = [0.0]
+
+    def on_chunk(done, total):
+        if should_stop is not None and should_stop():
+            raise Cancelled()
+        if time.time() - last[0] >= BATCH_EVENT_SECONDS or done == total:
+            last[0] = time.time()
+            emit("features", cache="miss", key=key, images=total, done=done, **choice.as_record())
+
+    pipelines = (image_pipeline(data, chunk, batch_size, image_size=image_size)
+                 for chunk in chunks(np.arange(total), batch_size))
+    store = extract(root, key, runner, pipelines, total, on_chunk=on_chunk, meta={
+        "backbone": backbone, "weights": weights, "cut": cut or "last", "image_size": image_size,
+        "dataset": data.name, "fingerprint": data.fingerprint, **choice.as_record()})
+    seconds = time.time() - started
+    emit("features", cache="stored", key=key, images=total, seconds=round(seconds, 3), **choice.as_record())
+    return Extracted(store, "miss", choice, key, seconds)
 
 
 def _remove_dead_temporaries(folder: Path) -> None:

@@ -350,3 +350,44 @@ def compare_per_class(runs: list) -> go.Figure:
     fig.update_xaxes(range=[0, 1.12], tickformat=".0%", tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
     fig.update_yaxes(type="category", autorange="reversed")
     return fig
+
+
+GL_FROM = 5000
+# Classes in colours that neither look alike side by side nor clash with the marks below
+# (plotly's D3 set without its orange and red).
+CLASS_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+MARKS = (("suspect", "x-thin-open", "crimson", "likely mislabeled"), ("outlier", "diamond-open", "darkorange", "outlier"),
+         ("duplicate", "square-open", "black", "near-duplicate"))
+
+
+def check_map(images: list, class_names: list, title: str = "Map of the images (PCA of the backbone's features)",
+              explained: list | None = None) -> go.Figure:
+    """Each image as a point of a check's 2-D map (:class:`tl.check.CheckResult` ``images``:
+    ``x``, ``y``, ``label``, ``file`` and the flags), coloured by its given class; suspects,
+    outliers and near-duplicates drawn with their own marker on top. ``customdata`` holds
+    each point's index into ``images``, so a click can open that image."""
+    axes = [f"PC{n + 1}" + (f" ({explained[n]:.0%} of the variance)" if explained and len(explained) > n else "")
+            for n in range(2)]
+    fig = _figure(title, height=460, xaxis_title=axes[0], yaxis_title=axes[1],
+                  legend=dict(orientation="h", y=-0.25))
+    # SVG up to a few thousand points (WebGL is missing in some browsers, headless ones
+    # included); WebGL beyond, where SVG would crawl.
+    scatter = go.Scatter if len(images) <= GL_FROM else go.Scattergl
+    for n, name in enumerate(class_names):
+        rows = [i for i, image in enumerate(images) if image["label"] == name]
+        fig.add_trace(scatter(
+            x=[images[i]["x"] for i in rows], y=[images[i]["y"] for i in rows], mode="markers", name=name,
+            customdata=rows, text=[images[i]["file"] for i in rows],
+            marker=dict(size=7, opacity=0.75, color=CLASS_COLOURS[n % len(CLASS_COLOURS)]),
+            hovertemplate="%{text}<br>given: " + name + "<extra></extra>"))
+    for flag, symbol, colour, label in MARKS:
+        rows = [i for i, image in enumerate(images) if image.get(flag)]
+        if not rows:
+            continue
+        fig.add_trace(scatter(
+            x=[images[i]["x"] for i in rows], y=[images[i]["y"] for i in rows], mode="markers", name=label,
+            customdata=rows, text=[f"{images[i]['file']}<br>given: {images[i]['label']}, likely: "
+                                   f"{images[i].get('likely')}" for i in rows],
+            marker=dict(symbol=symbol, size=14, color=colour, line=dict(width=2, color=colour)),
+            hovertemplate="%{text}<br>" + label + "<extra></extra>"))
+    return fig

@@ -19,7 +19,7 @@ from tl.backbones import check_installed_weights, cut_layer, set_trainable_top
 from tl.config import RunConfig
 from tl.errors import Cancelled, ConfigError, TrainingFailed, UserError
 from tl.files import os_error_sentence
-from tl.history import BATCH_EVENT_SECONDS, ExactFitRecorder
+from tl.history import ExactFitRecorder
 from tl.metrics import classification_report  # noqa: F401  (training.classification_report)
 from tl.strategies import STRATEGIES
 from tl.weights import initial_weights, source_run, transfer_backbone
@@ -452,64 +452,20 @@ class Learner:
 
     # cached features
     def _features(self):
-        from tl import engine, features
+        """The cached features of every item (extracted on the first call, or a cache hit)."""
+        from tl import features
         from tl.models import feature_extractor
 
-        if self._store is not None:
-            return self._store
-        cfg, data = self.cfg, self.data
-        root = runs.cache_root(self.runs_dir)
-        if self.engine_choice is None:
-            self.engine_choice = engine.choose(cfg.engine, cfg.engine_precision)
-            if self.engine_choice.note:
-                self.emit("log", message=self.engine_choice.note)
-        key = self._feature_key(self.engine_choice.precision)
-        started = time.time()
-        store = features.lookup(root, key, on_damaged=lambda message: self.emit("log", message=message))
-        # A cluster extracts together (a collective predict) or not at all.
-        if cluster.every_worker(store is not None and len(store) == len(data)):
-            self.feature_cache, self._store = "hit", store
-            self.emit("features", cache="hit", key=key, images=len(store), seconds=0.0,
-                      **self.engine_choice.as_record())
-            return store
-        self.feature_cache = "miss"
-        runner = engine.compile(feature_extractor(self.model), cache_root=root, choice=self.engine_choice,
-                                key={"pass": "features", "backbone": cfg.backbone, "weights": self.weights_id,
-                                     "cut": self.cut or "last", "image_size": cfg.image_size},
-                                on_note=lambda message: self.emit("log", message=message))
-        if runner.choice != self.engine_choice:  # fell back (the model did not convert): its own key
-            self.engine_choice = runner.choice
-            key = self._feature_key(runner.precision)
-        total = len(data)
-        self.emit("features", cache="miss", key=key, images=total, done=0, **runner.choice.as_record())
-        last = [0.0]
-
-        def on_chunk(done, total):
-            if self.run.cancel_requested():
-                raise Cancelled()
-            if time.time() - last[0] >= BATCH_EVENT_SECONDS or done == total:
-                last[0] = time.time()
-                self.emit("features", cache="miss", key=key, images=total, done=done, **runner.choice.as_record())
-
-        pipelines = (datasets.image_pipeline(data, chunk, cfg.batch_size, image_size=cfg.image_size)
-                     for chunk in features.chunks(np.arange(total), cfg.batch_size))
-        store = features.extract(root, key, runner, pipelines, total, on_chunk=on_chunk, meta={
-            "backbone": cfg.backbone, "weights": self.weights_id, "cut": self.cut or "last",
-            "image_size": cfg.image_size, "dataset": data.name, "fingerprint": data.fingerprint,
-            **runner.choice.as_record()})
-        self.extract_seconds = time.time() - started
-        self.emit("features", cache="stored", key=key, images=total, seconds=round(self.extract_seconds, 3),
-                  **runner.choice.as_record())
-        self._store = store
-        return store
-
-    def _feature_key(self, engine_precision: str) -> str:
-        from tl import features
-
-        cfg = self.cfg
-        return features.cache_key(backbone=cfg.backbone, weights=self.weights_id, cut=self.cut,
-                                  image_size=cfg.image_size, engine_precision=engine_precision,
-                                  fingerprint=self.data.fingerprint)
+        if self._store is None:
+            cfg = self.cfg
+            found = features.features_of(
+                self.data, lambda: feature_extractor(self.model), root=runs.cache_root(self.runs_dir),
+                backbone=cfg.backbone, weights=self.weights_id, cut=self.cut, image_size=cfg.image_size,
+                batch_size=cfg.batch_size, emit=self.emit, engine=cfg.engine, precision=cfg.engine_precision,
+                should_stop=self.run.cancel_requested)
+            self._store, self.feature_cache, self.engine_choice = found.store, found.cache, found.choice
+            self.extract_seconds = found.seconds
+        return self._store
 
     # best checkpoint
     def note_epoch(self, model, val_accuracy, val_loss) -> bool:
