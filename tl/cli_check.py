@@ -22,11 +22,11 @@ def add_parser(sub, runs_dir_help: str) -> None:
             "quality of each class, from out-of-fold predictions on the cached features")
     check = sub.add_parser("check", help=text, description=text[0].upper() + text[1:] + ".")
 
-    def field(name, kind=str, default=None, **extra):
+    def field(name, kind=str, default=None, text=None):
         shown = getattr(RunConfig, name, None) if default is None else default
         check.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default,
-                           help=f"{FIELD_HELP[name]} Default: {'none' if shown is None else shown}.".replace("%", "%%"),
-                           **extra)
+                           help=f"{text or FIELD_HELP[name]} Default: {'none' if shown is None else shown}."
+                           .replace("%", "%%"))
 
     check.add_argument("--dataset", required=True, help=FIELD_HELP["dataset"] + " For your folder: folder.")
     field("data_dir")
@@ -37,9 +37,10 @@ def add_parser(sub, runs_dir_help: str) -> None:
                             "earlier cut the earlier_layer strategy uses; often better for images unlike everyday "
                             "photos). Default: last.")
     field("image_size", int)
-    field("batch_size", int)
+    field("batch_size", int, text="Images per batch of the feature pass.")
     field("samples_per_class", int, 0)
-    field("seed", int)
+    field("seed", int, text="Seeds the train/val/test split (give the run's, so that a leak is across its split) "
+                            "and the folds.")
     field("val_fraction", float)
     field("test_fraction", float)
     check.add_argument("--engine", choices=ENGINES, help=FIELD_HELP["engine"] + " Default: $TL_ENGINE, else auto.")
