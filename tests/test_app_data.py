@@ -200,3 +200,21 @@ def test_gallery_still_shows_a_photo_removed_after_training(root):
     assert run.summary()["data_version"] == 3  # made, then one version per class added
     runs.delete(run.id, root)  # frees what only this run kept
     assert read({"key": test_keys[0], "item": 0}) is None  # freed once no run refers to it
+
+
+def test_a_finished_runs_test_images_are_mapped_right_and_wrong(root):
+    """Results of a run on cached features: its test images on a PCA map, coloured by
+    whether the run got them right; a run trained on images says why it has none."""
+    from conftest import tiny_config, train_run
+    from test_app_export import open_run
+
+    frozen = train_run(root, tiny_config(strategy="feature_extraction", samples_per_class=20, epochs=2))
+    at = open_run(frozen.id)
+    figures = [c.proto.spec for c in at.get("plotly_chart") if '"Test images (PCA' in c.proto.spec]
+    assert len(figures) == 1
+    assert '"name":"right"' in figures[0] or '"name":"wrong"' in figures[0]
+    assert f"{frozen.metrics['test_size']} test images" in texts(at)
+
+    scratch = train_run(root, tiny_config(strategy="scratch"))
+    at = open_run(scratch.id)
+    assert "No map: this run trained on images" in texts(at)

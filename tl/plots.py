@@ -361,7 +361,7 @@ MARKS = (("suspect", "x-thin-open", "crimson", "likely mislabeled"), ("outlier",
 
 
 def check_map(images: list, class_names: list, title: str = "Map of the images (PCA of the backbone's features)",
-              explained: list | None = None) -> go.Figure:
+              explained: list | None = None, colour_by: str = "given") -> go.Figure:
     """Each image as a point of a check's 2-D map (:class:`tl.check.CheckResult` ``images``:
     ``x``, ``y``, ``label``, ``file`` and the flags), coloured by its given class; suspects,
     outliers and near-duplicates drawn with their own marker on top. ``customdata`` holds
@@ -379,7 +379,7 @@ def check_map(images: list, class_names: list, title: str = "Map of the images (
             x=[images[i]["x"] for i in rows], y=[images[i]["y"] for i in rows], mode="markers", name=name,
             customdata=rows, text=[images[i]["file"] for i in rows],
             marker=dict(size=7, opacity=0.75, color=CLASS_COLOURS[n % len(CLASS_COLOURS)]),
-            hovertemplate="%{text}<br>given: " + name + "<extra></extra>"))
+            hovertemplate="%{text}<br>" + colour_by + ": " + name + "<extra></extra>"))
     for flag, symbol, colour, label in MARKS:
         rows = [i for i, image in enumerate(images) if image.get(flag)]
         if not rows:

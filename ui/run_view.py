@@ -222,6 +222,8 @@ def results(run) -> None:
     picked = right.plotly_chart(plots.confusion_matrix(metrics), key=f"confusion_{run.id}",
                                 on_select="rerun", selection_mode="points", config=PLOTLY_CONFIG)
     _mistakes(run, metrics, _clicked_cell(picked))
+    with st.expander("Map of the test images"):
+        _test_map(run, metrics)
     _downloads(run)
     _export_downloads(run)
 
@@ -305,6 +307,48 @@ def _mistakes(run, metrics, clicked) -> None:
                              caption=f"{item['true']} → {item['predicted']} ({item['confidence']:.0%})")
     if len(shown) > 24:
         st.caption(f"Showing 24 of {len(shown)}.")
+
+
+def _test_map(run, metrics) -> None:
+    """The run's test images on the first two principal components of the backbone
+    features it was trained on (from the feature cache), coloured right or wrong."""
+    from tl import features
+    from tl.check import pca_map
+    from tl.paths import cache_root
+
+    events, _ = run.events()
+    key = next((e["key"] for e in events if e.get("type") == "features" and e.get("key")), None)
+    store = features.lookup(cache_root(runs_dir()), key) if key else None
+    if store is None:
+        st.caption("No map: this run trained on images, not on cached backbone features (or the cache was "
+                   "cleared).")
+        return
+    try:
+        data = load_data(data_key(run.config))
+        split = run._json("split.json", dict, {})
+    except UserError as exc:
+        st.caption(f"No map: {exc}")
+        return
+    if data.fingerprint != split.get("fingerprint") or len(data) != len(store):
+        st.caption("No map: the data changed since this run trained (a made dataset's new version, or an edited "
+                   "folder).")
+        return
+    index = {k: i for i, k in enumerate(data.keys)}
+    keys = [k for k in split.get("test", []) if k in index]
+    if len(keys) < 3:
+        st.caption("No map: too few test images.")
+        return
+    wrong = {m["key"]: m for m in metrics.get("misclassified", [])}
+    coordinates, explained = pca_map(store.read([index[k] for k in keys]))
+    names = run.labels
+    images = [{"file": k, "x": float(x), "y": float(y), "likely": wrong[k]["predicted"] if k in wrong else None,
+               "label": "wrong" if k in wrong else "right",
+               "given": names[int(data.labels[index[k]])]} for k, (x, y) in zip(keys, coordinates)]
+    st.plotly_chart(plots.check_map(images, ["right", "wrong"], title="Test images (PCA of the cached features)",
+                                    explained=list(explained), colour_by="answer"),
+                    key=f"test_map_{run.id}", config=PLOTLY_CONFIG)
+    st.caption(f"{len(keys)} test images: {sum(k in wrong for k in keys)} wrong. Points near another class's "
+               "cloud are the confusable ones; the Check my data expander below the settings maps every image.")
 
 
 def _item_reader(run):
