@@ -176,25 +176,18 @@ def _suspects(result, suspects, cfg, key: str, dataset) -> None:
 
 
 def _fixes(dataset, item, key: str, n: int) -> None:
+    from ui.data_view import apply_change
+
     label, likely, digest = item["label"], item["likely"], _hash(item["file"])
+    versioned = " The dataset has a new version; finished runs keep the one they used."
     if st.button(f"Move to {likely}", key=f"{key}_mv_{n}", type="primary"):
-        _apply(lambda: made.move_photo(dataset, label, digest, likely), f"Moved the photo from '{label}' to '{likely}'.")
+        apply_change(lambda: made.move_photo(dataset, label, digest, likely),
+                     f"Moved the photo from '{label}' to '{likely}'." + versioned)
     if st.button("Remove", key=f"{key}_rmv_{n}"):
-        _apply(lambda: made.remove_photo(dataset, label, digest), f"Removed the photo from '{label}'.")
+        apply_change(lambda: made.remove_photo(dataset, label, digest), f"Removed the photo from '{label}'." + versioned)
     if st.button("It is right", key=f"{key}_ok_{n}", help="Leave it in its class and stop flagging it."):
-        _apply(lambda: made.dismiss(dataset, digest, label), f"Kept the photo in '{label}'; it is not flagged again.")
-
-
-def _apply(action, done: str) -> None:
-    from ui.data_view import flash
-
-    try:
-        action()
-    except UserError as exc:
-        flash("error", str(exc))
-    else:
-        flash("success", done + " The dataset has a new version; finished runs keep the one they used.")
-    st.rerun()
+        # A mark beside the dataset, not a change of it: no new version.
+        apply_change(lambda: made.dismiss(dataset, digest, label), f"Kept the photo in '{label}'; it is not flagged again.")
 
 
 def _csv(rows) -> str:

@@ -301,18 +301,19 @@ def _class_actions(dataset, name: str, index: int) -> None:
     with st.popover("Edit class", icon=":material/edit:"):
         new = st.text_input("Rename to", value=name, key=f"data_rename_{index}", max_chars=made.LIMITS.max_name)
         if st.button("Rename", key=f"data_rename_go_{index}") and new.strip() != name:
-            _change(lambda: made.rename_class(dataset, name, new), f"Renamed '{name}' to '{new.strip()}'.")
+            apply_change(lambda: made.rename_class(dataset, name, new), f"Renamed '{name}' to '{new.strip()}'.")
         others = [n for n in dataset.classes if n != name]
         if others:
             target = st.selectbox("Merge into", others, key=f"data_merge_{index}")
             if st.button(f"Move its photos into '{target}'", key=f"data_merge_go_{index}"):
-                _change(lambda: made.merge_class(dataset, name, target), f"Merged '{name}' into '{target}'.")
+                apply_change(lambda: made.merge_class(dataset, name, target), f"Merged '{name}' into '{target}'.")
         if st.checkbox(f"Delete '{name}' and its {len(dataset.classes[name])} photo(s)", key=f"data_del_ok_{index}"):
             if st.button("Delete class", key=f"data_del_{index}", type="primary"):
-                _change(lambda: made.delete_class(dataset, name), f"Deleted class '{name}'.")
+                apply_change(lambda: made.delete_class(dataset, name), f"Deleted class '{name}'.")
 
 
-def _change(action, done: str) -> None:
+def apply_change(action, done: str) -> None:
+    """Run one change of a made dataset, flash ``done`` or its one-sentence refusal, rerun."""
     try:
         action()
     except UserError as exc:
