@@ -102,3 +102,32 @@ def _isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# -- real photographs: crops of scikit-image's sample pictures ------------------------------
+
+def _sample_picture(name: str, _cache={}):
+    import skimage.data
+
+    if name not in _cache:
+        _cache[name] = getattr(skimage.data, name)()
+    return _cache[name]
+
+
+def photo(i: int = 0, picture: str = "chelsea", fmt: str = "JPEG") -> bytes:
+    """A crop of a real photograph (a scikit-image sample); each ``i`` gives other bytes."""
+    import io
+
+    from PIL import Image
+
+    image = _sample_picture(picture)
+    h, w = image.shape[:2]
+    y, x = (i * 7) % (h // 3), (i * 13) % (w // 3)
+    out = io.BytesIO()
+    Image.fromarray(image[y:y + h // 2, x:x + w // 2]).save(out, fmt)
+    return out.getvalue()
+
+
+def photos(n: int, picture: str = "chelsea", start: int = 0) -> list:
+    """``(name, bytes)`` of ``n`` crops, as an upload gives them."""
+    return [(f"{picture}-{i}.jpg", photo(i, picture)) for i in range(start, start + n)]

@@ -25,7 +25,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-import skimage.data
 from PIL import Image
 
 from tl import datasets
@@ -33,7 +32,7 @@ from tl.config import RunConfig
 from tl.data import made
 from tl.errors import UserError
 
-from conftest import REPO, tiny_config, train_run
+from conftest import REPO, photo, photos, tiny_config, train_run
 
 CASE_SECONDS = 120
 
@@ -70,24 +69,6 @@ def one_sentence(text: str) -> str:
 
 
 # -- real photographs, and a dataset to keep safe -----------------------------------------------
-
-@functools.cache
-def _picture(name: str):
-    return getattr(skimage.data, name)()
-
-
-def photo(i: int = 0, picture: str = "chelsea", fmt: str = "JPEG") -> bytes:
-    image = _picture(picture)
-    h, w = image.shape[:2]
-    y, x = (i * 7) % (h // 3), (i * 13) % (w // 3)
-    out = io.BytesIO()
-    Image.fromarray(image[y:y + h // 2, x:x + w // 2]).save(out, fmt)
-    return out.getvalue()
-
-
-def photos(n: int, picture: str = "chelsea", start: int = 0) -> list:
-    return [(f"{picture}-{i}.jpg", photo(i, picture)) for i in range(start, start + n)]
-
 
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch):

@@ -3,9 +3,7 @@ per content with thumbnails and versions, the limits, class edits, removing phot
 keep what they trained on, loading for training, the zip round trip, damaged manifests and
 the lock that keeps concurrent adds."""
 
-import functools
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -16,7 +14,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import skimage.data
 from PIL import Image
 
 from tl import datasets
@@ -24,29 +21,10 @@ from tl.config import RunConfig
 from tl.data import made
 from tl.errors import DataError
 
-from conftest import REPO
+from conftest import REPO, photo, photos
 
 
 # -- real photographs: crops of scikit-image's sample pictures ------------------------------
-
-@functools.cache
-def _picture(name: str):
-    return getattr(skimage.data, name)()
-
-
-def photo(i: int = 0, picture: str = "chelsea", fmt: str = "JPEG") -> bytes:
-    """A crop of a real photograph; each ``i`` gives different bytes."""
-    image = _picture(picture)
-    h, w = image.shape[:2]
-    y, x = (i * 7) % (h // 3), (i * 13) % (w // 3)
-    out = io.BytesIO()
-    Image.fromarray(image[y:y + h // 2, x:x + w // 2]).save(out, fmt)
-    return out.getvalue()
-
-
-def photos(n: int, picture: str = "chelsea", start: int = 0) -> list:
-    return [(f"{picture}-{i}.jpg", photo(i, picture)) for i in range(start, start + n)]
-
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
