@@ -209,8 +209,24 @@ def batch_events(run) -> list:
     return [e for e in events if e["type"] == "batch"]
 
 
-def pick_runs(page, url: str, run_ids) -> None:
-    """On Compare, pick ``run_ids`` under "Pick finished runs" and wait for the table."""
+def pick_runs(page, url: str, run_ids, rounds: int = 3) -> None:
+    """On Compare, pick ``run_ids`` under "Pick finished runs" and wait for the table.
+
+    On a loaded CI machine a dropdown once never offered a run that was there (12 tries of
+    one page); the page is then opened afresh, with a screenshot of the round that failed."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(rounds):
+        try:
+            return _pick_runs_once(page, url, run_ids)
+        except PlaywrightTimeout:
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(OUTPUT / f"pick-runs-failed-{attempt}.png"), full_page=True)
+            if attempt == rounds - 1:
+                raise
+
+
+def _pick_runs_once(page, url: str, run_ids) -> None:
     page.goto(f"{url}/compare")
     page.get_by_text("Pick finished runs").click()
     settle(page)
@@ -224,7 +240,7 @@ def pick_runs(page, url: str, run_ids) -> None:
             box.click()
             box.fill(run_id)  # filters the options down to this run
 
-        pick_option(page, opener, run_id)
+        pick_option(page, opener, run_id, attempts=6)
         picker.get_by_text(run_id).wait_for()  # its tag: the pick took
         settle(page)
     page.keyboard.press("Escape")
