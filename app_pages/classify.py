@@ -8,18 +8,14 @@ import streamlit as st
 from tl import plots, runs
 from tl.errors import UserError
 from tl.images import IMAGE_EXTENSIONS
-from ui.state import PLOTLY_CONFIG, runs_dir
+from tl.memory import cache_limit_mb
+from ui.state import PLOTLY_CONFIG, load_predictor, runs_dir
 
 UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
 DISPLAY_SIDE = 768
-
-
-@st.cache_resource(show_spinner="Loading the run's model and its ImageNet head...", max_entries=2)
-def load_predictor(root: str, run_id: str):
-    """Both heads of a run, built once per run for the whole server (max two runs held)."""
-    from tl.predict import Predictor
-
-    return Predictor(runs.get(run_id, root))
+# Each cached answer holds a display copy of at most 768x768x3 bytes (1.7 MB) and the top-10s:
+# 2% of the app's memory budget for each of the two caches below, at least 8 answers.
+ANSWERS = int(min(64, max(8, cache_limit_mb(0.02, 128) / 2)))
 
 
 def _run_label(row: dict) -> str:
@@ -48,7 +44,7 @@ def _decode(name: str, data: bytes):
     return decode_image(data, name=name, draft_size=DRAFT_SIZE)
 
 
-@st.cache_data(show_spinner="Classifying...", max_entries=64)
+@st.cache_data(show_spinner="Classifying...", max_entries=ANSWERS)
 def classify(root: str, run_id: str, digest: str, name: str, _data: bytes):
     """Decode and classify one upload once per (run, image content): the top-10 of both
     heads (fewer are shown by slicing), a display-sized copy and the original size; or the
@@ -64,7 +60,7 @@ def classify(root: str, run_id: str, digest: str, name: str, _data: bytes):
     return (_shrink(image), image.shape[:2], result), None
 
 
-@st.cache_data(show_spinner="Computing where the head looks...", max_entries=64)
+@st.cache_data(show_spinner="Computing where the head looks...", max_entries=ANSWERS)
 def explain(root: str, run_id: str, digest: str, name: str, head: str, _data: bytes):
     """Grad-CAM of ``head``'s top class, blended over the display-sized copy, and its method."""
     from tl.gradcam import overlay, resize_map

@@ -9,6 +9,7 @@ import streamlit as st
 
 from tl.errors import UserError
 from tl.strategies import weights_warning
+from ui import owner
 from ui.check_view import check_section
 from ui.run_view import dataset_preview, estimate_caption, live_progress, results, runs_list
 from ui.state import current_run, data_key, job_manager, load_data, runs_dir, show_run
@@ -33,7 +34,7 @@ preview_area = st.container()  # filled last: reading images is the slow part
 
 def submit(cfg) -> None:
     try:
-        new = manager.submit(cfg, data=load_data(data_key(cfg)))  # the preview's copy
+        new = manager.submit(cfg, data=load_data(data_key(cfg)), owner=owner.digest())  # the preview's copy
     except UserError as exc:
         top.error(str(exc))
     else:

@@ -99,6 +99,13 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("TL_RUNS_DIR", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _not_shared(monkeypatch):
+    """The app as on a laptop (everything is everyone's, tl.owners) unless a test shares it."""
+    monkeypatch.delenv("TL_OWNER_SECRET", raising=False)
+    monkeypatch.delenv("TL_SHARED", raising=False)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

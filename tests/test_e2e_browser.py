@@ -65,13 +65,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(root, extra_args=()):
-    """``streamlit run`` on a free port with ``root`` as the runs folder, and a headless
-    chromium (launched with ``extra_args`` added to its flags): yields ``{"url", "root",
-    "browser"}``."""
+def serve(root, extra_args=(), env=None):
+    """``streamlit run`` on a free port with ``root`` as the runs folder (and ``env`` added
+    to the server's environment), and a headless chromium (launched with ``extra_args``
+    added to its flags): yields ``{"url", "root", "browser"}``."""
     sync_playwright = _browser_or_skip()
     port = _free_port()
-    env = {**os.environ, "TL_RUNS_DIR": str(root), "TL_MAX_JOBS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "TL_RUNS_DIR": str(root), "TL_MAX_JOBS": "1", "PYTHONPATH": str(REPO), **(env or {})}
     log = open(root.parent / "server.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),

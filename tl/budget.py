@@ -162,6 +162,29 @@ def estimate(cfg, num_images: int) -> Estimate:
     return Estimate(sum(parts.values()), _seconds(cfg, num_images), parts)
 
 
+# A run's two heads held by the app for Classify (tl.predict.Predictor), in MB: measured as
+# the resident memory a fresh process gained loading one and classifying a photo, then
+# computing a Grad-CAM (2026-12-02, TF 2.21 CPU): EfficientNet-Lite0 about 100 + 60-110,
+# ResNet-50 about 450-510 + 140-160. Modelled as a fixed part and five copies of the
+# backbone's float32 weights: 145 and 530 MB.
+PREDICTOR_BASE_MB = 80.0
+PREDICTOR_WEIGHT_COPIES = 5
+
+
+def predictor_mb(backbone: str | None) -> float:
+    """What holding a run's model for Classify costs the server (an unknown or damaged
+    run's backbone counts as the largest)."""
+    params = BACKBONE_COSTS[backbone][0] if backbone in BACKBONE_COSTS else max(c[0] for c in BACKBONE_COSTS.values())
+    return PREDICTOR_BASE_MB + PREDICTOR_WEIGHT_COPIES * params * 4 / MB
+
+
+def data_mb(cfg) -> float:
+    """What holding ``cfg``'s dataset in the server costs: the arrays of a dataset read
+    whole (CIFAR-10), else a little per item (folders and made datasets read files lazily;
+    synthetic images are drawn on demand)."""
+    return IN_MEMORY_DATA_MB.get(cfg.dataset, 0.0) + 5.0
+
+
 def _openvino_runs(cfg) -> bool:
     """Whether the frozen pass will likely run on OpenVINO (installed, not switched off),
     without importing it."""
@@ -239,24 +262,27 @@ def budget_mb() -> float | None:
     return value if value > 0 else None
 
 
-def check(cfg, num_images: int, budget: float | None = None) -> Estimate:
+def check(cfg, num_images: int, budget: float | None = None, in_use_mb: float = 0.0) -> Estimate:
     """Return the estimate, or raise :class:`BudgetError` with a smaller setting that fits.
 
     Args:
         budget: MB; default :func:`budget_mb` (no limit when unset).
+        in_use_mb: MB the budget also covers and the run cannot have: the app's server
+            when the app starts the run (:mod:`tl.memory`); 0 for the command line.
     """
     found = estimate(cfg, num_images)
     budget = budget_mb() if budget is None else budget
-    if budget is None or found.memory_mb <= budget:
+    if budget is None or found.memory_mb + in_use_mb <= budget:
         return found
-    changes, smaller = suggest(cfg, num_images, budget)
+    held = f", of which the app itself holds {in_use_mb:,.0f} MB" if in_use_mb else ""
+    changes, smaller = suggest(cfg, num_images, budget - in_use_mb)
     if changes:
         advice = (f"try {', '.join(f'{k}={v}' for k, v in changes.items())} "
                   f"(about {smaller.memory_mb:,.0f} MB)")
     else:
         advice = "no smaller setting of this dataset fits; raise the budget or use a bigger machine"
     raise BudgetError(f"This run needs about {found.memory_mb:,.0f} MB of memory but the budget is "
-                      f"{budget:,.0f} MB ({BUDGET_ENV}); {advice}.")
+                      f"{budget:,.0f} MB ({BUDGET_ENV}){held}; {advice}.")
 
 
 def suggest(cfg, num_images: int, budget: float):

@@ -143,16 +143,26 @@ def latest(about: str, runs_dir=None) -> CheckJob | None:
     return best
 
 
-def start(cfg, fingerprint: str, runs_dir=None, about: str | None = None) -> CheckJob:
+def start(cfg, fingerprint: str, runs_dir=None, about: str | None = None, estimate=None) -> CheckJob:
     """Start checking in a process of its own (a check of the same settings and data that
     is running already is returned as it is; a finished one is started afresh).
 
+    Args:
+        estimate: the check's :class:`tl.budget.Estimate`, when the app starts it: it must
+            fit the app's memory budget beside the server and what runs now
+            (:func:`tl.memory.need`), and is reserved while the process lives.
+
     Raises:
-        UserError: the cache folder cannot be written, or the process cannot start.
+        UserError: the cache folder cannot be written, or the process cannot start; a
+            :class:`tl.budget.BudgetError` when it would not fit the budget now.
     """
+    from tl import memory
+
     job = find(cfg, fingerprint, runs_dir)
     if job is not None and job.status().get("status") in ACTIVE:
         return job
+    if estimate is not None:
+        memory.need(estimate.memory_mb, "Checking this dataset")
     path = checks_root(runs_dir) / check_key(cfg, fingerprint)
     try:
         shutil.rmtree(path, ignore_errors=True)
@@ -171,6 +181,8 @@ def start(cfg, fingerprint: str, runs_dir=None, about: str | None = None) -> Che
         _write_status(path, "failed", reason=f"The check's process could not start ({exc.strerror or exc}).")
         raise UserError(f"The check's process could not start ({exc.strerror or exc}); try again.") from None
     _write_status(path, "running", pid=process.pid, started=time.time())
+    if estimate is not None:
+        memory.reserve(process.pid, estimate.memory_mb, "a data check", time.time() + estimate.seconds)
     return CheckJob(path)
 
 
@@ -195,6 +207,10 @@ def work(path) -> int:
     path = Path(path)
     stopping = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    try:
+        os.nice(10)  # below the app's server, like the training workers (tl/jobs.py)
+    except (OSError, AttributeError):
+        pass
     request = read_json(path / "request.json")
     _write_status(path, "running", started=time.time(), **own_record())
 

@@ -33,6 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tl.data import storage
 from tl.data.folder import is_junk
 from tl.errors import DataError
 from tl.files import atomic_write_json, read_json, sha256_of
@@ -127,6 +128,7 @@ def ingest_zip(source, root=None, limits: Limits = LIMITS, name: str = "The zip"
             entries = [_zip_entry(archive, info) for info in infos if not info.is_dir()]
             compressed = sum(info.compress_size for info in infos)
             _check_entries(entries, limits, name, compressed=compressed, folders=folders)
+            storage.make_room(root, sum(e.size for e in entries), what=name)
             return _store(root, digest, entries, limits, name, folders)
     finally:
         if close:
@@ -163,6 +165,7 @@ def ingest_files(files, root=None, limits: Limits = LIMITS, name: str = "The upl
     found = _existing(root, digest)
     if found:
         return found
+    storage.make_room(root, sum(e.size for e in entries), what=name)
     return _store(root, digest, entries, limits, name)
 
 
@@ -566,6 +569,7 @@ def _existing(root: Path, digest: str) -> Ingested | None:
     if (not isinstance(info, dict) or info.get("digest") != digest
             or not isinstance(info.get("counts"), dict) or not os.path.isdir(folder / DATA_FOLDER)):
         return None
+    storage.touch(folder)  # used again: the store's clean-up removes it last
     return Ingested(path=folder / DATA_FOLDER, digest=digest, counts=info["counts"],
                     skipped=info.get("skipped") or {}, reused=True)
 

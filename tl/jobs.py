@@ -8,6 +8,13 @@ the other runs wait in a first-in, first-out queue.
 What the app shows is read from the run folders (:mod:`tl.runs`). The manager only
 decides when to start workers, and records what happened to those that died without
 writing their own final status.
+
+With a memory budget (``$TL_MEMORY_BUDGET_MB``) and ``app_memory``, the app's manager
+counts its own process too (:mod:`tl.memory`): a run that could not fit beside the server
+is refused at submit; one that fits alone but not beside the workers and checks running now
+waits at the head of the queue (its log says so) and starts once they have ended. Workers
+run at a lower CPU priority (``nice`` 10), so the pages people click stay quick while a
+run trains.
 """
 
 import json
@@ -20,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from tl import cluster, runs, training
+from tl import budget, cluster, memory, runs, training
 from tl.errors import ConfigError, RunNotFound, UserError
 from tl.files import os_error_sentence, read_json
 from tl.processes import own_record, same_process
@@ -70,12 +77,14 @@ class JobManager:
         runs_dir: the runs folder (default: ``$TL_RUNS_DIR``, else ``./runs``).
         max_parallel: how many workers may run at once (default: ``$TL_MAX_JOBS``, else 1).
         poll_seconds: how often the background thread checks the workers.
+        app_memory: count this process (the app's server, its caches) in the memory
+            budget of the runs it starts (the app; not tests or scripts).
 
     Raises:
         ConfigError: ``max_parallel`` (or ``$TL_MAX_JOBS``) is not a whole number >= 1.
     """
 
-    def __init__(self, runs_dir=None, max_parallel=None, poll_seconds=0.5):
+    def __init__(self, runs_dir=None, max_parallel=None, poll_seconds=0.5, app_memory=False):
         self.root = runs.runs_root(runs_dir)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -84,6 +93,8 @@ class JobManager:
                             "TL_RUNS_DIR to a writable folder.)") from None
         self.max_parallel = _max_parallel(max_parallel)
         self.poll_seconds = poll_seconds
+        self.app_memory = app_memory
+        self._waiting = set()  # queued runs told they wait for memory
         self._lock = threading.Lock()
         self._queue = []  # run ids, next first
         self._jobs = {}  # run id -> _Job, in start order
@@ -96,9 +107,11 @@ class JobManager:
 
     # -- public API ----------------------------------------------------------------------
 
-    def submit(self, cfg, data=None) -> runs.Run:
+    def submit(self, cfg, data=None, owner=None) -> runs.Run:
         """Create a run for ``cfg`` (status queued) and start it when a slot is free;
-        ``data`` is the config's dataset if the caller has it loaded already.
+        ``data`` is the config's dataset if the caller has it loaded already; ``owner``: the
+        digest of the submitting session's owner token (:mod:`tl.owners`), recorded in the
+        run folder before the run is queued.
 
         Returns:
             The new :class:`tl.runs.Run`.
@@ -106,7 +119,11 @@ class JobManager:
         Raises:
             UserError: the config cannot run (checked before any folder is made).
         """
-        run = training.prepare(cfg, self.root, data=data)  # may read the data: outside the lock
+        from tl import owners
+
+        held = memory.floor_mb() if self.app_memory and budget.budget_mb() else 0.0
+        run = training.prepare(cfg, self.root, data=data, in_use_mb=held)  # may read the data: outside the lock
+        owners.record_run(run.path, owner)
         with self._lock:
             self._queue.append(run.id)
             self._start_queued()
@@ -152,6 +169,7 @@ class JobManager:
             for run_id, job in list(self._jobs.items()):
                 if job.finished():
                     del self._jobs[run_id]
+                    memory.unreserve(job.pid)
                     _record_exit(job)
                 elif job.kill_at is not None and time.time() >= job.kill_at:
                     job.signal(signal.SIGKILL)  # reaped and recorded next round
@@ -192,6 +210,7 @@ class JobManager:
             elif status["status"] == "running" and status.get("pid"):
                 self._jobs[run.id] = _Job(run, pid=status["pid"], pid_start=status.get("pid_start"),
                                           started=status.get("started"))  # it holds the device
+                memory.reserve(status["pid"], status.get("estimate_mb") or budget.BASE_MB, f"training run {run.id}")
             elif _on_disk(run) == "running":  # Run.status() said failed: make it permanent
                 run.set_status("failed", reason=status.get("reason") or DIED)
         self._queue = [run_id for _, run_id in sorted(queued)]
@@ -204,8 +223,14 @@ class JobManager:
                 run = runs.get(run_id, self.root)
             except RunNotFound:
                 continue  # deleted while it waited
-            if run.status().get("status") != "queued" or not _claim(run):
-                continue  # cancelled, or taken by another manager on the same folder
+            status = run.status()
+            if status.get("status") != "queued":
+                continue  # cancelled meanwhile
+            if not self._room_for(run, status):
+                self._queue.insert(0, run_id)  # first in line when memory frees up
+                return
+            if not _claim(run):
+                continue  # taken by another manager on the same folder
             job = self._spawn(run)
             if job:
                 self._jobs[run_id] = job
@@ -225,8 +250,32 @@ class JobManager:
             return None
         # Before the worker writes its own status (it first imports TensorFlow, seconds),
         # so the run shows as running at once and an early death is noticed.
-        run.set_status("running", pid=process.pid, started=time.time())
+        status = run.set_status("running", pid=process.pid, started=time.time())
+        expected = status.get("estimate_seconds")
+        memory.reserve(process.pid, status.get("estimate_mb") or budget.BASE_MB, f"training run {run.id}",
+                       time.time() + expected if expected else None)
         return _Job(run, process)
+
+    def _room_for(self, run, status) -> bool:
+        """Whether ``run`` fits the memory budget beside what runs now (called with the
+        lock held). Alone (no worker running) it is started after the server's caches are
+        dropped: it was checked against the server's own memory at submit."""
+        limit = budget.budget_mb() if self.app_memory else None
+        if limit is None:
+            return True
+        need = status.get("estimate_mb") or budget.BASE_MB
+        used = memory.in_use()
+        if used["total"] + need <= limit:
+            return True
+        if not self._jobs:
+            memory.release_caches()
+            return True
+        if run.id not in self._waiting:
+            self._waiting.add(run.id)
+            run.event("log", message=f"Waiting for memory: this run needs about {need:,.0f} MB and the app is using "
+                                     f"{used['total']:,.0f} of its {limit:,.0f} MB ({budget.BUDGET_ENV}); it starts "
+                                     "when the run training now has finished.")
+        return False
 
     def _loop(self):
         while not self._stop.wait(self.poll_seconds):

@@ -290,8 +290,9 @@ def list_sweeps(runs_dir=None) -> list:
 
 # -- running and stopping ----------------------------------------------------------------
 
-def submit(sweep: Sweep, manager) -> list:
-    """Queue one run per strategy with the app's job manager; return the runs.
+def submit(sweep: Sweep, manager, owner: str | None = None) -> list:
+    """Queue one run per strategy with the app's job manager; return the runs. ``owner``:
+    the digest of the session's owner token, recorded in each run (:mod:`tl.owners`).
 
     Raises:
         UserError: the data cannot be read (nothing is queued then).
@@ -301,7 +302,7 @@ def submit(sweep: Sweep, manager) -> list:
     data = datasets.load(sweep.config, sweep.root)  # every run of a sweep reads the same data
     made = []
     for cfg in sweep_configs(sweep.config, sweep.strategies, sweep.id):
-        run = manager.submit(cfg, data=data)
+        run = manager.submit(cfg, data=data, owner=owner)
         sweep.add_run(cfg.strategy, run.id)
         made.append(run)
     return made

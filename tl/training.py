@@ -30,10 +30,13 @@ MIN_DELTA = 1e-4  # a lower validation loss by less than this is not an improvem
 
 # -- entry points ----------------------------------------------------------------------
 
-def prepare(cfg: RunConfig, runs_dir=None, run_id: str | None = None, data=None) -> "runs.Run":
+def prepare(cfg: RunConfig, runs_dir=None, run_id: str | None = None, data=None,
+            in_use_mb: float = 0.0) -> "runs.Run":
     """Check that ``cfg`` can run (data readable, weights reference valid), then create
-    its run folder with status ``queued``. ``data``: the config's dataset when the caller
-    has already loaded it (the app's preview, a sweep), so it is not read again.
+    its run folder with status ``queued``, its estimate recorded (``estimate_mb``,
+    ``estimate_seconds``). ``data``: the config's dataset when the caller has already loaded
+    it (the app's preview, a sweep), so it is not read again. ``in_use_mb``: memory the
+    caller holds that the budget must also cover (the app's server, :mod:`tl.memory`).
 
     Raises:
         UserError: with one sentence, before any folder is made (a
@@ -45,8 +48,9 @@ def prepare(cfg: RunConfig, runs_dir=None, run_id: str | None = None, data=None)
         source_run(cfg, runs_dir)
     if cfg.weights == "imagenet" and STRATEGIES[cfg.strategy].pretrained:
         check_installed_weights(cfg.backbone)
-    budget.check(cfg, len(data))  # $TL_MEMORY_BUDGET_MB, e.g. on Streamlit Community Cloud
+    found = budget.check(cfg, len(data), in_use_mb=in_use_mb)  # $TL_MEMORY_BUDGET_MB, e.g. on Community Cloud
     run = runs.create(cfg, runs_dir, run_id)
+    run.set_status("queued", estimate_mb=round(found.memory_mb), estimate_seconds=round(found.seconds))
     if data.skipped:
         run.event("log", message=datasets.skipped_message(data.skipped))
     return run

@@ -83,7 +83,8 @@ def check_panel(cfg, root: str, key: str, dataset=None) -> None:
                "(the features are cached: a second check, or training on them, takes seconds).")
     if st.button(label, key=f"{key}_check_start", icon=":material/fact_check:"):
         try:
-            check_jobs.start(check_cfg, data.fingerprint, root, about=dataset.id if dataset is not None else None)
+            check_jobs.start(check_cfg, data.fingerprint, root, about=dataset.id if dataset is not None else None,
+                             estimate=found)
         except UserError as exc:
             st.error(str(exc))
         else:
@@ -157,6 +158,12 @@ def _suspects(result, suspects, cfg, key: str, dataset) -> None:
     if not suspects:
         st.caption("None: every photo's given class is also what a head trained without it thinks.")
         return
+    if dataset is not None:
+        from ui.data_view import changes_refused
+
+        refused = changes_refused(dataset)
+        if refused:
+            st.caption(f"{refused} Its fixes below are off.")
     with st.container(horizontal=True, gap="small", key=f"{key}_suspects"):
         for n, item in enumerate(suspects[:SHOWN]):
             with st.container(width=150, border=True, gap=None, key=f"{key}_sus_{n}"):
@@ -176,18 +183,22 @@ def _suspects(result, suspects, cfg, key: str, dataset) -> None:
 
 
 def _fixes(dataset, item, key: str, n: int) -> None:
-    from ui.data_view import apply_change
+    from ui.data_view import apply_change, changes_refused
 
     label, likely, digest = item["label"], item["likely"], _hash(item["file"])
     versioned = " The dataset has a new version; finished runs keep the one they used."
-    if st.button(f"Move to {likely}", key=f"{key}_mv_{n}", type="primary"):
-        apply_change(lambda: made.move_photo(dataset, label, digest, likely),
+    refused = changes_refused(dataset)  # each fix checks again when clicked (apply_change)
+    if st.button(f"Move to {likely}", key=f"{key}_mv_{n}", type="primary", disabled=refused is not None, help=refused):
+        apply_change(dataset, lambda: made.move_photo(dataset, label, digest, likely),
                      f"Moved the photo from '{label}' to '{likely}'." + versioned)
-    if st.button("Remove", key=f"{key}_rmv_{n}"):
-        apply_change(lambda: made.remove_photo(dataset, label, digest), f"Removed the photo from '{label}'." + versioned)
-    if st.button("It is right", key=f"{key}_ok_{n}", help="Leave it in its class and stop flagging it."):
+    if st.button("Remove", key=f"{key}_rmv_{n}", disabled=refused is not None, help=refused):
+        apply_change(dataset, lambda: made.remove_photo(dataset, label, digest),
+                     f"Removed the photo from '{label}'." + versioned)
+    if st.button("It is right", key=f"{key}_ok_{n}", disabled=refused is not None,
+                 help=refused or "Leave it in its class and stop flagging it."):
         # A mark beside the dataset, not a change of it: no new version.
-        apply_change(lambda: made.dismiss(dataset, digest, label), f"Kept the photo in '{label}'; it is not flagged again.")
+        apply_change(dataset, lambda: made.dismiss(dataset, digest, label),
+                     f"Kept the photo in '{label}'; it is not flagged again.")
 
 
 def _csv(rows) -> str:

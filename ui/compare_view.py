@@ -11,6 +11,7 @@ from tl.datasets import spec_of
 from tl.errors import UserError
 from tl.heads import HEADS
 from tl.strategies import STRATEGIES
+from ui import owner
 from ui.state import (PLOTLY_CONFIG, data_key, dataset_choices, image_size_default, load_data, remember,
                       restore_form, save_form, widget_default)
 from ui.train_form import described_choice, descriptions
@@ -233,7 +234,7 @@ def start_sweep(root: str, manager, base, strategies):
         advice = advise(images_per_class(data), similarity, backbone=base.backbone, weights=base.weights,
                         unavailable=unavailable)
         sweep = sweeps.create(base, strategies, root, advice=advice.to_dict())
-        sweeps.submit(sweep, manager)
+        sweeps.submit(sweep, manager, owner=owner.digest())
     except UserError as exc:
         st.error(str(exc))
         return None
@@ -302,11 +303,39 @@ def _live(sweep, manager, finished: int) -> None:
             st.rerun()  # the whole page: a result to fill in, or the sweep has ended
         st.progress(finished / len(table), text=f"{finished} of {len(table)} runs finished")
         show_table(table, key="sweep_table")
-        if st.button("Stop sweep", key="sweep_stop"):
-            sweeps.stop(sweep, manager)
-            st.toast("Stopping: queued runs are cancelled, the running one stops after its current batch.")
+        refused = _stop_refusal(sweep)
+        if st.button("Stop sweep", key="sweep_stop", disabled=refused is not None, help=refused):
+            try:
+                stop_sweep(sweep, manager)
+            except UserError as exc:
+                st.error(str(exc))
+            else:
+                st.toast("Stopping: queued runs are cancelled, the running one stops after its current batch.")
+        if refused:
+            st.caption(refused)
 
     live()
+
+
+def _stop_refusal(sweep) -> str | None:
+    """Why this session may not stop ``sweep`` (another visitor's runs), or ``None``."""
+    from tl.owners import run_owner
+
+    for run in sweep.runs():
+        refused = owner.refusal(run_owner(run.path), "stop")
+        if refused:
+            return refused
+    return None
+
+
+def stop_sweep(sweep, manager) -> None:
+    """Stop ``sweep`` if this session may stop every run of it, else raise
+    :class:`tl.owners.NotYours`."""
+    from tl.owners import run_owner
+
+    for run in sweep.runs():
+        owner.require(run_owner(run.path), "stop")
+    sweeps.stop(sweep, manager)
 
 
 def sweep_table(sweep) -> list:

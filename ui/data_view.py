@@ -10,6 +10,8 @@ import streamlit as st
 
 from tl.data import made
 from tl.errors import UserError
+from tl.owners import dataset_owner
+from ui import owner
 from ui.state import remember
 
 NEW = "\u0000new"  # the picker's "make a new one" entry; no name can hold a NUL
@@ -102,7 +104,7 @@ def _new_dataset(root: str) -> None:
         make = st.form_submit_button("Make dataset", type="primary")
     if make:
         try:
-            dataset = made.create(name, root)
+            dataset = made.create(name, root, owner=owner.digest())
         except UserError as exc:
             st.error(str(exc))
         else:
@@ -113,7 +115,8 @@ def _new_dataset(root: str) -> None:
         if upload is not None and st.button("Make dataset from the zip", key="data_zip_go"):
             try:
                 with st.spinner("Checking and storing the photos..."):
-                    dataset, problems = made.import_zip(name or upload.name.rsplit(".", 1)[0], upload, root)
+                    dataset, problems = made.import_zip(name or upload.name.rsplit(".", 1)[0], upload, root,
+                                                        owner=owner.digest())
             except UserError as exc:
                 st.error(str(exc))
             else:
@@ -140,6 +143,11 @@ def add_photos(dataset) -> None:
     """Class picker, then the camera or the uploader for that class; advice on counts."""
     classes = list(dataset.classes)
     st.subheader("Add photos")
+    refused = changes_refused(dataset)
+    if refused:
+        show_flashes()
+        st.caption(refused)
+        return
     if not classes or st.session_state.get("data_adding_class"):
         _new_class(dataset, first=not classes)
         if not classes:
@@ -180,6 +188,7 @@ def _new_class(dataset, first: bool) -> None:
         st.rerun()
     if add:
         try:
+            owner.require(dataset_owner(dataset), "change")
             updated = made.add_class(dataset, name)
         except UserError as exc:
             st.error(str(exc))
@@ -193,6 +202,7 @@ def _new_class(dataset, first: bool) -> None:
 def _store(dataset, class_name: str, files) -> None:
     """Add ``files`` to the class, flash what happened, and rerun with a fresh widget."""
     try:
+        owner.require(dataset_owner(dataset), "change")
         with st.spinner("Checking and storing..."):
             report = made.add_photos(dataset, class_name, files)
     except UserError as exc:
@@ -272,6 +282,7 @@ def _thumbnails(dataset, name: str, photos, index: int) -> None:
         return
     every = st.session_state.get(f"data_all_{index}", False)
     shown = photos if every else photos[-SHOWN_PER_CLASS:]
+    refused = changes_refused(dataset)
     with st.container(horizontal=True, gap="small", key=f"data_grid_{index}"):
         for photo in reversed(shown):  # newest first: the one just taken is at the top
             with st.container(width=84, gap=None, key=f"data_ph_{index}_{photo.hash}"):
@@ -281,7 +292,8 @@ def _thumbnails(dataset, name: str, photos, index: int) -> None:
                 else:
                     st.caption("(missing)")
                 if st.button("Remove", key=f"data_rm_{index}_{photo.hash}", icon=":material/close:",
-                             help=f"Remove this photo ({photo.hash}) from '{name}'", type="tertiary"):
+                             help=refused or f"Remove this photo ({photo.hash}) from '{name}'", type="tertiary",
+                             disabled=refused is not None):
                     _remove(dataset, name, photo.hash)
     if len(photos) > len(shown):
         st.toggle(f"Show all {len(photos)}", key=f"data_all_{index}")
@@ -289,6 +301,7 @@ def _thumbnails(dataset, name: str, photos, index: int) -> None:
 
 def _remove(dataset, name: str, digest: str) -> None:
     try:
+        owner.require(dataset_owner(dataset), "change")
         _, sentence = made.remove_photo(dataset, name, digest)
     except UserError as exc:
         flash("error", str(exc))
@@ -298,23 +311,28 @@ def _remove(dataset, name: str, digest: str) -> None:
 
 
 def _class_actions(dataset, name: str, index: int) -> None:
-    with st.popover("Edit class", icon=":material/edit:"):
+    refused = changes_refused(dataset)
+    with st.popover("Edit class", icon=":material/edit:", disabled=refused is not None, help=refused):
         new = st.text_input("Rename to", value=name, key=f"data_rename_{index}", max_chars=made.LIMITS.max_name)
         if st.button("Rename", key=f"data_rename_go_{index}") and new.strip() != name:
-            apply_change(lambda: made.rename_class(dataset, name, new), f"Renamed '{name}' to '{new.strip()}'.")
+            apply_change(dataset, lambda: made.rename_class(dataset, name, new),
+                         f"Renamed '{name}' to '{new.strip()}'.")
         others = [n for n in dataset.classes if n != name]
         if others:
             target = st.selectbox("Merge into", others, key=f"data_merge_{index}")
             if st.button(f"Move its photos into '{target}'", key=f"data_merge_go_{index}"):
-                apply_change(lambda: made.merge_class(dataset, name, target), f"Merged '{name}' into '{target}'.")
+                apply_change(dataset, lambda: made.merge_class(dataset, name, target),
+                             f"Merged '{name}' into '{target}'.")
         if st.checkbox(f"Delete '{name}' and its {len(dataset.classes[name])} photo(s)", key=f"data_del_ok_{index}"):
             if st.button("Delete class", key=f"data_del_{index}", type="primary"):
-                apply_change(lambda: made.delete_class(dataset, name), f"Deleted class '{name}'.")
+                apply_change(dataset, lambda: made.delete_class(dataset, name), f"Deleted class '{name}'.")
 
 
-def apply_change(action, done: str) -> None:
-    """Run one change of a made dataset, flash ``done`` or its one-sentence refusal, rerun."""
+def apply_change(dataset, action, done: str) -> None:
+    """Run one change of the made dataset ``dataset`` if this session may change it, flash
+    ``done`` or its one-sentence refusal, rerun."""
     try:
+        owner.require(dataset_owner(dataset), "change")
         action()
     except UserError as exc:
         flash("error", str(exc))
@@ -356,9 +374,14 @@ def next_steps(dataset, root: str) -> None:
         if used:
             st.warning(f"Run(s) {', '.join(used)} trained on it: they keep working (open, classify, compare, export), "
                        "but their galleries will no longer show its photos.", icon=":material/warning:")
-        if st.checkbox(f"Yes, delete '{dataset.name}' and its {dataset.photos} photo(s)", key="data_delete_ok"):
+        refused = owner.refusal(dataset_owner(dataset))
+        if refused:
+            st.caption(refused)
+            st.button("Delete dataset", key="data_delete", type="primary", disabled=True, help=refused)
+        elif st.checkbox(f"Yes, delete '{dataset.name}' and its {dataset.photos} photo(s)", key="data_delete_ok"):
             if st.button("Delete dataset", key="data_delete", type="primary"):
                 try:
+                    owner.require(dataset_owner(dataset))
                     made.delete_dataset(dataset, root)
                 except UserError as exc:
                     st.error(str(exc))
@@ -366,3 +389,9 @@ def next_steps(dataset, root: str) -> None:
                     st.query_params.pop("data", None)
                     flash("success", f"Deleted '{dataset.name}'.")
                     _open("")
+    owner.unlock("data")
+
+
+def changes_refused(dataset) -> str | None:
+    """Why this session may not change ``dataset`` (another visitor's), or ``None``."""
+    return owner.refusal(dataset_owner(dataset), "change")

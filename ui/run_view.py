@@ -6,6 +6,8 @@ import streamlit as st
 
 from tl import plots, runs
 from tl.errors import UserError
+from tl.owners import run_owner
+from ui import owner
 from ui.state import PLOTLY_CONFIG, data_key, load_data, runs_dir, show_run
 
 LIVE_SECONDS = 1.0
@@ -128,12 +130,25 @@ def live_progress(run, manager) -> None:
                                key=f"live_acc_{run.id}", config=PLOTLY_CONFIG)
         elif status["status"] == "running":
             st.caption("The loss and accuracy curves appear here after the first batches.")
-        if st.button("Stop", key="train_stop", type="secondary"):
-            manager.cancel(run.id)
-            st.toast("Stopping at the end of the current batch...")
+        refused = owner.refusal(run_owner(run.path), "stop")
+        if st.button("Stop", key="train_stop", type="secondary", disabled=refused is not None, help=refused):
+            try:
+                stop_run(run, manager)
+            except UserError as exc:
+                st.error(str(exc))
+            else:
+                st.toast("Stopping at the end of the current batch...")
+        if refused:
+            st.caption(refused)
 
     st.subheader(f"Run {run.id}")
     live()
+
+
+def stop_run(run, manager) -> None:
+    """Stop ``run`` if this session may (:mod:`ui.owner`), else raise :class:`tl.owners.NotYours`."""
+    owner.require(run_owner(run.path), "stop")
+    manager.cancel(run.id)
 
 
 def _progress(run) -> dict:
@@ -457,15 +472,21 @@ def runs_list(root: str, manager) -> None:
     if c2.button("Open", key="runs_open"):
         show_run(chosen)
         st.rerun()
-    if c3.button("Delete", key="runs_delete"):
+    refused = owner.refusal(run_owner(runs.runs_root(root) / chosen))
+    if c3.button("Delete", key="runs_delete", disabled=refused is not None, help=refused):
         st.session_state["runs_confirm"] = chosen
-    if st.session_state.get("runs_confirm") == chosen:
+    if refused:
+        st.caption(f"Run {chosen}: {refused}")
+    elif st.session_state.get("runs_confirm") == chosen:
         st.warning(f"Delete run {chosen} and its model? This cannot be undone.")
         yes, no = st.columns(2)
         if yes.button("Yes, delete", key="runs_delete_yes", type="primary"):
-            manager.cancel(chosen)
-            runs.delete(chosen, root)
             st.session_state.pop("runs_confirm", None)
+            try:
+                delete_run(chosen, root, manager)
+            except UserError as exc:
+                st.error(str(exc))
+                return
             if st.session_state.get("run_id") == chosen:
                 st.session_state.pop("run_id", None)
                 st.query_params.pop("run", None)
@@ -473,3 +494,12 @@ def runs_list(root: str, manager) -> None:
         if no.button("Keep it", key="runs_delete_no"):
             st.session_state.pop("runs_confirm", None)
             st.rerun()
+    owner.unlock("runs")
+
+
+def delete_run(run_id: str, root: str, manager) -> None:
+    """Stop and delete a run if this session may (:mod:`ui.owner`); raises
+    :class:`tl.owners.NotYours`, or the UserError of a run that cannot be deleted."""
+    owner.require(run_owner(runs.runs_root(root) / run_id))
+    manager.cancel(run_id)
+    runs.delete(run_id, root)

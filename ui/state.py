@@ -19,16 +19,57 @@ def job_manager(root: str):
     """One job manager per runs folder for the whole server, shared by every session."""
     from tl.jobs import JobManager
 
-    return JobManager(root)
+    return JobManager(root, app_memory=True)  # the server's own memory counts in the budget
 
 
-@st.cache_resource(show_spinner="Reading the dataset...", max_entries=8)
+@st.cache_resource(show_spinner=False)
+def server_caches() -> dict:
+    """The server's caches of large shared things, one set for every session, sized from
+    the app's memory budget (``$TL_MEMORY_BUDGET_MB``: a quarter of it for models, a tenth
+    for datasets; else 1,500 and 1,000 MB) and evicted least recently used first (see
+    :mod:`tl.memory`)."""
+    from tl.memory import Cache, cache_limit_mb
+
+    return {"models": Cache("models", cache_limit_mb(0.25, 1500), max_entries=4),
+            "data": Cache("data", cache_limit_mb(0.10, 1000), max_entries=8)}
+
+
 def load_data(cfg_json: str):
-    """The dataset a config names, capped and split (cached per config)."""
-    from tl import datasets
+    """The dataset a config names, capped and split (cached per config for the server)."""
+    from tl import budget, datasets
     from tl.config import RunConfig
 
-    return datasets.load(RunConfig.from_json(cfg_json))
+    cfg = RunConfig.from_json(cfg_json)
+    cache = server_caches()["data"]
+    found = cache.peek(cfg_json)
+    if found is not None:
+        return found
+    with st.spinner("Reading the dataset..."):
+        return cache.get(cfg_json, lambda: datasets.load(cfg), budget.data_mb(cfg), "Reading this dataset")
+
+
+def load_predictor(root: str, run_id: str):
+    """Both heads of a run (:class:`tl.predict.Predictor`), built once per run for the whole
+    server however many sessions ask at once, and held while the models cache has room."""
+    from tl import budget
+
+    cache = server_caches()["models"]
+    key = f"{root}::{run_id}"
+    found = cache.peek(key)
+    if found is not None:
+        return found
+
+    def make():
+        from tl.predict import Predictor
+
+        return Predictor(runs.get(run_id, root))
+
+    try:
+        backbone = runs.get(run_id, root).config.backbone
+    except Exception:  # a damaged run: Predictor says what is wrong with it
+        backbone = None
+    with st.spinner("Loading the run's model and its ImageNet head..."):
+        return cache.get(key, make, budget.predictor_mb(backbone), "Loading this run's model")
 
 
 def data_key(cfg) -> str:

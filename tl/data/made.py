@@ -5,7 +5,8 @@ Layout, under ``<data root>/made/<id>/`` (the data root is ``$TL_DATA_DIR`` or
 ``<runs>/.data``; the uploads' hash folders and their temporary folders sit beside
 ``made/`` and never inside it)::
 
-    dataset.json        name, id, version, classes -> photos (content hash, type, when added)
+    dataset.json        name, id, version, classes -> photos (content hash, type, when added),
+                        and the owner's digest when made from the app (tl.owners)
     versions/<n>.json   what version n held, written once (runs name the version they used)
     photos/<hash>.<ext> each photo's bytes as uploaded, stored once per content
     thumbs/<hash>.jpg   a small preview of each photo, for the page's grid
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tl.data import storage
 from tl.data.core import Data, content_hash
 from tl.errors import DataError, UserError
 from tl.files import atomic_write_bytes, atomic_write_json, os_error_sentence, read_json
@@ -100,6 +102,7 @@ class MadeDataset:
     version: int = 0
     created: float = 0.0
     classes: dict = field(default_factory=dict)
+    owner: str | None = None  # digest of the owner token of the app session that made it (tl.owners)
 
     @property
     def ref(self) -> str:
@@ -134,9 +137,12 @@ class MadeDataset:
         return f"{len(self.classes)} classes, {self.photos} photos (version {self.version})"
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "id": self.id, "name": self.name, "version": self.version,
-                "created": self.created,
-                "classes": {name: [p.to_dict() for p in photos] for name, photos in self.classes.items()}}
+        record = {"format": FORMAT, "id": self.id, "name": self.name, "version": self.version,
+                  "created": self.created,
+                  "classes": {name: [p.to_dict() for p in photos] for name, photos in self.classes.items()}}
+        if self.owner:
+            record["owner"] = self.owner
+        return record
 
     def summary(self) -> dict:
         """What ``tl data show --json`` prints."""
@@ -197,8 +203,9 @@ def find(ref: str, runs_dir=None) -> MadeDataset:
                     "check the name with `python -m tl data list` or make it on the Data page.")
 
 
-def create(name: str, runs_dir=None) -> MadeDataset:
-    """A new, empty made dataset called ``name``.
+def create(name: str, runs_dir=None, owner: str | None = None) -> MadeDataset:
+    """A new, empty made dataset called ``name``; ``owner``: the digest of the owner token
+    of the app session making it (:mod:`tl.owners`), ``None`` from the command line.
 
     Raises:
         DataError: the name is not allowed or already taken, or the folder cannot be written.
@@ -210,7 +217,7 @@ def create(name: str, runs_dir=None) -> MadeDataset:
             raise DataError(f"A made dataset called '{name}' already exists; pick another name or add photos to it.")
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:32] or "data"
         ident = f"{slug}-{secrets.token_hex(3)}"
-        dataset = MadeDataset(path=root / ident, id=ident, name=name, version=1, created=time.time())
+        dataset = MadeDataset(path=root / ident, id=ident, name=name, version=1, created=time.time(), owner=owner)
         try:
             for sub in ("photos", "thumbs", "versions", "refs"):
                 (dataset.path / sub).mkdir(parents=True, exist_ok=True)
@@ -303,6 +310,8 @@ def add_photos(ref, class_name: str, files, runs_dir=None, limits: Limits = LIMI
     class_name = check_name(class_name, "class", limits)
     pairs = [(item if isinstance(item, tuple) else (item.name, item.getvalue())) for item in files]
     checked = [(str(name), *_check_photo(name, bytes(data), limits)) for name, data in pairs]
+    storage.make_room(dataset.path.parent.parent, sum(len(c[2]) for c in checked if not c[1]),
+                      what="These photos" if len(checked) > 1 else "This photo")
     with _lock(dataset.path / ".lock", dataset.path):
         dataset = _read(dataset.path)
         report = Added(dataset=dataset)
@@ -757,9 +766,10 @@ def export_zip(ref, out=None, runs_dir=None) -> bytes | None:
     return None
 
 
-def import_zip(name: str, source, runs_dir=None, limits: Limits = LIMITS) -> tuple:
+def import_zip(name: str, source, runs_dir=None, limits: Limits = LIMITS, owner: str | None = None) -> tuple:
     """A new made dataset called ``name`` from a zip of class folders (checked by
-    :func:`tl.ingest.ingest_zip` first). Returns ``(dataset, [refusal sentences])``.
+    :func:`tl.ingest.ingest_zip` first), owned by ``owner`` (as :func:`create`). Returns
+    ``(dataset, [refusal sentences])``.
 
     Raises:
         DataError: the zip is refused, or the name is taken or not allowed.
@@ -776,7 +786,7 @@ def import_zip(name: str, source, runs_dir=None, limits: Limits = LIMITS) -> tup
     if stored.images > limits.max_photos:
         raise DataError(f"The zip has {stored.images:,} images, more than a made dataset's limit of "
                         f"{limits.max_photos:,}; use it as an uploaded zip on the Train page instead.")
-    dataset = create(name, runs_dir)
+    dataset = create(name, runs_dir, owner=owner)
     problems = []
     for class_name in stored.counts:
         try:
@@ -825,8 +835,10 @@ def _read(path: Path) -> MadeDataset:
                    for name, photos in info["classes"].items()}
         if not isinstance(info["id"], str) or not info["id"]:
             raise ValueError(info["id"])
+        owner = info.get("owner")  # absent in datasets made before owners were recorded, or by the CLI
         return MadeDataset(path=Path(path), id=info["id"], name=_stored_name(info["name"]),
-                           version=int(info["version"]), created=float(info.get("created", 0)), classes=classes)
+                           version=int(info["version"]), created=float(info.get("created", 0)), classes=classes,
+                           owner=owner if isinstance(owner, str) else None)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise DataError(f"The made dataset in '{path}' is damaged (its {MANIFEST} cannot be read); restore it "
                         "from a downloaded zip, or delete that folder.") from None

@@ -1,0 +1,117 @@
+"""The data root's one cap (tl.data.storage): uploads and made datasets together, the oldest
+unreferenced ones removed first, what runs use never removed, one sentence when full."""
+
+import os
+import time
+
+import pytest
+
+from tl import ingest, runs
+from tl.data import made, storage
+from tl.errors import DataError
+
+from conftest import photos, tiny_config, write_image_folder
+
+MB = 2 ** 20
+
+
+def upload(tmp_path, root, name: str, per_class: int = 3, size: int = 64):
+    """Store an uploaded folder of two classes (distinct bytes per ``name``); return it."""
+    src = write_image_folder(tmp_path / f"src-{name}", {f"{name}-a": per_class, f"{name}-b": per_class}, size=size)
+    files = [(str(p.relative_to(src)), p.read_bytes()) for p in sorted(src.rglob("*.png"))]
+    return ingest.ingest_files(files, root=root)
+
+
+def age(path, days: float) -> None:
+    when = time.time() - days * 86400
+    os.utime(path, (when, when))
+
+
+def test_the_oldest_unreferenced_upload_goes_first_and_a_runs_upload_stays(tmp_path, monkeypatch):
+    root, runs_dir = tmp_path / "data", tmp_path / "runs"
+    runs_dir.mkdir()
+    monkeypatch.setenv("TL_RUNS_DIR", str(runs_dir))
+    old, used, new = (upload(tmp_path, root, name) for name in ("old", "used", "new"))
+    age(old.path.parent, 3)
+    age(used.path.parent, 5)  # the oldest, but a run was trained on it
+    runs.create(tiny_config(dataset="folder", data_dir=str(used.path)), runs_dir)
+    held = storage.entries(root, runs_dir)
+    assert {e["path"].name: e["in_use"] for e in held} == {
+        old.path.parent.name: False, used.path.parent.name: True, new.path.parent.name: False}
+    total = sum(e["bytes"] for e in held)
+    monkeypatch.setenv(storage.DISK_ENV, str((total + 1000) / MB))  # room for 1,000 bytes more, not for 1 MB
+    assert storage.make_room(root, 1000, runs_dir) == []
+    old_bytes = next(e["bytes"] for e in held if e["path"] == old.path.parent)
+    removed = storage.make_room(root, old_bytes + 500, runs_dir)  # fits once the oldest unused one has gone
+    assert removed == [old.path.parent] and not old.path.parent.exists()
+    assert used.path.exists() and new.path.exists()
+    with pytest.raises(DataError) as caught:
+        storage.make_room(root, 10 * total, runs_dir, what="The zip 'class.zip'")
+    text = str(caught.value)
+    assert text.startswith("The zip 'class.zip' (") and "does not fit: the app's storage holds" in text
+    assert storage.DISK_ENV in text and text.endswith("then try again.")
+    assert used.path.exists()  # refused: what a run uses is kept
+
+
+def test_an_upload_used_again_counts_as_new(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    first = upload(tmp_path, root, "first")
+    second = upload(tmp_path, root, "second")
+    age(first.path.parent, 2)
+    age(second.path.parent, 1)
+    again = upload(tmp_path, root, "first")  # the same folder again: reused, touched
+    assert again.reused and again.path == first.path
+    held = {e["path"].name: e for e in storage.entries(root, tmp_path / "no-runs")}
+    total = sum(e["bytes"] for e in held.values())
+    monkeypatch.setenv(storage.DISK_ENV, str(total / MB))
+    removed = storage.make_room(root, 1, tmp_path / "no-runs")
+    assert removed == [second.path.parent] and first.path.exists()
+
+
+def test_ingest_makes_room_under_the_cap_and_refuses_when_it_cannot(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
+    first = upload(tmp_path, root, "one", per_class=4, size=96)
+    size = storage.size_of(first.path.parent)
+    monkeypatch.setenv(storage.DISK_ENV, str(1.5 * size / MB))  # one such upload fits, not two
+    second = upload(tmp_path, root, "two", per_class=4, size=96)
+    assert second.path.exists() and not first.path.exists()  # the older one made room
+    monkeypatch.setenv(storage.DISK_ENV, str(0.5 * size / MB))
+    with pytest.raises(DataError, match="does not fit: the app's storage holds"):
+        upload(tmp_path, root, "three", per_class=4, size=96)
+    assert not any(p.name.startswith(".tmp-") for p in root.iterdir())
+
+
+def test_made_datasets_count_and_go_only_when_idle_unreferenced_and_the_cap_is_set(tmp_path, monkeypatch):
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    monkeypatch.setenv("TL_DATA_DIR", str(tmp_path / "data"))
+    idle = made.create("idle", runs_dir)
+    made.add_photos(idle, "cat", photos(3), runs_dir)
+    kept = made.create("kept", runs_dir)
+    made.add_photos(kept, "cat", photos(3, start=3), runs_dir)
+    (kept.path / "refs" / "20261202-000000-run.json").write_text("{}")  # a run was trained on it
+    for dataset in (idle, kept):
+        age(dataset.path, storage.IDLE_DAYS + 1)
+    root = tmp_path / "data"
+    total = sum(e["bytes"] for e in storage.entries(root, runs_dir))
+    assert total > 0
+    monkeypatch.delenv(storage.DISK_ENV, raising=False)  # the default cap: made datasets never removed
+    monkeypatch.setattr(storage, "DEFAULT_MB", total / MB)
+    with pytest.raises(DataError):
+        storage.make_room(root, MB, runs_dir)
+    assert idle.path.exists()
+    monkeypatch.setenv(storage.DISK_ENV, str(total / MB))  # set on purpose: the idle, unused one goes
+    assert storage.make_room(root, 1000, runs_dir) == [idle.path]
+    assert kept.path.exists()
+    with pytest.raises(DataError, match="This photo"):  # the photos themselves ask for room
+        monkeypatch.setenv(storage.DISK_ENV, str(storage.size_of(kept.path) / MB))
+        made.add_photos(kept, "cat", photos(1, picture="coffee"), runs_dir)
+
+
+def test_a_cap_that_is_not_a_number_is_one_sentence(monkeypatch):
+    monkeypatch.setenv(storage.DISK_ENV, "lots")
+    with pytest.raises(DataError, match="TL_DISK_BUDGET_MB must be a number of megabytes"):
+        storage.cap_mb()
+    monkeypatch.setenv(storage.DISK_ENV, "0")
+    assert storage.cap_mb() == (float("inf"), True)

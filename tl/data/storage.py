@@ -1,0 +1,152 @@
+"""One cap on what the data root stores: uploads (zips and folders) and made datasets.
+
+A small server's disk (Streamlit Community Cloud's included) fills up as a class uploads.
+``$TL_DISK_BUDGET_MB`` (default 5,000) caps the data root's uploads and made datasets
+together. Before something new is stored, :func:`make_room` frees space, oldest first:
+
+1. uploads no run was trained on, by when they were last used (an upload used again is
+   touched, so it counts as new);
+2. only when ``$TL_DISK_BUDGET_MB`` is set explicitly: made datasets no run was trained on
+   and nobody has changed for ``IDLE_DAYS`` days.
+
+What a run refers to is never removed: a run's ``data_dir`` names its upload, and a made
+dataset's ``refs/`` name its runs. When there is still no room, :class:`DataError` says how
+full the store is and what to do. Runs folders themselves are not counted here.
+
+Plain Python: no TensorFlow, no Streamlit.
+"""
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from tl.errors import DataError
+
+DISK_ENV = "TL_DISK_BUDGET_MB"
+DEFAULT_MB = 5000.0
+IDLE_DAYS = 30
+MB = 2 ** 20
+UPLOAD = re.compile(r"^[0-9a-f]{16}$")  # tl.ingest stores each upload under its digest's first 16 hex
+
+
+def cap_mb() -> tuple:
+    """``(MB, explicit)``: the cap, and whether ``$TL_DISK_BUDGET_MB`` set it (0: no cap)."""
+    text = os.environ.get(DISK_ENV, "").strip()
+    if not text:
+        return DEFAULT_MB, False
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{DISK_ENV} must be a number of megabytes, e.g. 5000. Received: {text!r}.") from None
+    return (value if value > 0 else float("inf")), True
+
+
+def size_of(path: Path) -> int:
+    """Bytes of the files under ``path`` (links not followed; unreadable parts count 0)."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def entries(root: Path, runs_dir=None) -> list:
+    """What the store holds: dicts ``{"path", "kind" ("upload" or "made"), "bytes",
+    "used" (last use, a time), "in_use" (a run refers to it)}``."""
+    root = Path(root)
+    used_by_runs = _upload_folders_of_runs(runs_dir)
+    found = []
+    try:
+        listing = list(os.scandir(root))
+    except OSError:
+        return found
+    for item in listing:
+        try:
+            if not item.is_dir(follow_symlinks=False):
+                continue
+            if UPLOAD.match(item.name):
+                path = Path(item.path)
+                found.append({"path": path, "kind": "upload", "bytes": size_of(path),
+                              "used": _last_use(path), "in_use": path.resolve() in used_by_runs})
+        except OSError:
+            continue
+    made = root / "made"
+    if made.is_dir():
+        for path in sorted(p for p in made.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            found.append({"path": path, "kind": "made", "bytes": size_of(path), "used": _last_use(path),
+                          "in_use": any((path / "refs").glob("*.json"))})
+    return found
+
+
+def make_room(root: Path, needed_bytes: int, runs_dir=None, what: str = "This upload") -> list:
+    """Free space under the cap for ``needed_bytes`` more, removing the oldest unreferenced
+    uploads (and, with the cap set explicitly, made datasets idle for ``IDLE_DAYS``).
+
+    Returns:
+        The paths removed.
+
+    Raises:
+        DataError: no room even after that (one sentence: how full, what to do).
+    """
+    cap, explicit = cap_mb()
+    if cap == float("inf"):
+        return []
+    held = entries(root, runs_dir)
+    total = sum(entry["bytes"] for entry in held)
+    if total + needed_bytes <= cap * MB:
+        return []
+    idle = time.time() - IDLE_DAYS * 86400
+    removable = [e for e in held if not e["in_use"] and (e["kind"] == "upload" or (explicit and e["used"] < idle))]
+    removed = []
+    for entry in sorted(removable, key=lambda e: (e["kind"] != "upload", e["used"])):
+        if total + needed_bytes <= cap * MB:
+            break
+        shutil.rmtree(entry["path"], ignore_errors=True)
+        if not entry["path"].exists():
+            total -= entry["bytes"]
+            removed.append(entry["path"])
+    if total + needed_bytes > cap * MB:
+        raise DataError(f"{what} ({needed_bytes / MB:,.0f} MB) does not fit: the app's storage holds "
+                        f"{total / MB:,.0f} of its {cap:,.0f} MB ({DISK_ENV}) in uploads and made datasets that "
+                        "runs still use; delete runs or made datasets you no longer need, then try again.")
+    return removed
+
+
+def touch(path: Path) -> None:
+    """Mark an upload or made dataset as used now (it is then removed last)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def _last_use(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _upload_folders_of_runs(runs_dir=None) -> set:
+    """The upload folders (``<data root>/<digest>``) that runs were trained on."""
+    from tl import runs
+
+    found = set()
+    try:
+        listed = runs.list_runs(runs_dir)
+    except Exception:  # no runs folder yet, or not readable: nothing refers
+        return found
+    for run in listed:
+        try:
+            data_dir = run.config.data_dir
+        except Exception:  # a damaged run: its data cannot be known
+            continue
+        if data_dir:
+            path = Path(data_dir).resolve()
+            found.add(path.parent if path.name == "data" else path)
+    return found
