@@ -9,7 +9,7 @@ from tl import plots, runs
 from tl.errors import UserError
 from tl.images import IMAGE_EXTENSIONS
 from tl.memory import cache_limit_mb
-from ui.state import PLOTLY_CONFIG, load_predictor, runs_dir
+from ui.state import PLOTLY_CONFIG, compute_lock, load_predictor, runs_dir
 
 UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
 DISPLAY_SIDE = 768
@@ -45,10 +45,11 @@ def _decode(name: str, data: bytes):
 
 
 @st.cache_data(show_spinner="Classifying...", max_entries=ANSWERS)
-def classify(root: str, run_id: str, digest: str, name: str, _data: bytes):
+def classify(root: str, run_id: str, digest: str, name: str, _data: bytes, _predictor):
     """Decode and classify one upload once per (run, image content): the top-10 of both
     heads (fewer are shown by slicing), a display-sized copy and the original size; or the
-    one-sentence reason the file cannot be used. Changing k or toggling Grad-CAM reuses it."""
+    one-sentence reason the file cannot be used. Changing k or toggling Grad-CAM reuses it.
+    ``_predictor`` is the run's, loaded by the page (which says why when it cannot be)."""
     from tl.images import ImageError
     from tl.predict import MAX_TOP_K
 
@@ -56,17 +57,19 @@ def classify(root: str, run_id: str, digest: str, name: str, _data: bytes):
         image = _decode(name, _data)
     except ImageError as exc:
         return None, str(exc)
-    result = load_predictor(root, run_id).predict(image, MAX_TOP_K)
+    with compute_lock("predict"):
+        result = _predictor.predict(image, MAX_TOP_K)
     return (_shrink(image), image.shape[:2], result), None
 
 
 @st.cache_data(show_spinner="Computing where the head looks...", max_entries=ANSWERS)
-def explain(root: str, run_id: str, digest: str, name: str, head: str, _data: bytes):
+def explain(root: str, run_id: str, digest: str, name: str, head: str, _data: bytes, _predictor):
     """Grad-CAM of ``head``'s top class, blended over the display-sized copy, and its method."""
     from tl.gradcam import overlay, resize_map
 
     image = _decode(name, _data)
-    heat = load_predictor(root, run_id).grad_cam(image, head)
+    with compute_lock("explain"):
+        heat = _predictor.grad_cam(image, head)
     shown = _shrink(image)
     return overlay(shown, resize_map(heat.values, *shown.shape[:2])), heat.method
 
@@ -88,7 +91,7 @@ def _inputs() -> list:
 
 def _show(root: str, run_id: str, predictor, index: int, name: str, data: bytes, k: int, heat: bool) -> None:
     digest = hashlib.sha256(data).hexdigest()
-    found, error = classify(root, run_id, digest, name, data)
+    found, error = classify(root, run_id, digest, name, data, predictor)
     if error:
         st.error(error, icon=":material/broken_image:")
         return
@@ -109,7 +112,7 @@ def _show(root: str, run_id: str, predictor, index: int, name: str, data: bytes,
                 st.plotly_chart(plots.top_k(answer.labels[:k], answer.scores[:k], title, answer.seconds),
                                 key=f"cls_{head}_{index}", config=PLOTLY_CONFIG)
                 if heat:
-                    blended, method = explain(root, run_id, digest, name, head, data)
+                    blended, method = explain(root, run_id, digest, name, head, data, predictor)
                     how = ("Grad-CAM" if method == "grad-cam" else "Saliency (the feature map is a single "
                            "cell at this input size, so Grad-CAM has nothing to weigh)")
                     st.image(blended, caption=f"{how}: where it looks for '{answer.labels[0]}'", width="stretch")

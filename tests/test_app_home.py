@@ -68,3 +68,19 @@ def test_no_pages_folder_so_deep_links_go_through_the_navigation():
     # st.navigation first runs: a fresh server then serves /train without this app's navigation.
     assert not (REPO / "pages").exists()
     assert (REPO / "app_pages" / "train.py").is_file()
+
+
+def test_the_app_keeps_keras_state_between_script_runs(monkeypatch):
+    """Streamlit resets Keras after every script run (a full collection and TensorFlow's
+    kernel cache emptied, about a second per run of any session once a model is loaded);
+    the app's entry point turns that off for its shared models, keeping matplotlib's clean-up."""
+    import keras
+    from streamlit.runtime.scriptrunner import script_runner
+
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    cleared = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: cleared.append(1))
+    script_runner._clean_problem_modules()
+    assert script_runner._clean_problem_modules.__name__ == "clean_without_keras"
+    assert cleared == []

@@ -208,3 +208,8 @@ def test_a_second_run_waits_for_memory_and_starts_when_the_first_ends(runs_dir, 
         assert read_json(second.path / "status.json")["started"] >= read_json(first.path / "status.json")["finished"] - 1
     finally:
         manager.shutdown(cancel_running=True)
+
+
+def test_serving_many_sessions_caps_malloc_arenas_and_trims_in_the_background():
+    assert memory.serve_quietly(arenas=8, trim_seconds=3600) is True  # this process's own: change little
+    assert any(thread.name == "tl-malloc-trim" and thread.daemon for thread in threading.enumerate())

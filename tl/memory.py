@@ -117,32 +117,79 @@ def floor_mb() -> float:
 
 # -- making room ------------------------------------------------------------------------
 
-def on_pressure(release) -> None:
-    """Register ``release()``, called to drop server caches when a load would not fit."""
+def on_pressure(release, order: int = 0) -> None:
+    """Register ``release()``, called to drop a server cache when a load would not fit;
+    lower ``order`` is dropped first."""
     with _lock:
-        if release not in _releasers:
-            _releasers.append(release)
+        if all(found is not release for _, found in _releasers):
+            _releasers.append((order, release))
+            _releasers.sort(key=lambda pair: pair[0])
 
 
-def release_caches() -> None:
-    """Drop every registered cache and hand freed memory back to the system."""
+def release_caches(fits=None) -> None:
+    """Drop the registered caches, lowest order first, until ``fits()`` (default: all),
+    and hand the freed memory back to the system."""
     with _lock:
-        releasers = list(_releasers)
+        releasers = [release for _, release in _releasers]
     for release in releasers:
         release()
-    trim()
+        trim()
+        if fits is not None and fits():
+            return
 
 
-def trim() -> None:
-    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``), so that
-    resident memory falls once caches are dropped; a no-op elsewhere."""
+def settle() -> None:
+    """After loading something large and long-lived (TensorFlow, a model): collect once,
+    then move every object that survives out of the garbage collector's sight
+    (``gc.freeze``). With TensorFlow loaded a full collection walks millions of objects
+    (about half a second here, holding the interpreter), and Streamlit collects after every
+    script run of every session; frozen, those objects cost it nothing. :func:`trim`
+    unfreezes them again, so an evicted model's memory is still freed."""
     import gc
 
     gc.collect()
+    gc.freeze()
+
+
+def trim(collect: bool = True) -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``), so that
+    resident memory falls once caches are dropped; with ``collect``, first collect
+    everything, frozen objects too (:func:`settle`), and freeze what is left again."""
+    import gc
+
+    if collect:
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def serve_quietly(arenas: int = 2, trim_seconds: float = 15.0) -> bool:
+    """For a server of many sessions (each script run is a thread of its own): cap glibc's
+    malloc arenas at ``arenas`` (by default it makes up to eight per core, one per busy
+    thread, and freed memory scattered over them is rarely handed back), and hand free heap
+    pages back to the system every ``trim_seconds`` from a background thread, so that the
+    server's resident memory falls again once sessions end. Returns False where glibc is
+    not there (nothing done)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_ARENA_MAX, int(arenas))
+    except (OSError, AttributeError):
+        return False
+
+    def trim_now_and_then():
+        while True:
+            time.sleep(trim_seconds)
+            libc.malloc_trim(0)  # a foreign call: the interpreter goes on meanwhile
+
+    threading.Thread(target=trim_now_and_then, name="tl-malloc-trim", daemon=True).start()
+    return True
 
 
 def need(mb: float, what: str, budget: float | None = None) -> None:
@@ -159,7 +206,7 @@ def need(mb: float, what: str, budget: float | None = None) -> None:
     used = in_use()
     if used["total"] + mb <= budget:
         return
-    release_caches()
+    release_caches(fits=lambda: in_use()["total"] + mb <= budget)
     used = in_use()
     if used["total"] + mb <= budget:
         return
@@ -201,10 +248,17 @@ class Cache:
         name: for the stderr lines ("models", "data").
         limit_mb: the most the values may hold together (their estimates).
         max_entries: the most values held.
+        heavy: the values are large object graphs with reference cycles (Keras models):
+            :func:`settle` after each load, and a full collection (:func:`trim`) after an
+            eviction so that their memory is freed. Each costs about half a second of the
+            interpreter with TensorFlow loaded, so plain values (datasets) skip both.
+        order: when a load elsewhere needs room, caches are dropped lowest ``order`` first
+            (datasets, cheap to read again, before models).
     """
 
-    def __init__(self, name: str, limit_mb: float, max_entries: int, need=need, log=True):
+    def __init__(self, name: str, limit_mb: float, max_entries: int, need=need, log=True, heavy=False, order=0):
         self.name = name
+        self.heavy = heavy
         self.limit_mb = float(limit_mb)
         self.max_entries = int(max_entries)
         self._need = need
@@ -212,13 +266,15 @@ class Cache:
         self._lock = threading.Lock()
         self._items = OrderedDict()  # key -> (value, MB)
         self._loading = {}  # key -> threading.Event, set when the load ends
+        self._names = {}  # key -> its label in the stderr lines
         self.loads = 0
         self.evictions = 0
-        on_pressure(self.clear)
+        on_pressure(self.clear, order)
         with _lock:
             _caches.append(self)
 
-    def get(self, key, make, size_mb: float, what: str = "Loading this"):
+    def get(self, key, make, size_mb: float, what: str = "Loading this", label: str | None = None):
+        """``label``: how the stderr lines name the entry (default: the key)."""
         while True:
             with self._lock:
                 if key in self._items:
@@ -234,11 +290,14 @@ class Cache:
             if self._need is not None:
                 self._need(size_mb, what)
             value = make()
+            if self.heavy:
+                settle()
             with self._lock:
                 self._items[key] = (value, float(size_mb))
                 self.loads += 1
                 held = self._held()
-            self._say(f"load {key} ({size_mb:,.0f} MB); {held}")
+            self._names[key] = label or str(key)
+            self._say(f"load {self._names[key]} ({size_mb:,.0f} MB); {held}")
             return value
         finally:
             with self._lock:
@@ -254,9 +313,9 @@ class Cache:
                 self.evictions += 1
             held = self._held()
         if evicted:
-            trim()
+            trim(collect=self.heavy)
             for key in evicted:
-                self._say(f"evict {key}; {held}")
+                self._say(f"evict {self._names.pop(key, key)}; {held}")
 
     def peek(self, key, default=None):
         """The value held for ``key`` (now the most recently used), else ``default``."""
@@ -276,8 +335,10 @@ class Cache:
             self._items.clear()
             self.evictions += len(evicted)
             held = self._held()
+        if evicted:
+            trim(collect=self.heavy)
         for key in evicted:
-            self._say(f"evict {key}; {held}")
+            self._say(f"evict {self._names.pop(key, key)}; {held}")
 
     def pop(self, key) -> None:
         with self._lock:
@@ -286,7 +347,7 @@ class Cache:
                 self.evictions += 1
             held = self._held()
         if found is not None:
-            self._say(f"evict {key}; {held}")
+            self._say(f"evict {self._names.pop(key, key)}; {held}")
 
     def __len__(self) -> int:
         with self._lock:

@@ -91,6 +91,7 @@ def pick_dataset(root: str):
                           help="Datasets you make here are kept on this server; Train and Compare offer them.")
     _hold("data_pick", chosen)
     if chosen == NEW:
+        show_flashes()  # "Deleted '...'." after a delete, which lands here
         _new_dataset(root)
         return None
     remember("data", chosen)

@@ -1,5 +1,7 @@
 """Shared app state: the job manager, cached datasets, and which run a page shows."""
 
+import hashlib
+
 import streamlit as st
 
 from tl import runs
@@ -12,6 +14,52 @@ PLOTLY_CONFIG = {"displayModeBar": False, "displaylogo": False}
 def runs_dir() -> str:
     """The runs folder (``$TL_RUNS_DIR`` or ./runs), resolved."""
     return str(runs.runs_root())
+
+
+@st.cache_resource(show_spinner=False)
+def serve_many() -> bool:
+    """Once per server: stop Streamlit from resetting Keras after every script run.
+
+    After each run of any session's script, Streamlit calls ``keras.backend.clear_session()``
+    (``script_runner._clean_problem_modules``, meant for scripts that build a model per
+    run). Here models are built once and shared by every session (:func:`load_predictor`),
+    and that reset costs every session: it empties TensorFlow's kernel cache (the next
+    prediction rebuilds its kernels), swaps Keras's global state under a model another
+    session is loading, and runs a full garbage collection. Measured with bench/load.py
+    (10 sessions, 2 cores): a Home page run went from 0.05 s to 1.1 s once a model had
+    loaded. Matplotlib's clean-up, the other thing it does, is kept."""
+    from streamlit.runtime.scriptrunner import script_runner
+
+    if not hasattr(script_runner, "_clean_problem_modules"):
+        return False  # another Streamlit: nothing to change
+
+    def clean_without_keras() -> None:
+        import sys
+
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            try:
+                pyplot.close("all")
+            except Exception:  # as Streamlit does: never fail a run over it
+                pass
+
+    script_runner._clean_problem_modules = clean_without_keras
+    from tl.memory import serve_quietly
+
+    serve_quietly()  # fewer malloc arenas, free heap handed back: memory falls when sessions end
+    return True
+
+
+@st.cache_resource(show_spinner=False)
+def compute_lock(kind: str):
+    """One TensorFlow computation of a ``kind`` at a time in the server: "predict" (a
+    Classify answer, tens of milliseconds) and "explain" (a Grad-CAM, about a second). On a
+    small CPU several at once only share the cores, and each holds its activations, so ten
+    sessions at once would hold ten times the memory for no gain; the two kinds have a lock
+    each, so an answer never waits behind a queue of Grad-CAMs."""
+    import threading
+
+    return threading.Lock()
 
 
 @st.cache_resource(show_spinner=False)
@@ -30,8 +78,8 @@ def server_caches() -> dict:
     :mod:`tl.memory`)."""
     from tl.memory import Cache, cache_limit_mb
 
-    return {"models": Cache("models", cache_limit_mb(0.25, 1500), max_entries=4),
-            "data": Cache("data", cache_limit_mb(0.10, 1000), max_entries=8)}
+    return {"models": Cache("models", cache_limit_mb(0.25, 1500), max_entries=4, heavy=True, order=1),
+            "data": Cache("data", cache_limit_mb(0.10, 1000), max_entries=8, order=0)}
 
 
 def load_data(cfg_json: str):
@@ -45,7 +93,8 @@ def load_data(cfg_json: str):
     if found is not None:
         return found
     with st.spinner("Reading the dataset..."):
-        return cache.get(cfg_json, lambda: datasets.load(cfg), budget.data_mb(cfg), "Reading this dataset")
+        return cache.get(cfg_json, lambda: datasets.load(cfg), budget.data_mb(cfg), "Reading this dataset",
+                         label=f"{cfg.dataset} {cfg.image_size} px ({hashlib.sha256(cfg_json.encode()).hexdigest()[:8]})")
 
 
 def load_predictor(root: str, run_id: str):
@@ -69,7 +118,7 @@ def load_predictor(root: str, run_id: str):
     except Exception:  # a damaged run: Predictor says what is wrong with it
         backbone = None
     with st.spinner("Loading the run's model and its ImageNet head..."):
-        return cache.get(key, make, budget.predictor_mb(backbone), "Loading this run's model")
+        return cache.get(key, make, budget.predictor_mb(backbone), "Loading this run's model", label=run_id)
 
 
 def data_key(cfg) -> str:
