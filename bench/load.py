@@ -263,6 +263,7 @@ class Recorder:
         self.errors = []  # (session, action, message)
         self.first_classify = None  # (finished at, server MB then)
         self.first_visit = None  # (finished at, server MB then): every page has run once
+        self.photos = 0  # photos classified with both heads' charts drawn
 
     def add(self, name, start, seconds):
         with self.lock:
@@ -326,6 +327,8 @@ def _visit(tab, index, visit, rng, root, setup, think, server_pid, record) -> No
             if found < 2 * count and not outcome.errors:  # a page error is counted once, above
                 record.error(index, "classify", f"{found} charts for {count} photos (both heads: {2 * count})")
             with record.lock:
+                if found >= 2 * count:
+                    record.photos += count
                 if record.first_classify is None and found >= 2 * count:
                     record.first_classify = (time.time(), rss_mb(server_pid))
 
@@ -442,6 +445,8 @@ def print_report(report: dict) -> None:
           f"{training['samples']}, longest gap {training['longest_gap_s']} s")
     print(f"server log 'tl cache' lines: {report['cache_lines'] or 'none'}")
     own = report["load_generator"]
+    print(f"photos classified (both heads drawn): {report['photos_classified']}, "
+          f"{report['photos_per_minute']} a minute")
     print(f"load generator (not in the figures above): {own['cpu_s']:.1f} CPU s, peak RSS {own['peak_rss_mb']:.0f} MB")
     print()
     for check in report["checks"]:
@@ -563,6 +568,8 @@ def _drive(args, url, root, setup, process, sampler, seconds, ttl, log) -> dict:
         "errors": {"count": len(record.errors),
                    "first": [f"session {who}, {what}: {message}" for who, what, message in record.errors[:5]]},
         "first_model_load_s": first_load,
+        "photos_classified": record.photos,
+        "photos_per_minute": round(record.photos / (seconds / 60), 1),
         "memory": {
             "server_peak_mb": max((s[1] for s in during), default=0),
             "workers_peak_mb": max((s[2] for s in during), default=0),

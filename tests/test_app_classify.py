@@ -125,3 +125,19 @@ def test_camera_photo(app_with_run):
     assert not at.exception, at.exception
     assert len(at.get("plotly_chart")) == 2
     assert any("camera photo" in c for image in at.get("image") for c in image.captions)
+
+
+def test_a_model_the_memory_budget_cannot_take_is_one_sentence(app_with_run, monkeypatch):
+    from tl import memory
+
+    monkeypatch.setattr(memory, "IDLE_SECONDS", 0.0)
+    memory.release_caches()  # no model held from the tests above
+    monkeypatch.setenv("TL_MEMORY_BUDGET_MB", "200")  # less than this test process alone
+    at = open_classify()
+    at.file_uploader(key="classify_files").set_value([("china.jpg", CHINA.read_bytes(), "image/jpeg")]).run()
+    assert not at.exception
+    (error,) = at.error
+    assert error.value.startswith("Loading this run's model")
+    assert "needs about" in error.value and "of its 200 MB (TL_MEMORY_BUDGET_MB) right now" in error.value
+    assert error.value.endswith("ask whoever runs the app for a larger budget.")
+    assert not at.get("plotly_chart")

@@ -33,3 +33,21 @@ def test_reproduce_seeds_configs_are_valid_and_offline_says_why(tmp_path, capsys
     out = capsys.readouterr().out
     assert "not run: Could not download Freiburg Groceries" in out
     assert "groceries_perceptron" in out.splitlines()[-3]
+
+
+def test_load_bench_finds_worker_gaps_and_judges_its_targets():
+    bench = load("load")
+    # (time, server MB, workers MB, workers alive, generator MB): a worker at 1-2.5 s and from 5.5 s
+    samples = [(t / 2, 900, 0, int(2 <= t < 6 or t >= 11), 100) for t in range(0, 20)]
+    gaps = bench.worker_gaps(samples, 0.0, 10.0)
+    assert gaps == {"samples": 20, "with_worker": 13, "longest_gap_s": 2.5, "first_worker_after_s": 1.0}
+    report = {"actions": {"classify": {"p95_s": 1.2}}, "errors": {"count": 0},
+              "memory": {"together_peak_mb": 2400, "difference_mb": 40}, "training": gaps}
+    verdicts = {c["what"].split(" (")[0]: c["passed"] for c in bench.checks(report, 2500)}
+    assert verdicts == {"no session errors": True, "warm Classify p95 < 3 s": True,
+                        "peak server + workers RSS < 2,500 MB": True,
+                        "server RSS after close + TTL + 30 s within 150 MB of after the first Classify": True,
+                        "a training worker alive all along": False}  # the 2.5 s gap
+    report["memory"]["together_peak_mb"] = 2504
+    assert not next(c for c in bench.checks(report, 2500) if c["what"].startswith("peak"))["passed"]
+    assert bench.percentile([5, 1, 4, 2, 3], 95) == 5 and bench.percentile([5, 1, 4, 2, 3], 50) == 3

@@ -9,10 +9,8 @@ websocket protocol, no browser), the way a classroom uses one server:
 2. Two sessions classify a photo at once on the same finished run: both see both heads'
    charts, and the server loaded the run's model once (its ``tl cache models: load`` lines).
 
-In this order: the hundred sessions load no model (while Streamlit runs Keras's
-``clear_session()`` and a full garbage collection after every script run, each costs about
-a second once TensorFlow is in the server; see bench/README.md). Not timed: the latencies
-are ``bench/load.py``'s job.
+In this order: the hundred sessions come first, before any model is in the server, so
+they are quick. Not timed: the latencies are ``bench/load.py``'s job.
 """
 
 import ast

@@ -169,6 +169,10 @@ def estimate(cfg, num_images: int) -> Estimate:
 # backbone's float32 weights: 145 and 530 MB.
 PREDICTOR_BASE_MB = 80.0
 PREDICTOR_WEIGHT_COPIES = 5
+# TensorFlow and Keras imported into the app's server by its first model load: the server
+# went from 85 MB to 842 MB loading a Lite0 run's model (bench/load.py's setup, 2026-12-02),
+# of which about 145 MB is the model itself.
+TENSORFLOW_MB = 650.0
 
 
 def predictor_mb(backbone: str | None) -> float:

@@ -36,6 +36,7 @@ from pathlib import Path
 from tl.budget import BUDGET_ENV, BudgetError, budget_mb
 
 MB = 2 ** 20
+IDLE_SECONDS = 60.0  # a cached entry unused this long may be dropped for another load
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 _lock = threading.Lock()
@@ -167,19 +168,24 @@ def trim(collect: bool = True) -> None:
         pass
 
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter
+M_ARENA_MAX = -8  # glibc's mallopt parameters
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1024 * 1024
 
 
 def serve_quietly(arenas: int = 2, trim_seconds: float = 15.0) -> bool:
     """For a server of many sessions (each script run is a thread of its own): cap glibc's
     malloc arenas at ``arenas`` (by default it makes up to eight per core, one per busy
-    thread, and freed memory scattered over them is rarely handed back), and hand free heap
-    pages back to the system every ``trim_seconds`` from a background thread, so that the
-    server's resident memory falls again once sessions end. Returns False where glibc is
-    not there (nothing done)."""
+    thread, and freed memory scattered over them is rarely handed back); serve every block
+    of 1 MB or more (a tensor) from its own mapping, returned to the system as soon as it is
+    freed (glibc otherwise raises that threshold to 32 MB as it goes, and such tensors then
+    stay in the heap); and hand free heap pages back every ``trim_seconds`` from a background
+    thread, so that the server's resident memory falls again once sessions end. Returns
+    False where glibc is not there (nothing done)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_ARENA_MAX, int(arenas))
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     except (OSError, AttributeError):
         return False
 
@@ -267,9 +273,10 @@ class Cache:
         self._items = OrderedDict()  # key -> (value, MB)
         self._loading = {}  # key -> threading.Event, set when the load ends
         self._names = {}  # key -> its label in the stderr lines
+        self._used = {}  # key -> when it was last asked for
         self.loads = 0
         self.evictions = 0
-        on_pressure(self.clear, order)
+        on_pressure(self.release_idle, order)
         with _lock:
             _caches.append(self)
 
@@ -279,6 +286,7 @@ class Cache:
             with self._lock:
                 if key in self._items:
                     self._items.move_to_end(key)
+                    self._used[key] = time.time()
                     return self._items[key][0]
                 waiting = self._loading.get(key)
                 if waiting is None:
@@ -294,6 +302,7 @@ class Cache:
                 settle()
             with self._lock:
                 self._items[key] = (value, float(size_mb))
+                self._used[key] = time.time()
                 self.loads += 1
                 held = self._held()
             self._names[key] = label or str(key)
@@ -317,12 +326,29 @@ class Cache:
             for key in evicted:
                 self._say(f"evict {self._names.pop(key, key)}; {held}")
 
+    def release_idle(self, seconds: float | None = None) -> None:
+        """Evict the entries nobody has used for ``seconds`` (default ``IDLE_SECONDS``): what
+        a load elsewhere may take. An entry in use is kept: sessions hold it anyway, so
+        evicting it would free nothing and cost a reload."""
+        cutoff = time.time() - (IDLE_SECONDS if seconds is None else seconds)
+        with self._lock:
+            evicted = [key for key in self._items if self._used.get(key, 0) < cutoff]
+            for key in evicted:
+                del self._items[key]
+            self.evictions += len(evicted)
+            held = self._held()
+        if evicted:
+            trim(collect=self.heavy)
+        for key in evicted:
+            self._say(f"evict {self._names.pop(key, key)}; {held}")
+
     def peek(self, key, default=None):
         """The value held for ``key`` (now the most recently used), else ``default``."""
         with self._lock:
             if key not in self._items:
                 return default
             self._items.move_to_end(key)
+            self._used[key] = time.time()
             return self._items[key][0]
 
     def __contains__(self, key) -> bool:

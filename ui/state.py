@@ -1,6 +1,7 @@
 """Shared app state: the job manager, cached datasets, and which run a page shows."""
 
 import hashlib
+import sys
 
 import streamlit as st
 
@@ -118,6 +119,11 @@ def load_predictor(root: str, run_id: str):
     except Exception:  # a damaged run: Predictor says what is wrong with it
         backbone = None
     with st.spinner("Loading the run's model and its ImageNet head..."):
+        if "tensorflow" not in sys.modules:  # the first model load also brings TensorFlow in
+            from tl import memory
+
+            memory.need(budget.TENSORFLOW_MB + budget.predictor_mb(backbone),
+                        "Loading this run's model (and TensorFlow, the first time)")
         return cache.get(key, make, budget.predictor_mb(backbone), "Loading this run's model", label=run_id)
 
 
