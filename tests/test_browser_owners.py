@@ -54,7 +54,10 @@ def visitor(app):
 
 
 def owner_cookie(page) -> dict:
-    (cookie,) = [c for c in page.context.cookies() if c["name"] == "tl_owner"]
+    """The browser's owner cookie, once its page's snippet has set it (the frame loads after
+    the page is drawn: on a loaded machine, seconds later)."""
+    found = wait_for(lambda: [c for c in page.context.cookies() if c["name"] == "tl_owner"], "the owner cookie", 60)
+    (cookie,) = found
     return cookie
 
 
