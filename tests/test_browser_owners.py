@@ -75,6 +75,8 @@ def test_a_visitor_cannot_delete_anothers_run_or_dataset_until_given_the_owner_s
 
 
 def _two_visitors(app, a, b):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     url, root = app["url"], app["root"]
 
     # 1. A trains a tiny run and makes a dataset; both record the digest of A's cookie.
@@ -114,7 +116,9 @@ def _two_visitors(app, a, b):
     expect(b.get_by_text("Owner secret given")).to_be_visible()
     settle(b)
     tick = b.get_by_text("Yes, delete 'Class pets'")
-    if not tick.is_visible():  # the expander may have stayed open over the rerun
+    try:
+        tick.wait_for(timeout=5000)  # the expander may have stayed open over the rerun
+    except PlaywrightTimeout:
         b.get_by_text("Delete this dataset").click()
     tick.click()
     settle(b)
@@ -122,7 +126,9 @@ def _two_visitors(app, a, b):
     b.get_by_role("button", name="Delete dataset").click()
     wait_for(lambda: made.list_datasets(root) == [], "A's dataset to be deleted", 60)
 
-    # 4. A, after a reload (the same browser: the cookie is kept), still owns the run.
+    # 4. A, after a reload (the same browser: the cookie is kept), still owns the run (once it
+    # has finished: a loaded machine may still be training it).
+    wait_for(lambda: runs.get(run_id, root).status().get("status") in runs.FINISHED, "A's run to finish", 240)
     a.goto(f"{url}/train?run={run_id}")
     a.reload()
     assert owner_cookie(a)["value"] == cookie["value"]
