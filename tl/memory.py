@@ -313,28 +313,38 @@ class Cache:
                 self._loading.pop(key).set()
 
     def _make_room(self, size_mb: float) -> None:
-        evicted = []
-        with self._lock:
-            while self._items and (len(self._items) >= self.max_entries
-                                   or sum(mb for _, mb in self._items.values()) + size_mb > self.limit_mb):
-                key, _ = self._items.popitem(last=False)
-                evicted.append(key)
-                self.evictions += 1
-            held = self._held()
-        if evicted:
-            trim(collect=self.heavy)
-            for key in evicted:
-                self._say(f"evict {self._names.pop(key, key)}; {held}")
+        def over() -> list:
+            keys, total = list(self._items), sum(mb for _, mb in self._items.values())
+            doomed = []
+            while keys and (len(keys) >= self.max_entries or total + size_mb > self.limit_mb):
+                key = keys.pop(0)  # least recently used first
+                total -= self._items[key][1]
+                doomed.append(key)
+            return doomed
+
+        self._evict(over)
 
     def release_idle(self, seconds: float | None = None) -> None:
         """Evict the entries nobody has used for ``seconds`` (default ``IDLE_SECONDS``): what
         a load elsewhere may take. An entry in use is kept: sessions hold it anyway, so
         evicting it would free nothing and cost a reload."""
         cutoff = time.time() - (IDLE_SECONDS if seconds is None else seconds)
+        self._evict(lambda: [key for key in self._items if self._used.get(key, 0) < cutoff])
+
+    def clear(self) -> None:
+        self._evict(lambda: list(self._items))
+
+    def pop(self, key) -> None:
+        self._evict(lambda: [key] if key in self._items else [])
+
+    def _evict(self, choose) -> None:
+        """Drop the keys ``choose()`` picks (called with the lock held), hand their memory
+        back (:func:`trim`) and say so, one line each."""
         with self._lock:
-            evicted = [key for key in self._items if self._used.get(key, 0) < cutoff]
+            evicted = choose()
             for key in evicted:
                 del self._items[key]
+                self._used.pop(key, None)
             self.evictions += len(evicted)
             held = self._held()
         if evicted:
@@ -354,26 +364,6 @@ class Cache:
     def __contains__(self, key) -> bool:
         with self._lock:
             return key in self._items
-
-    def clear(self) -> None:
-        with self._lock:
-            evicted = list(self._items)
-            self._items.clear()
-            self.evictions += len(evicted)
-            held = self._held()
-        if evicted:
-            trim(collect=self.heavy)
-        for key in evicted:
-            self._say(f"evict {self._names.pop(key, key)}; {held}")
-
-    def pop(self, key) -> None:
-        with self._lock:
-            found = self._items.pop(key, None)
-            if found is not None:
-                self.evictions += 1
-            held = self._held()
-        if found is not None:
-            self._say(f"evict {self._names.pop(key, key)}; {held}")
 
     def __len__(self) -> int:
         with self._lock:
