@@ -303,16 +303,8 @@ def _live(sweep, manager, finished: int) -> None:
             st.rerun()  # the whole page: a result to fill in, or the sweep has ended
         st.progress(finished / len(table), text=f"{finished} of {len(table)} runs finished")
         show_table(table, key="sweep_table")
-        refused = _stop_refusal(sweep)
-        if st.button("Stop sweep", key="sweep_stop", disabled=refused is not None, help=refused):
-            try:
-                stop_sweep(sweep, manager)
-            except UserError as exc:
-                st.error(str(exc))
-            else:
-                st.toast("Stopping: queued runs are cancelled, the running one stops after its current batch.")
-        if refused:
-            st.caption(refused)
+        owner.guarded_button("Stop sweep", "sweep_stop", _stop_refusal(sweep), lambda: stop_sweep(sweep, manager),
+                             "Stopping: queued runs are cancelled, the running one stops after its current batch.")
 
     live()
 

@@ -110,3 +110,20 @@ def unlock(key: str) -> None:
                 st.session_state["owner_secret_given"] = typed
                 st.rerun()
             st.error("That is not the owner secret.", icon=":material/lock:")
+
+
+def guarded_button(label: str, key: str, refused: str | None, action, done: str, **button) -> None:
+    """A button that changes something this session may not (``refused``: the sentence
+    why, then shown under it and the button disabled); ``action()`` on a click, its
+    UserError as one line, else the ``done`` toast."""
+    from tl.errors import UserError
+
+    if st.button(label, key=key, disabled=refused is not None, help=refused, **button):
+        try:
+            action()
+        except UserError as exc:
+            st.error(str(exc))
+        else:
+            st.toast(done)
+    if refused:
+        st.caption(refused)

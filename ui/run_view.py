@@ -130,16 +130,9 @@ def live_progress(run, manager) -> None:
                                key=f"live_acc_{run.id}", config=PLOTLY_CONFIG)
         elif status["status"] == "running":
             st.caption("The loss and accuracy curves appear here after the first batches.")
-        refused = owner.refusal(run_owner(run.path), "stop")
-        if st.button("Stop", key="train_stop", type="secondary", disabled=refused is not None, help=refused):
-            try:
-                stop_run(run, manager)
-            except UserError as exc:
-                st.error(str(exc))
-            else:
-                st.toast("Stopping at the end of the current batch...")
-        if refused:
-            st.caption(refused)
+        owner.guarded_button("Stop", "train_stop", owner.refusal(run_owner(run.path), "stop"),
+                             lambda: stop_run(run, manager), "Stopping at the end of the current batch...",
+                             type="secondary")
 
     st.subheader(f"Run {run.id}")
     live()
