@@ -55,11 +55,12 @@ def size_of(path: Path) -> int:
     return total
 
 
-def entries(root: Path, runs_dir=None) -> list:
+def entries(root: Path, runs_dir=None, which_in_use: bool = True) -> list:
     """What the store holds: dicts ``{"path", "kind" ("upload" or "made"), "bytes",
-    "used" (last use, a time), "in_use" (a run refers to it)}``."""
+    "used" (last use, a time), "in_use" (a run refers to it)}``. Without
+    ``which_in_use`` the runs are not read and ``in_use`` is ``None``."""
     root = Path(root)
-    used_by_runs = _upload_folders_of_runs(runs_dir)
+    used_by_runs = _upload_folders_of_runs(runs_dir) if which_in_use else None
     found = []
     try:
         listing = list(os.scandir(root))
@@ -72,7 +73,8 @@ def entries(root: Path, runs_dir=None) -> list:
             if UPLOAD.match(item.name):
                 path = Path(item.path)
                 found.append({"path": path, "kind": "upload", "bytes": size_of(path),
-                              "used": _last_use(path), "in_use": path.resolve() in used_by_runs})
+                              "used": _last_use(path),
+                              "in_use": None if used_by_runs is None else path.resolve() in used_by_runs})
         except OSError:
             continue
     made = root / "made"
@@ -96,10 +98,11 @@ def make_room(root: Path, needed_bytes: int, runs_dir=None, what: str = "This up
     cap, explicit = cap_mb()
     if cap == float("inf"):
         return []
+    # Sizes first: the runs are read (every run's config) only when something must go.
+    if sum(entry["bytes"] for entry in entries(root, which_in_use=False)) + needed_bytes <= cap * MB:
+        return []
     held = entries(root, runs_dir)
     total = sum(entry["bytes"] for entry in held)
-    if total + needed_bytes <= cap * MB:
-        return []
     idle = time.time() - IDLE_DAYS * 86400
     removable = [e for e in held if not e["in_use"] and (e["kind"] == "upload" or (explicit and e["used"] < idle))]
     removed = []
