@@ -41,14 +41,15 @@ from tl.data import made
 from test_browser_data import no_overflow
 from test_browser_newcomer import PHONE, WIDE, expect
 from test_check_jobs import crops
-from test_e2e_browser import OUTPUT, TIMEOUT_MS, _browser_or_skip, serve, settle
+from test_e2e_browser import BROWSER_RERUN, OUTPUT, TIMEOUT_MS, _browser_or_skip, serve, settle
 
-pytestmark = pytest.mark.xdist_group("browser")  # one browser test at a time: two servers starve both
+pytestmark = [pytest.mark.xdist_group("browser"),  # one browser test at a time: two servers starve both
+              BROWSER_RERUN]
 
 CHECK_S = 180  # TensorFlow's import and the features of 17 images at 224 px, on a busy machine
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one per test, so that a rerun starts from a fresh runs folder
 def app(tmp_path_factory):
     _browser_or_skip()
     root = tmp_path_factory.mktemp("check") / "runs"

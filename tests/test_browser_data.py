@@ -51,16 +51,17 @@ from tl import runs
 from tl.data import made
 
 from test_browser_newcomer import PHONE, WIDE, expect
-from test_e2e_browser import OUTPUT, TIMEOUT_MS, _browser_or_skip, choose, serve, settle
+from test_e2e_browser import BROWSER_RERUN, OUTPUT, TIMEOUT_MS, _browser_or_skip, choose, serve, settle
 
-pytestmark = pytest.mark.xdist_group("browser")  # one browser test at a time: two servers starve both
+pytestmark = [pytest.mark.xdist_group("browser"),  # one browser test at a time: two servers starve both
+              BROWSER_RERUN]
 
 FAKE_CAMERA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 PHOTOS_PER_CLASS = 8
 CAMERA_PHOTOS = 4
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one per test, so that a rerun starts from a fresh runs folder
 def app(tmp_path_factory):
     _browser_or_skip()
     root = tmp_path_factory.mktemp("data") / "runs"

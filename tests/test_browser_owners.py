@@ -28,15 +28,16 @@ from tl.data import made
 
 from test_browser_data import add_class, make_dataset, open_data
 from test_browser_newcomer import WIDE, expect
-from test_e2e_browser import OUTPUT, TIMEOUT_MS, _browser_or_skip, serve, settle, start_training, wait_for
+from test_e2e_browser import BROWSER_RERUN, OUTPUT, TIMEOUT_MS, _browser_or_skip, serve, settle, start_training, wait_for
 
-pytestmark = pytest.mark.xdist_group("browser")  # one browser test at a time: two servers starve both
+pytestmark = [pytest.mark.xdist_group("browser"),  # one browser test at a time: two servers starve both
+              BROWSER_RERUN]
 
 SECRET = "a secret only the teacher knows"
 ANOTHER = "Made by another visitor: only they, or someone with the owner secret, can {verb} it."
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one per test, so that a rerun starts from a fresh runs folder
 def app(tmp_path_factory):
     _browser_or_skip()
     root = tmp_path_factory.mktemp("owners") / "runs"
