@@ -208,6 +208,26 @@ def test_train_page_deletes_ones_own_run_and_not_another_visitors(shared):
     assert shared["theirs"].path.exists() and shared["cli"].path.exists()
 
 
+def test_only_my_runs_keeps_to_the_runs_this_browser_made(shared):
+    at = open_page("app_pages/train.py")
+    switch = at.toggle(key="runs_only_mine")
+    assert switch.label == "Only my runs (1 of 3)" and not switch.value
+    assert set(at.selectbox(key="runs_pick").options) == {run.id for run in shared.values()}
+    switch.set_value(True).run()
+    assert not at.exception
+    assert at.selectbox(key="runs_pick").options == [shared["mine"].id]
+    assert not at.button(key="runs_delete").disabled
+    at.toggle(key="runs_only_mine").set_value(False).run()
+    assert len(at.selectbox(key="runs_pick").options) == 3
+
+    newcomer = open_page("app_pages/train.py", token="f" * 32)  # a browser that made nothing yet
+    assert newcomer.toggle(key="runs_only_mine").label == "Only my runs (0 of 3)"
+    newcomer.toggle(key="runs_only_mine").set_value(True).run()
+    assert not newcomer.exception and not [b for b in newcomer.selectbox if b.key == "runs_pick"]
+    assert "No run here was made in this browser yet" in captions(newcomer)
+    assert [e for e in newcomer.expander if "owner secret" in e.label]  # the secret can still be given
+
+
 def test_a_forged_click_deletes_nothing(shared):
     at = open_page("app_pages/train.py")
     at.selectbox(key="runs_pick").set_value(shared["theirs"].id).run()
@@ -319,6 +339,7 @@ def test_nothing_is_restricted_without_a_secret_or_tl_shared(runs_root):
     at = open_page("app_pages/train.py")
     assert not at.button(key="runs_delete").disabled
     assert "owner secret" not in captions(at) and not [e for e in at.expander if "owner secret" in e.label]
+    assert not [t for t in at.toggle if t.key == "runs_only_mine"]  # one person's app: no switch
 
 
 @pytest.fixture

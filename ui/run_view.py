@@ -438,6 +438,11 @@ def runs_list(root: str, manager) -> None:
     if not rows:
         st.caption("No runs yet.")
         return
+    rows = _only_mine(rows, root)
+    if not rows:
+        st.caption("No run here was made in this browser yet; turn the switch off to see everyone's.")
+        owner.unlock("runs")
+        return
     table = [{
         "run": r["run_id"], "status": r["status"], "dataset": r["dataset"], "backbone": r["backbone"],
         "strategy": r["strategy"], "head": r["head"],
@@ -488,6 +493,20 @@ def runs_list(root: str, manager) -> None:
             st.session_state.pop("runs_confirm", None)
             st.rerun()
     owner.unlock("runs")
+
+
+def _only_mine(rows: list, root: str) -> list:
+    """On a shared app (owners enforced), a switch that keeps to the runs this browser made
+    (a class's thirty students each find their own); elsewhere ``rows`` as they are."""
+    if not owner.policy().enforced:
+        return rows
+    me = owner.digest()
+    mine = [row for row in rows if run_owner(runs.runs_root(root) / row["run_id"]) == me]
+    if st.toggle(f"Only my runs ({len(mine)} of {len(rows)})", key="runs_only_mine",
+                 help="Everybody can open, classify with and compare every run here; "
+                      "you can stop or delete only the ones you made (in this browser)."):
+        return mine
+    return rows
 
 
 def delete_run(run_id: str, root: str, manager) -> None:
