@@ -365,6 +365,18 @@ def test_data_page_shows_another_visitors_dataset_but_changes_nothing(their_data
     assert made.find(their_dataset.id, runs_root).version == their_dataset.version
 
 
+def test_data_page_opens_ones_own_dataset_first_and_marks_it(their_dataset, runs_root):
+    made.create("Aardvarks", runs_root, owner=digest(MINE))  # first by name, but not theirs
+    theirs = open_page("app_pages/data.py", token=THEIRS)
+    picker = theirs.selectbox(key="data_pick")
+    assert picker.value == their_dataset.id
+    assert picker.options == ["Their pets (6 photos, yours)", "Aardvarks (0 photos)", "New dataset..."]
+    mine = open_page("app_pages/data.py")
+    assert mine.selectbox(key="data_pick").options[0] == "Aardvarks (0 photos, yours)"
+    nobody = open_page("app_pages/data.py", token="f" * 32)  # made nothing: by name, none marked
+    assert nobody.selectbox(key="data_pick").options[:2] == ["Aardvarks (0 photos)", "Their pets (6 photos)"]
+
+
 def test_data_page_changes_ones_own_dataset_and_the_secret_unlocks_the_rest(their_dataset, runs_root):
     at = open_page("app_pages/data.py", token=THEIRS, query={"data": their_dataset.id})
     digest_ = their_dataset.classes["cat"][0].hash

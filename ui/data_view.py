@@ -70,6 +70,9 @@ def pick_dataset(root: str):
     """The made dataset on screen (chosen in the picker, or by ``?data=<id>``), or ``None``
     after showing how to make one."""
     every = made.list_datasets(root)
+    # On a shared app, the ones this browser made come first (one of them opens first), marked.
+    mine = {d.id for d in every if dataset_owner(d) == owner.digest()} if owner.policy().enforced else set()
+    every.sort(key=lambda d: d.id not in mine)  # stable: by name within each part
     by_id = {d.id: d for d in every}
     opened = st.session_state.pop("data_open", None)  # set by a change that picked one (before the widget)
     if opened is not None:
@@ -87,7 +90,7 @@ def pick_dataset(root: str):
     options = [*by_id, NEW]
     chosen = st.selectbox("Dataset", options, key="data_pick",
                           format_func=lambda i: "New dataset..." if i == NEW else
-                          f"{by_id[i].name} ({by_id[i].photos} photos)",
+                          f"{by_id[i].name} ({by_id[i].photos} photos{', yours' if i in mine else ''})",
                           help="Datasets you make here are kept on this server; Train and Compare offer them.")
     _hold("data_pick", chosen)
     if chosen == NEW:
