@@ -53,6 +53,20 @@ def test_in_use_counts_the_process_and_its_children_by_the_larger_of_rss_and_res
     assert child.pid not in memory._reserved  # its slot is freed once it has gone
 
 
+def test_a_child_that_has_exited_but_is_not_yet_reaped_is_not_in_use():
+    """A zombie holds no memory: counted, it made a refusal say "try again when it has
+    finished" about a process that had finished (seen when an earlier test left one)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        wait_for(lambda: open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", "a zombie")
+        assert child.pid in memory.descendants()
+        assert child.pid not in memory.in_use()["children"]
+        memory.reserve(child.pid, 500, "training run Z")
+        assert child.pid not in memory.in_use()["children"] and child.pid not in memory._reserved
+    finally:
+        child.wait()
+
+
 def test_need_fits_releases_caches_then_refuses_with_who_and_when(monkeypatch):
     memory.need(10 ** 9, "Anything")  # no budget: always fits
     released = []

@@ -101,8 +101,9 @@ def in_use() -> dict:
     for pid in set(descendants()) | set(reserved):
         mb, what, ends = reserved.get(pid, (0.0, "a background process", None))
         rss = rss_mb(pid)
-        if rss == 0.0 and pid in reserved:  # exited: its slot is free
-            unreserve(pid)
+        if rss == 0.0:  # exited (a zombie not yet reaped holds no memory): its slot, if any, is free
+            if pid in reserved:
+                unreserve(pid)
             continue
         children[pid] = (max(mb, rss), what, ends)
     server = rss_mb()
