@@ -2,7 +2,6 @@
 TensorFlow's numbers, the converted-model cache, the fallbacks and their one sentence, and
 what a run records."""
 
-import glob
 import json
 import subprocess
 import sys
@@ -232,20 +231,3 @@ def test_a_gpu_box_extracts_on_tensorflow_in_its_training_precision(runs_dir, no
     run = train_run(runs_dir, tiny_config(strategy="feature_extraction", head="linear"))
     assert run.status()["status"] == "done", run.status()
     assert (run.metrics["engine"], run.metrics["engine_precision"]) == ("tensorflow", "fp16")
-
-
-def test_no_gpu_device_node_means_no_gpu_without_importing_tensorflow(tmp_path, monkeypatch):
-    if not sys.platform.startswith("linux") or any(glob.glob(p) for p in engine.GPU_DEVICE_NODES):
-        pytest.skip("a Linux machine without a GPU device node")
-    code = ("import sys; from tl import engine; print(engine._gpu_visible(), engine.choose('auto', 'fp32').engine, "
-            "'tensorflow' in sys.modules)")
-    found = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert found.stdout.split() == ["False", "openvino", "False"], found.stderr[-2000:]
-    # With a device node there, TensorFlow is asked (and on this machine it sees none).
-    (tmp_path / "nvidia0").touch()
-    monkeypatch.setattr(engine, "GPU_DEVICE_NODES", (str(tmp_path / "nvidia[0-9]*"),))
-    import tensorflow as tf
-
-    asked = []
-    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: asked.append(kind) or [])
-    assert engine._gpu_visible() is False and asked == ["GPU"]

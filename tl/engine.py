@@ -31,7 +31,6 @@ module makes its telemetry package unimportable before the first ``import openvi
 nothing is sent; ``TL_OPENVINO_TELEMETRY=1`` leaves it as OpenVINO ships it.
 """
 
-import glob
 import hashlib
 import json
 import os
@@ -157,15 +156,7 @@ def cpu_flags() -> str:
     return f"{model}; {os.cpu_count()} cores; flags: {' '.join(f for f in wanted if f in flags) or 'none of interest'}"
 
 
-GPU_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")  # NVIDIA, AMD ROCm, WSL2's GPU
-
-
 def _gpu_visible() -> bool:
-    """Whether TensorFlow sees a GPU. On Linux without any GPU device node it cannot, and
-    the answer comes without importing TensorFlow (5-8 s on 2 cores): a check or a
-    Classify whose features are cached then needs no TensorFlow at all."""
-    if sys.platform.startswith("linux") and not any(glob.glob(pattern) for pattern in GPU_DEVICE_NODES):
-        return False
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
