@@ -139,13 +139,3 @@ def test_readme_states_the_upload_limit_streamlit_is_configured_with():
     stated = re.findall(r"(\d+) MB upload limit", readme) + re.findall(r"upload limit is set to (\d+) MB", readme)
     assert stated and set(stated) == {str(limit)}, stated
 
-
-@pytest.mark.xdist_group("groups-check")
-def test_the_suites_xdist_groups_hold(request):
-    """Modules that share a trained run, and the real-browser tests (one server at a time),
-    are kept on one worker by ``xdist_group`` marks under ``--dist loadgroup`` (pytest.ini).
-    xdist does it by adding the group to each test's node id; with pytest 9 and xdist 3.8
-    that addition was lost and every mark silently ignored (requirements-dev.txt pins pytest)."""
-    if not getattr(request.config.option, "loadgroup", False):
-        pytest.skip("not run by pytest-xdist's --dist loadgroup (e.g. -n 0)")
-    assert request.node.nodeid.endswith("@groups-check"), request.node.nodeid
