@@ -138,4 +138,3 @@ def test_readme_states_the_upload_limit_streamlit_is_configured_with():
     readme = (REPO / "README.md").read_text()
     stated = re.findall(r"(\d+) MB upload limit", readme) + re.findall(r"upload limit is set to (\d+) MB", readme)
     assert stated and set(stated) == {str(limit)}, stated
-

@@ -71,7 +71,7 @@ def pick_dataset(root: str):
     after showing how to make one."""
     every = made.list_datasets(root)
     # On a shared app, the ones this browser made come first (one of them opens first), marked.
-    mine = {d.id for d in every if dataset_owner(d) == owner.digest()} if owner.policy().enforced else set()
+    mine = {d.id for d in every if owner.made_here(dataset_owner(d))}
     every.sort(key=lambda d: d.id not in mine)  # stable: by name within each part
     by_id = {d.id: d for d in every}
     opened = st.session_state.pop("data_open", None)  # set by a change that picked one (before the widget)

@@ -76,6 +76,12 @@ def may_change(owner: str | None) -> bool:
     return owners.may_change(owner, token(), st.session_state.get("owner_secret_given"), policy())
 
 
+def made_here(owner: str | None) -> bool:
+    """On a shared app (owners enforced), whether a thing recorded as ``owner``'s was made
+    in this browser; always False elsewhere (nothing is marked or filtered there)."""
+    return policy().enforced and owner is not None and owner == digest()
+
+
 def require(owner: str | None, verb: str = "delete") -> None:
     """Refuse (:class:`tl.owners.NotYours`, a UserError) unless :func:`may_change`: the
     action itself checks, whatever the browser sent."""

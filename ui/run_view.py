@@ -500,8 +500,7 @@ def _only_mine(rows: list, root: str) -> list:
     (a class's thirty students each find their own); elsewhere ``rows`` as they are."""
     if not owner.policy().enforced:
         return rows
-    me = owner.digest()
-    mine = [row for row in rows if run_owner(runs.runs_root(root) / row["run_id"]) == me]
+    mine = [row for row in rows if owner.made_here(run_owner(runs.runs_root(root) / row["run_id"]))]
     if st.toggle(f"Only my runs ({len(mine)} of {len(rows)})", key="runs_only_mine",
                  help="Everybody can open, classify with and compare every run here; "
                       "you can stop or delete only the ones you made (in this browser)."):
