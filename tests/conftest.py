@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import suite_plan
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if "KERAS_HOME" not in os.environ:
@@ -104,6 +106,57 @@ def _not_shared(monkeypatch):
     """The app as on a laptop (everything is everyone's, tl.owners) unless a test shares it."""
     monkeypatch.delenv("TL_OWNER_SECRET", raising=False)
     monkeypatch.delenv("TL_SHARED", raising=False)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole modules (and the browser group) per worker, longest first (``suite_plan``).
+    ``TL_TEST_SCHEDULER=xdist`` leaves xdist's own scheduler in force (to see the canaries fail)."""
+    if os.environ.get("TL_TEST_SCHEDULER") == "xdist":
+        return None
+    return suite_plan.make_scheduler(config, log)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_dir(tmp_path_factory):
+    """A folder every worker of this pytest session sees (also ``suite_plan.SHARED``)."""
+    suite_plan.SHARED = suite_plan.shared_dir(tmp_path_factory)
+    return suite_plan.SHARED
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_worker_per_unit(request, shared_dir):
+    """The canary: a module (or group) whose tests reach a second worker fails there."""
+    suite_plan.claim_unit(shared_dir, suite_plan.unit_of(request.node.nodeid))
+
+
+@pytest.fixture(autouse=True)
+def _no_streamlit_state_left():
+    """Fail the test that leaves Streamlit inside an ``st.form`` or leaves AppTest's mock
+    runtime installed: every later AppTest on this worker would fail instead, far from the cause."""
+    yield
+    if "streamlit" not in sys.modules:
+        return
+    from streamlit.delta_generator_singletons import context_dg_stack, get_dg_singleton_instance
+    from streamlit.runtime import Runtime
+
+    left = []
+    if Runtime._instance is not None:
+        left.append("a Streamlit runtime is still installed (an AppTest's mock runtime?)")
+    if len(context_dg_stack.get()) > 1:
+        left.append(f"{len(context_dg_stack.get()) - 1} container(s) still entered")
+    try:
+        main = get_dg_singleton_instance().main_dg
+    except RuntimeError:  # no singletons made: Streamlit was imported, never used
+        main = None
+    # Bare mode (no runtime) gives every block the main container itself, so an st.form run
+    # outside an app marks the process-wide main container as a form.
+    if main is not None and main._form_data is not None:
+        left.append(f"the main container is inside st.form({main._form_data.form_id!r}) (page code run outside an app?)")
+    if left:  # named once, here; put back so that the next test is judged on its own
+        Runtime._instance = None
+        if main is not None:
+            main._form_data = None
+        pytest.fail("This test leaves process-wide Streamlit state behind: " + "; ".join(left), pytrace=False)
 
 
 @pytest.fixture

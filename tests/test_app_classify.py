@@ -16,7 +16,6 @@ from tl.images import decode_image
 
 from conftest import REPO, tiny_config, train_run
 
-pytestmark = pytest.mark.xdist_group("app-classify")  # on one worker: its finished run is shared by the module
 
 APP = str(REPO / "streamlit_app.py")
 CHINA = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"

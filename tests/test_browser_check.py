@@ -43,8 +43,7 @@ from test_browser_newcomer import PHONE, WIDE, expect
 from test_check_jobs import crops
 from test_e2e_browser import BROWSER_RERUN, OUTPUT, TIMEOUT_MS, _browser_or_skip, serve, settle
 
-pytestmark = [pytest.mark.xdist_group("browser"),  # one browser test at a time: two servers starve both
-              BROWSER_RERUN]
+pytestmark = [pytest.mark.slow, BROWSER_RERUN]
 
 CHECK_S = 180  # TensorFlow's import and the features of 17 images at 224 px, on a busy machine
 

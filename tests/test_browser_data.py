@@ -53,8 +53,7 @@ from tl.data import made
 from test_browser_newcomer import PHONE, WIDE, expect
 from test_e2e_browser import BROWSER_RERUN, OUTPUT, TIMEOUT_MS, _browser_or_skip, choose, serve, settle
 
-pytestmark = [pytest.mark.xdist_group("browser"),  # one browser test at a time: two servers starve both
-              BROWSER_RERUN]
+pytestmark = [pytest.mark.slow, BROWSER_RERUN]
 
 FAKE_CAMERA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 PHOTOS_PER_CLASS = 8

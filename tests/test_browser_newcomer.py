@@ -21,8 +21,7 @@ from tl import runs
 from conftest import tiny_config, train_run
 from test_e2e_browser import BROWSER_RERUN, OUTPUT, TIMEOUT_MS, _browser_or_skip, choose, pick_option, pick_runs, serve, settle
 
-pytestmark = [pytest.mark.xdist_group("browser"),  # after the end-to-end test: two servers at once starve both
-              BROWSER_RERUN]
+pytestmark = [pytest.mark.slow, BROWSER_RERUN]
 
 WIDE = {"width": 1400, "height": 900}
 PHONE = {"width": 390, "height": 844}

@@ -30,8 +30,7 @@ from test_browser_data import add_class, make_dataset, open_data
 from test_browser_newcomer import WIDE, expect
 from test_e2e_browser import BROWSER_RERUN, OUTPUT, TIMEOUT_MS, _browser_or_skip, serve, settle, start_training, wait_for
 
-pytestmark = [pytest.mark.xdist_group("browser"),  # one browser test at a time: two servers starve both
-              BROWSER_RERUN]
+pytestmark = [pytest.mark.slow, BROWSER_RERUN]
 
 SECRET = "a secret only the teacher knows"
 ANOTHER = "Made by another visitor: only they, or someone with the owner secret, can {verb} it."

@@ -18,7 +18,6 @@ from tl.errors import Cancelled, DataError
 
 from conftest import tiny_config, train_run, write_image_folder
 
-pytestmark = pytest.mark.xdist_group("check")  # on one worker: its feature cache is shared by the module
 
 IMAGE_SIZE = 64  # digit scans: 8x8, enlarged inside the model
 PHOTO_SIZE = 96

@@ -14,7 +14,6 @@ from tl.check import check_config
 from tl.data import made
 from tl.files import atomic_write_json
 
-pytestmark = pytest.mark.xdist_group("check_jobs")
 
 
 def crops(picture, n, seed):

@@ -17,7 +17,6 @@ from PIL import Image
 
 from conftest import REPO
 
-pytestmark = pytest.mark.xdist_group("cli_data")  # one trained run shared by the module's tests
 
 CROPS = 8
 

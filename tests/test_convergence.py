@@ -18,7 +18,6 @@ from tl.head_fit import Matrix, fit_softmax
 
 from conftest import REPO, tiny_config, train_run
 
-pytestmark = pytest.mark.xdist_group("convergence")
 
 PER_CLASS = 40  # real scans, at most ~50 per class
 

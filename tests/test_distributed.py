@@ -44,7 +44,7 @@ def tree(root) -> list:
     return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
 
 
-@pytest.mark.xdist_group("distributed")
+@pytest.mark.slow
 def test_two_workers_train_one_run_that_only_the_chief_writes(tmp_path):
     runs_dir = tmp_path / "runs"  # both are given it, as on one disk: the worker must leave it alone
     temp = {index: tmp_path / f"tmp{index}" for index in (0, 1)}

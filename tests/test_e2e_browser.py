@@ -34,6 +34,7 @@ import skimage.data
 
 from tl import runs
 
+import suite_plan
 from conftest import REPO, tiny_config, train_run
 
 # Every real-browser test drives a streamlit server and chromium on a 2-core machine while
@@ -44,7 +45,7 @@ from conftest import REPO, tiny_config, train_run
 # twice fails the suite, and pytest's summary (-ra) names every test that needed its rerun.
 BROWSER_RERUN = pytest.mark.flaky(reruns=1, reruns_delay=5)
 
-pytestmark = [pytest.mark.xdist_group("browser"), BROWSER_RERUN]
+pytestmark = [pytest.mark.slow, BROWSER_RERUN]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -76,8 +77,14 @@ def _free_port() -> int:
 def serve(root, extra_args=(), env=None):
     """``streamlit run`` on a free port with ``root`` as the runs folder (and ``env`` added
     to the server's environment), and a headless chromium (launched with ``extra_args``
-    added to its flags): yields ``{"url", "root", "browser"}``."""
+    added to its flags): yields ``{"url", "root", "browser"}``. One at a time in the whole
+    session (``suite_plan.one_server_at_a_time``)."""
     sync_playwright = _browser_or_skip()
+    with suite_plan.one_server_at_a_time(f"a browser test's server for {root}"):
+        yield from _serve(sync_playwright, root, extra_args, env)
+
+
+def _serve(sync_playwright, root, extra_args, env):
     port = _free_port()
     env = {**os.environ, "TL_RUNS_DIR": str(root), "TL_MAX_JOBS": "1", "PYTHONPATH": str(REPO), **(env or {})}
     log = open(root.parent / "server.log", "w")

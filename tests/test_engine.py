@@ -16,7 +16,6 @@ from tl.errors import ConfigError
 
 from conftest import REPO, tiny_config, train_run
 
-pytestmark = pytest.mark.xdist_group("engine")
 
 
 @pytest.fixture

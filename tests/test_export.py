@@ -12,7 +12,6 @@ from tl import cli, datasets, export, runs
 
 from conftest import REPO, tiny_config, train_run
 
-pytestmark = pytest.mark.xdist_group("export")  # on one worker: its trained run is shared by the module
 
 # Enough steps (about 40 in all) for small_cnn to learn the shapes well above chance, so
 # top-1 agreement means something; 16 px keeps them cheap.

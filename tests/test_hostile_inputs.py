@@ -28,7 +28,6 @@ from tl.processes import process_start
 
 from conftest import REPO, tiny_config, train_run, wait_for, write_image_folder
 
-pytestmark = pytest.mark.xdist_group("hostile-inputs")  # on one worker: its template run is shared by the module
 
 CASE_SECONDS = 120
 

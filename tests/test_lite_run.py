@@ -14,7 +14,6 @@ from tl.predict import Predictor
 
 from conftest import tiny_config, train_run
 
-pytestmark = pytest.mark.xdist_group("lite-run")
 
 SKIMAGE = Path(skimage.data.__file__).parent
 CHELSEA, COFFEE = SKIMAGE / "chelsea.png", SKIMAGE / "coffee.png"

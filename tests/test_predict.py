@@ -19,7 +19,6 @@ from tl.predict import Predictor
 
 from conftest import tiny_config, train_run
 
-pytestmark = pytest.mark.xdist_group("predict")  # on one worker: its trained runs are shared by the module
 
 CHINA = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"
 

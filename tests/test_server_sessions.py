@@ -23,9 +23,10 @@ import pytest
 
 from tl import efficientnet_lite
 
+import suite_plan
 from conftest import REPO, photo, tiny_config, train_run, wait_for
 
-pytestmark = pytest.mark.xdist_group("browser")
+pytestmark = pytest.mark.slow
 
 TTL = 5  # server.disconnectedSessionTTL here: long enough to resume a session just closed
 UPLOADER = "Images ("  # Classify's uploader: "Images (JPEG, PNG, WebP, BMP, GIF, TIFF)"
@@ -52,11 +53,12 @@ def server(tmp_path_factory):
     lite = train_run(root, tiny_config(backbone="efficientnet_lite0", weights="imagenet", image_size=224,
                                        strategy="feature_extraction", name="lite0 for classify"))
     log = root.parent / "server.log"
-    process, url = load.start_server(root, log, TTL, None)
-    try:
-        yield {"url": url, "lite": lite.id, "log": log}
-    finally:
-        load.stop_server(process, {})
+    with suite_plan.one_server_at_a_time("test_server_sessions' server"):
+        process, url = load.start_server(root, log, TTL, None)
+        try:
+            yield {"url": url, "lite": lite.id, "log": log}
+        finally:
+            load.stop_server(process, {})
 
 
 def _in_threads(work, count: int) -> None:
@@ -87,18 +89,14 @@ def _classify(tab, lite: str, name: str, data: bytes) -> int:
 
 def max_entries() -> dict:
     """``{function name: max_entries or None}`` of every ``st.cache_data``/``st.cache_resource``
-    in the app's pages and ui/, read from the source; a limit computed at import (a name, an
-    expression) is evaluated after running the module's imports and assignments."""
+    in the app's pages and ui/, read from the source. A limit computed at import (a name, an
+    expression) is evaluated after the module's imports and the assignments of the names it
+    uses, and nothing else: page code run outside an app leaves Streamlit's process-wide state
+    changed (an ``st.form`` marks the main container as a form for every later AppTest)."""
     found = {}
     for path in [REPO / "streamlit_app.py", *(REPO / "app_pages").glob("*.py"), *(REPO / "ui").glob("*.py")]:
         tree = ast.parse(path.read_text())
-        names = {}
-        for node in tree.body:
-            if isinstance(node, (ast.Import, ast.ImportFrom, ast.Assign)):
-                try:
-                    exec(compile(ast.Module([node], []), str(path), "exec"), names)
-                except Exception:  # noqa: BLE001 - a line that needs a running app: not a limit
-                    pass
+        limits = {}
         for node in ast.walk(tree):
             if not isinstance(node, ast.FunctionDef):
                 continue
@@ -107,7 +105,16 @@ def max_entries() -> dict:
                 if getattr(call.func if call else decorator, "attr", None) not in ("cache_data", "cache_resource"):
                     continue
                 limit = [k.value for k in (call.keywords if call else ()) if k.arg == "max_entries"]
-                found[node.name] = eval(compile(ast.Expression(limit[0]), str(path), "eval"), names) if limit else None
+                limits[node.name] = limit[0] if limit else None
+        used = {name.id for limit in limits.values() if limit is not None
+                for name in ast.walk(limit) if isinstance(name, ast.Name)}
+        names = {}
+        for node in tree.body:
+            assigned = {target.id for target in getattr(node, "targets", ()) if isinstance(target, ast.Name)}
+            if isinstance(node, (ast.Import, ast.ImportFrom)) or (isinstance(node, ast.Assign) and assigned & used):
+                exec(compile(ast.Module([node], []), str(path), "exec"), names)
+        for function, limit in limits.items():
+            found[function] = None if limit is None else eval(compile(ast.Expression(limit), str(path), "eval"), names)
     return found
 
 
