@@ -5,6 +5,9 @@
 - TensorFlow's C++ logging is quietened.
 """
 
+import fcntl
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -53,6 +56,12 @@ def train_run(runs_dir, cfg, on_event=None):
     run = training.prepare(cfg, runs_dir)
     training.execute(run, runs_dir, on_event=on_event)
     return run
+
+
+# The default backbone's real ImageNet weights, feature extraction at 224 px: the run that
+# Classify, predict and export tests need a real ImageNet head for (trained once, `trained_once`).
+LITE0_RUN = dict(backbone="efficientnet_lite0", weights="imagenet", image_size=224, strategy="feature_extraction",
+                 name="lite0 for classify")
 
 
 def write_image_folder(root, counts: dict, size: int = 20, fmt: str = "png"):
@@ -157,6 +166,45 @@ def _no_streamlit_state_left():
         if main is not None:
             main._form_data = None
         pytest.fail("This test leaves process-wide Streamlit state behind: " + "; ".join(left), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def trained_once(shared_dir):
+    """``trained_once(cfg, runs_dir) -> Run``: a copy, in ``runs_dir``, of the run ``cfg``
+    trains. Each config is trained once per test session, whichever worker asks first (the
+    others wait on a file lock, then copy); every caller gets a copy of its own to change."""
+    from tl import runs
+
+    def get(cfg: RunConfig, runs_dir):
+        key = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        folder = shared_dir / "trained-once" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (folder / "run_id").exists():
+                run = train_run(folder / "runs", cfg)
+                assert run.status()["status"] == "done", run.status()
+                (folder / "run_id").write_text(run.id)
+        run_id = (folder / "run_id").read_text()
+        Path(runs_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copytree(folder / "runs" / run_id, Path(runs_dir) / run_id)
+        return runs.get(run_id, runs_dir)
+
+    return get
+
+
+FRESH_SERVER_MB = 600  # about what `streamlit run` holds before its first model
+
+
+@pytest.fixture
+def fresh_server(monkeypatch):
+    """This process counts as a freshly started app (``FRESH_SERVER_MB``) in the memory budget,
+    whatever the tests before it on this worker left in it: a budget's refusals read the same
+    on either worker and in any order."""
+    from tl import memory
+
+    real = memory.rss_mb
+    monkeypatch.setattr(memory, "rss_mb", lambda pid=None: FRESH_SERVER_MB if pid in (None, os.getpid()) else real(pid))
 
 
 @pytest.fixture

@@ -65,6 +65,7 @@ def test_no_finished_run_points_to_train(tmp_path, monkeypatch):
     assert not at.get("file_uploader")
 
 
+@pytest.mark.slow
 def test_real_photos_and_bad_files(app_with_run):
     run = app_with_run
     at = open_classify()

@@ -70,6 +70,7 @@ def chart_specs(at) -> str:
     return " ".join(str(chart.proto.spec) for chart in at.get("plotly_chart"))
 
 
+@pytest.mark.slow
 def test_a_two_strategy_sweep_from_the_page(runs_root, downloads):
     at = open_compare()
     at.selectbox(key="compare_backbone").set_value("small_cnn").run()
@@ -141,7 +142,9 @@ def test_pick_runs_without_any_says_what_to_do(runs_root):
     assert at.info[0].value == "No finished runs yet: train some on the Train page, or run a sweep."
 
 
-def test_the_sweep_shows_its_estimate_and_what_the_budget_refuses_before_the_click(runs_root, monkeypatch):
+@pytest.mark.slow
+def test_the_sweep_shows_its_estimate_and_what_the_budget_refuses_before_the_click(runs_root, monkeypatch,
+                                                                                   fresh_server):
     monkeypatch.setenv(budget.BUDGET_ENV, "2500")
     at = open_compare()
     # The defaults: every strategy on EfficientNet-Lite0 at 224 px, 400 synthetic images.

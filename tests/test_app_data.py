@@ -202,6 +202,7 @@ def test_gallery_still_shows_a_photo_removed_after_training(root):
     assert read({"key": test_keys[0], "item": 0}) is None  # freed once no run refers to it
 
 
+@pytest.mark.slow
 def test_a_finished_runs_test_images_are_mapped_right_and_wrong(root):
     """Results of a run on cached features: its test images on a PCA map, coloured by
     whether the run got them right; a run trained on images says why it has none."""

@@ -1,5 +1,6 @@
 import time
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from tl import runs
@@ -40,6 +41,7 @@ def wait_for(root, predicate, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_train_small_cnn_from_the_page_to_results(runs_root):
     at = open_train()
     choose_tiny_run(at)
@@ -72,6 +74,7 @@ def test_train_small_cnn_from_the_page_to_results(runs_root):
     assert at.dataframe[0].value["run"].tolist() == [run.id]
 
 
+@pytest.mark.slow
 def test_stop_from_a_second_session_keeps_the_history(runs_root):
     first = open_train()
     choose_tiny_run(first, epochs=300, samples=40, batch=8)
@@ -130,6 +133,7 @@ def test_delete_a_run_after_confirming(runs_root):
     assert not run.path.exists()
 
 
+@pytest.mark.slow
 def test_the_form_follows_the_run_on_screen_and_offers_to_train_it_again(runs_root):
     from conftest import tiny_config, train_run
 

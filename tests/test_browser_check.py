@@ -41,11 +41,21 @@ from tl.data import made
 from test_browser_data import no_overflow
 from test_browser_newcomer import PHONE, WIDE, expect
 from test_check_jobs import crops
-from test_e2e_browser import BROWSER_RERUN, OUTPUT, TIMEOUT_MS, _browser_or_skip, serve, settle
-
-pytestmark = [pytest.mark.slow, BROWSER_RERUN]
+from test_e2e_browser import (OUTPUT, TIMEOUT_MS, _browser_or_skip, browser_test, drawn, serve, settle,
+                              tall_screenshot)
 
 CHECK_S = 180  # TensorFlow's import and the features of 17 images at 224 px, on a busy machine
+
+
+def planted_dataset(root):
+    """The made dataset "Pets": 8 cat and 8 coffee crops, and one more coffee crop filed as a
+    cat; returns ``(dataset, the planted photo's hash)``."""
+    made.create("Pets", root)
+    made.add_photos("Pets", "cat", crops("chelsea", 8, 0), root)
+    made.add_photos("Pets", "coffee", crops("coffee", 8, 1), root)
+    planted = crops("coffee", 1, 99)  # a coffee photo filed as a cat
+    made.add_photos("Pets", "cat", planted, root)
+    return made.find("Pets", root), hashlib.sha256(planted[0][1]).hexdigest()[:16]
 
 
 @pytest.fixture  # one per test, so that a rerun starts from a fresh runs folder
@@ -53,14 +63,7 @@ def app(tmp_path_factory):
     _browser_or_skip()
     root = tmp_path_factory.mktemp("check") / "runs"
     root.mkdir()
-    made.create("Pets", root)
-    made.add_photos("Pets", "cat", crops("chelsea", 8, 0), root)
-    made.add_photos("Pets", "coffee", crops("coffee", 8, 1), root)
-    planted = crops("coffee", 1, 99)  # a coffee photo filed as a cat
-    made.add_photos("Pets", "cat", planted, root)
-    digest = hashlib.sha256(planted[0][1]).hexdigest()[:16]
-    dataset = made.find("Pets", root)
-    assert dataset.class_of(digest) == "cat" and dataset.counts() == {"cat": 9, "coffee": 8}
+    dataset, digest = planted_dataset(root)
     with serve(root) as found:
         yield {**found, "dataset": dataset, "planted": digest}
 
@@ -76,13 +79,8 @@ def page_at(app, viewport):
 def shot(page, name: str) -> None:
     """The whole page: a viewport as tall as the app's content (the app scrolls inside, so
     full_page sees one screen)."""
-    size = page.viewport_size
     tall = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
-    page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(tall + 100, 8000))})
-    page.wait_for_timeout(1500)  # plotly redraws at the new size after a debounce
-    page.screenshot(path=str(OUTPUT / f"check-{name}.png"))
-    page.set_viewport_size(size)
-    page.wait_for_timeout(300)
+    tall_screenshot(page, OUTPUT / f"check-{name}.png", max(page.viewport_size["height"], min(tall + 100, 8000)))
 
 
 def has_count(page, index: int, name: str, count: int) -> None:
@@ -108,8 +106,16 @@ def map_traces(page, chart) -> list:
         page.wait_for_timeout(500)
 
 
-# -- the test --------------------------------------------------------------------------
+# -- the tests -------------------------------------------------------------------------
 
+def test_the_planted_coffee_photo_is_filed_as_a_cat_and_is_no_copy(tmp_path):
+    dataset, planted = planted_dataset(tmp_path / "runs")
+    assert dataset.class_of(planted) == "cat" and dataset.counts() == {"cat": 9, "coffee": 8}
+    hashes = [photo.hash for photos in dataset.classes.values() for photo in photos]
+    assert len(set(hashes)) == 17  # seventeen different photos
+
+
+@browser_test
 def test_check_finds_the_planted_photo_maps_it_and_moves_it_in_one_click(app):
     page = page_at(app, WIDE)
     try:
@@ -189,7 +195,7 @@ def _check(app, page):
     settle(page)
     chart.evaluate("""e => { e.scrollIntoView({block: 'start'});  // the map, its title and the image below it
         document.querySelector('[data-testid=stMain]').scrollBy(0, -80); }""")
-    page.wait_for_timeout(1000)
+    drawn(page)
     page.screenshot(path=str(OUTPUT / "check-3-map.png"))
 
     # At 390 px the results fit the screen (the finished check is found again at once).
@@ -199,7 +205,7 @@ def _check(app, page):
         expect(phone.get_by_text(re.compile(r"^17 images checked"))).to_be_visible(timeout=60_000)
         phone.get_by_test_id("stPlotlyChart").last.wait_for()
         settle(phone)
-        phone.wait_for_timeout(1500)  # plotly draws at the column's width
+        drawn(phone)
         no_overflow(phone, "check results")
         shot(phone, "3-map-390")
     finally:

@@ -51,9 +51,8 @@ from tl import runs
 from tl.data import made
 
 from test_browser_newcomer import PHONE, WIDE, expect
-from test_e2e_browser import BROWSER_RERUN, OUTPUT, TIMEOUT_MS, _browser_or_skip, choose, serve, settle
-
-pytestmark = [pytest.mark.slow, BROWSER_RERUN]
+from test_e2e_browser import (OUTPUT, TIMEOUT_MS, _browser_or_skip, browser_test, choose, drawn, serve, settle,
+                              tall_screenshot)
 
 FAKE_CAMERA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 PHOTOS_PER_CLASS = 8
@@ -98,13 +97,8 @@ def page_at(app, viewport, camera: bool = False):
 
 
 def shot(page, name: str) -> None:
-    """The whole page: a tall viewport (the app scrolls inside, so full_page sees one screen)."""
-    size = page.viewport_size
-    page.set_viewport_size({"width": size["width"], "height": 3000})
-    page.wait_for_timeout(1200)  # the camera and plotly follow the new size after a debounce
-    page.screenshot(path=str(OUTPUT / f"data-{name}.png"))
-    page.set_viewport_size(size)
-    page.wait_for_timeout(200)
+    """The whole page, in a 3,000 px tall viewport."""
+    tall_screenshot(page, OUTPUT / f"data-{name}.png", 3000)
 
 
 OVERFLOW = """() => {
@@ -134,8 +128,8 @@ def no_overflow(page, step: str) -> None:
 
 
 def to_top(page) -> None:
-    page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollTo(0, 0)")
-    page.wait_for_timeout(200)
+    page.evaluate("""() => new Promise(done => { document.querySelector('[data-testid=stMain]').scrollTo(0, 0);
+        requestAnimationFrame(() => requestAnimationFrame(done)); })""")
 
 
 def in_first_screen(page, locator, step: str, seconds: float = 20) -> None:
@@ -252,6 +246,16 @@ def took_same_frame(page, before: int) -> bool:
 
 # -- the tests -------------------------------------------------------------------------
 
+def test_the_photos_are_different_real_crops_each_class_its_own(photos):
+    """The flows below count photos: the same photo twice is kept once, so each must differ."""
+    assert {name: len(paths) for name, paths in photos.items()} == {"cat": PHOTOS_PER_CLASS, "coffee": PHOTOS_PER_CLASS}
+    contents = [open(path, "rb").read() for paths in photos.values() for path in paths]
+    assert len(set(contents)) == len(contents)
+    sizes = {Image.open(path).size for paths in photos.values() for path in paths}
+    assert len(sizes) > 2 and all(min(size) >= 100 for size in sizes)
+
+
+@browser_test
 def test_a_dataset_made_on_a_phone_trains_and_classifies_with_the_camera(app, photos):
     page = page_at(app, PHONE, camera=True)
     try:
@@ -368,13 +372,14 @@ def _phone(app, page, photos):
     charts = page.locator(".js-plotly-plot")
     expect(charts.nth(1).get_by_text(re.compile("^(Chelsea|camera)$")).first).to_be_attached()
     settle(page)
-    page.wait_for_timeout(1000)  # plotly draws
+    drawn(page)
     no_overflow(page, "classified")
     assert page.get_by_test_id("stException").count() == 0
     shot(page, "phone-7-classify-camera")
     assert made.find(run.config.dataset, root).id == dataset_id  # the dataset in the page's address
 
 
+@browser_test
 def test_photos_survive_a_reload_and_a_new_tab_and_train_opens_with_the_dataset(app, photos):
     page = page_at(app, WIDE)
     try:

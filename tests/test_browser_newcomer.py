@@ -19,25 +19,29 @@ import pytest
 from tl import runs
 
 from conftest import tiny_config, train_run
-from test_e2e_browser import BROWSER_RERUN, OUTPUT, TIMEOUT_MS, _browser_or_skip, choose, pick_option, pick_runs, serve, settle
-
-pytestmark = [pytest.mark.slow, BROWSER_RERUN]
+from test_e2e_browser import (OUTPUT, TIMEOUT_MS, _browser_or_skip, browser_test, choose, drawn, pick_option,
+                              pick_runs, serve, settle, tall_screenshot)
 
 WIDE = {"width": 1400, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    _browser_or_skip()
+def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("newcomer") / "runs"
     root.mkdir()
     # Three classes, two epochs from scratch: a model that makes mistakes to click on.
     shapes = train_run(root, tiny_config(strategy="scratch", synthetic_classes=3, samples_per_class=30, epochs=2,
                                          image_size=24, seed=3, name="three shapes"))
     frozen = train_run(root, tiny_config(strategy="frozen", image_size=16, name="frozen"))
-    with serve(root) as found:
-        yield {**found, "shapes": shapes, "frozen": frozen}
+    return {"root": root, "shapes": shapes, "frozen": frozen}
+
+
+@pytest.fixture(scope="module")
+def app(trained):
+    _browser_or_skip()
+    with serve(trained["root"]) as found:
+        yield {**found, **trained}
 
 
 def expect(locator):
@@ -71,12 +75,8 @@ def bottom(locator) -> float:
 
 
 def snap(page, name: str) -> None:
-    """The whole page: a tall viewport (the app scrolls inside, so full_page sees one screen)."""
-    size = page.viewport_size
-    page.set_viewport_size({"width": size["width"], "height": 4000})
-    page.wait_for_timeout(2000)  # plotly redraws at the new size
-    page.screenshot(path=str(OUTPUT / f"newcomer-{name}-{size['width']}.png"))
-    page.set_viewport_size(size)
+    """The whole page, in a 4,000 px tall viewport."""
+    tall_screenshot(page, OUTPUT / f"newcomer-{name}-{page.viewport_size['width']}.png", 4000)
 
 
 TRUNCATED = """(root) => [...root.querySelectorAll('*')].filter(e => {
@@ -85,6 +85,19 @@ TRUNCATED = """(root) => [...root.querySelectorAll('*')].filter(e => {
 }).map(e => e.innerText.trim().slice(0, 80))"""
 
 
+def test_the_runs_on_screen_have_what_the_browser_tests_look_for(trained):
+    """The two runs the tests below open: done, with the settings the form must show, and the
+    three-shapes run with test mistakes (a confusion-matrix cell to click on)."""
+    shapes, frozen = trained["shapes"], trained["frozen"]
+    assert [run.status()["status"] for run in (shapes, frozen)] == ["done", "done"]
+    assert (shapes.config.backbone, shapes.config.strategy, shapes.config.image_size, shapes.config.seed) == \
+        ("small_cnn", "scratch", 24, 3)
+    assert (frozen.config.strategy, frozen.config.image_size) == ("frozen", 16)
+    wrong = shapes.metrics["misclassified"]
+    assert wrong and len(shapes.labels) == 3
+
+
+@browser_test
 def test_train_button_and_results_are_in_the_first_900_pixels(app):
     page = page_at(app)
     open_train(page, app["url"])
@@ -96,6 +109,7 @@ def test_train_button_and_results_are_in_the_first_900_pixels(app):
     assert not page.evaluate(TRUNCATED, results.element_handle())
 
 
+@browser_test
 def test_reload_and_open_show_the_runs_own_settings(app):
     page = page_at(app)
     shapes, frozen = app["shapes"], app["frozen"]
@@ -129,6 +143,7 @@ def test_reload_and_open_show_the_runs_own_settings(app):
     assert f"run={frozen.id}" in page.url
 
 
+@browser_test
 def test_clicking_a_confusion_matrix_cell_filters_the_gallery(app):
     run = app["shapes"]
     metrics = run.metrics
@@ -140,7 +155,7 @@ def test_clicking_a_confusion_matrix_cell_filters_the_gallery(app):
     open_train(page, app["url"], run.id)
     plot = page.locator(".js-plotly-plot").filter(has_text="Confusion matrix")
     plot.scroll_into_view_if_needed()
-    page.wait_for_timeout(1000)
+    drawn(page)
     x, y = plot.evaluate("""(gd, cell) => { const L = gd._fullLayout, r = gd.getBoundingClientRect();
         return [r.left + L._size.l + L.xaxis.d2p(cell[1]), r.top + L._size.t + L.yaxis.d2p(cell[0])]; }""",
                          [true, predicted])
@@ -163,6 +178,7 @@ def test_clicking_a_confusion_matrix_cell_filters_the_gallery(app):
     snap(page, "train-matrix-click")
 
 
+@browser_test
 def test_back_from_classify_returns_to_train_as_left(app):
     page = page_at(app)
     page.goto(app["url"])
@@ -184,6 +200,7 @@ def test_back_from_classify_returns_to_train_as_left(app):
     assert page.locator(".st-key-run_area").get_by_text("Run 2").count() == 0
 
 
+@browser_test
 def test_a_transfer_strategy_on_a_weightless_backbone_is_warned_before_train(app):
     page = page_at(app)
     open_train(page, app["url"])
@@ -197,6 +214,7 @@ def test_a_transfer_strategy_on_a_weightless_backbone_is_warned_before_train(app
     snap(page, "train-weightless-warning")
 
 
+@browser_test
 def test_nothing_in_the_results_is_cut_off_on_a_phone(app):
     page = page_at(app, PHONE)
     open_train(page, app["url"], app["shapes"].id)
@@ -205,6 +223,7 @@ def test_nothing_in_the_results_is_cut_off_on_a_phone(app):
     assert page.evaluate(TRUNCATED, results.element_handle()) == []
 
 
+@browser_test
 @pytest.mark.parametrize("viewport", [WIDE, PHONE], ids=["1400", "390"])
 def test_a_screenshot_of_every_page(app, viewport):
     page = page_at(app, viewport)
@@ -229,6 +248,7 @@ def test_a_screenshot_of_every_page(app, viewport):
     assert page.get_by_test_id("stException").count() == 0
 
 
+@browser_test
 def test_compare_pick_runs_five_times_in_a_row(app):
     ids = (app["shapes"].id, app["frozen"].id)
     assert {r.id for r in runs.list_runs(app["root"])} >= set(ids)

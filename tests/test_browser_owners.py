@@ -28,9 +28,8 @@ from tl.data import made
 
 from test_browser_data import add_class, make_dataset, open_data
 from test_browser_newcomer import WIDE, expect
-from test_e2e_browser import BROWSER_RERUN, OUTPUT, TIMEOUT_MS, _browser_or_skip, serve, settle, start_training, wait_for
-
-pytestmark = [pytest.mark.slow, BROWSER_RERUN]
+from test_e2e_browser import (OUTPUT, TIMEOUT_MS, _browser_or_skip, browser_test, serve, settle, start_training,
+                              wait_for)
 
 SECRET = "a secret only the teacher knows"
 ANOTHER = "Made by another visitor: only they, or someone with the owner secret, can {verb} it."
@@ -61,6 +60,14 @@ def owner_cookie(page) -> dict:
     return cookie
 
 
+def test_the_sentences_waited_for_are_the_apps_own():
+    """The browser test waits for these sentences: a reworded refusal fails here at once,
+    not after a browser's timeout."""
+    for verb in ("delete", "change"):
+        assert ANOTHER.format(verb=verb) == owners.refusal("someone else's digest", verb)
+
+
+@browser_test
 def test_a_visitor_cannot_delete_anothers_run_or_dataset_until_given_the_owner_secret(app):
     a, b = visitor(app), visitor(app)
     try:

@@ -90,7 +90,8 @@ def test_prepare_and_the_cli_refuse_before_any_run_folder(runs_dir, monkeypatch,
     assert runs.list_runs(runs_dir) == [] and not any(runs_dir.iterdir())
 
 
-def test_train_page_shows_the_estimate_and_the_refusal(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_train_page_shows_the_estimate_and_the_refusal(tmp_path, monkeypatch, fresh_server):
     monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv(budget.BUDGET_ENV, str(CLOUD_MB))
     at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=60).run()

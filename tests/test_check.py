@@ -178,6 +178,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("check-runs")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_flipped_labels_rank_first(seed, tmp_path, cache, capsys):
     """10% of the digit scans moved into another class's folder: precision at k (k = the
@@ -214,6 +215,7 @@ def test_flipped_labels_rank_first(seed, tmp_path, cache, capsys):
     assert set(summary) >= {"suspects", "duplicates", "outliers", "label_quality"}
 
 
+@pytest.mark.slow
 def test_a_class_with_flipped_labels_has_lower_label_quality(tmp_path, cache):
     images, labels = _digits()
     rng = np.random.default_rng(7)
@@ -248,6 +250,7 @@ def _photo_crops(side: int = 192, per_photo: int = 8):
     return crops
 
 
+@pytest.mark.slow
 def test_planted_near_duplicates_and_an_outlier_are_found(tmp_path, cache, capsys):
     from PIL import Image
     from sklearn.datasets import load_digits

@@ -51,6 +51,7 @@ def wait(job, seconds=300):
     return job.status()
 
 
+@pytest.mark.slow
 def test_a_check_runs_in_its_own_process_and_is_found_again(pets):
     runs, dataset = pets
     cfg = check_config("last", dataset=dataset.ref, image_size=96)

@@ -34,6 +34,7 @@ def test_list_json_names_every_registry():
     assert found == {kind: list(entries) for kind, entries in cli.registries().items()}
 
 
+@pytest.mark.slow
 def test_train_json_on_two_mirrored_cpu_devices_then_runs(runs_dir):
     result = run_cli("train", *tiny_flags(), "--strategy", "fine_tune", "--runs-dir", str(runs_dir),
                      "--json", env={"TL_CPU_REPLICAS": "2"})

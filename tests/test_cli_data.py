@@ -75,6 +75,7 @@ def show(flow, *flags) -> dict:
     return json.loads(ok(tl(flow["env"], "data", "show", "Kitchen", "--json", *flags)))
 
 
+@pytest.mark.slow
 def test_the_run_records_the_dataset_and_the_version_it_trained_on(flow):
     split = json.loads((flow["run_dir"] / "split.json").read_text())
     assert split["origin"]["kind"] == "made" and split["origin"]["name"] == "Kitchen"
@@ -88,6 +89,7 @@ def test_the_run_records_the_dataset_and_the_version_it_trained_on(flow):
     assert show(flow)["runs"] == [flow["run_id"]]
 
 
+@pytest.mark.slow
 def test_after_a_photo_is_removed_the_earlier_run_still_predicts_exports_and_names_its_version(flow, tmp_path):
     env = flow["env"]
     removed = flow["cats"][0]
@@ -160,6 +162,7 @@ def test_export_gives_a_zip_of_class_folders_that_imports_as_a_copy(flow, tmp_pa
     assert again.stderr.count("\n") == 1 and "Traceback" not in again.stderr
 
 
+@pytest.mark.slow
 def test_delete_needs_yes_off_a_terminal_then_deletes(flow, tmp_path):
     env = flow["env"]
     out = tmp_path / "k.zip"

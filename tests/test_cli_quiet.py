@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, TINY
 
 # What TensorFlow and its native libraries print on their own (absl's notice, the oneDNN and
@@ -42,6 +44,7 @@ def _train(runs_dir, *extra):
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_a_real_train_shows_only_its_own_lines_and_verbose_shows_tensorflows(tmp_path):
     quiet, verbose = _train(tmp_path / "quiet"), _train(tmp_path / "verbose", "--verbose")
     quiet_err = quiet.communicate(timeout=300)[1]

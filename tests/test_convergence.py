@@ -61,6 +61,7 @@ def logistic_regression_accuracy(run, runs_dir) -> float:
     return float(classifier.score(scaler.transform(x_test), y_test))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["feature_extraction", "earlier_layer"])
 def test_default_head_is_within_3_points_of_logistic_regression(digits_folder, runs_dir, strategy):
     cfg = RunConfig(dataset="folder", data_dir=str(digits_folder), strategy=strategy)  # every other field default
@@ -77,6 +78,7 @@ def test_default_head_is_within_3_points_of_logistic_regression(digits_folder, r
     assert model_head.layers[0].name == "standardize"  # inside the saved model
 
 
+@pytest.mark.slow
 def test_readme_first_train_command_reaches_90_percent(tmp_path):
     """Exactly the README's first `python -m tl train` line, as a newcomer types it."""
     readme = (REPO / "README.md").read_text()
@@ -130,6 +132,7 @@ def test_a_large_matrix_is_streamed_in_chunks(monkeypatch):
     np.testing.assert_allclose(found.kernel, expected.kernel, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_stepped_head_on_features_takes_at_least_min_steps_and_says_how_it_ended(runs_dir):
     cfg = tiny_config(strategy="feature_extraction", head="dense_stack", epochs=1, min_steps=30, batch_size=8)
     run = train_run(runs_dir, cfg)
@@ -143,6 +146,7 @@ def test_a_stepped_head_on_features_takes_at_least_min_steps_and_says_how_it_end
     assert any("fewer than min_steps=30" in e.get("message", "") for e in run.events()[0])
 
 
+@pytest.mark.slow
 def test_defaults_are_per_strategy_and_recorded_in_the_run(runs_dir):
     from tl.strategies import STRATEGIES
 

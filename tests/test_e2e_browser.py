@@ -35,7 +35,7 @@ import skimage.data
 from tl import runs
 
 import suite_plan
-from conftest import REPO, tiny_config, train_run
+from conftest import LITE0_RUN, REPO, tiny_config, train_run
 
 # Every real-browser test drives a streamlit server and chromium on a 2-core machine while
 # the other test worker trains models; on a loaded CI machine a step has, now and then,
@@ -45,7 +45,11 @@ from conftest import REPO, tiny_config, train_run
 # twice fails the suite, and pytest's summary (-ra) names every test that needed its rerun.
 BROWSER_RERUN = pytest.mark.flaky(reruns=1, reruns_delay=5)
 
-pytestmark = [pytest.mark.slow, BROWSER_RERUN]
+
+def browser_test(function):
+    """A real-browser test: ``slow`` (not in the quick tier), and run once more if it fails."""
+    return pytest.mark.slow(BROWSER_RERUN(function))
+
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -121,13 +125,12 @@ def _serve(sync_playwright, root, extra_args, env):
 
 
 @pytest.fixture  # one per test, so that a rerun starts from a fresh runs folder
-def server(tmp_path_factory):
+def server(tmp_path_factory, trained_once):
     _browser_or_skip()
     root = tmp_path_factory.mktemp("e2e") / "runs"
     root.mkdir()
     # A finished run from the default backbone's real ImageNet weights, for the Classify page.
-    lite = train_run(root, tiny_config(backbone="efficientnet_lite0", weights="imagenet", image_size=224,
-                                       strategy="feature_extraction", name="lite0 for classify"))
+    lite = trained_once(tiny_config(**LITE0_RUN), root)
     with serve(root) as found:
         yield {**found, "lite": lite}
 
@@ -145,6 +148,36 @@ def settle(page) -> None:
     """Wait until the script rerun a change triggered has finished."""
     page.wait_for_timeout(300)
     page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=TIMEOUT_MS)
+
+
+DRAWN = """() => {
+    const charts = [...document.querySelectorAll('.js-plotly-plot')].every(gd => {
+        const room = (gd.closest('[data-testid=stPlotlyChart]') || gd.parentElement).getBoundingClientRect();
+        if (room.width === 0) return true;  // not shown (a closed expander): nothing to wait for
+        const layout = gd._fullLayout, svg = gd.querySelector('.main-svg');
+        return layout && svg && Math.abs(svg.getBoundingClientRect().width - layout.width) <= 1
+            && layout.width <= room.width + 2;
+    });
+    return charts && [...document.querySelectorAll('video')].every(v => v.readyState >= 2);
+}"""
+
+
+def drawn(page, timeout_ms: int = 30_000) -> None:
+    """Wait until every plotly chart on the page is drawn at its layout's width, within its
+    container, and every video shows a frame; then two animation frames, so it is painted."""
+    page.wait_for_function(DRAWN, timeout=timeout_ms)
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+
+
+def tall_screenshot(page, path, height: int) -> None:
+    """The page in a viewport ``height`` px tall (the app scrolls inside its main block, so
+    ``full_page`` would see one screen), once drawn at that size; then the size it had."""
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": height})
+    drawn(page)
+    page.screenshot(path=str(path))
+    page.set_viewport_size(size)
+    drawn(page)
 
 
 def pick_option(page, opener, option: str, attempts: int = 12) -> None:
@@ -282,6 +315,21 @@ def damage_copies(run) -> list:
 
 # -- the test --------------------------------------------------------------------------
 
+def test_damaged_copies_break_one_file_each_way_and_list_as_damaged(tmp_path, capsys):
+    """The drill's damaged folders (step 4), without a browser: each is listed damaged, the
+    run they were copied from is not."""
+    from tl import cli
+
+    root = tmp_path / "runs"
+    run = train_run(root, tiny_config(strategy="scratch"))
+    damaged = damage_copies(run)
+    assert len(damaged) == 16 and run.id not in damaged
+    assert cli.main(["runs", "--runs-dir", str(root), "--json"]) == 0
+    rows = {row["run_id"]: row["status"] for row in json.loads(capsys.readouterr().out)}
+    assert {rows[i] for i in damaged} == {"damaged"} and rows[run.id] == "done"
+
+
+@browser_test
 def test_browser_end_to_end_with_reliability_drills(server):
     pages = [new_page(server) for _ in range(3)]
     try:
@@ -344,7 +392,7 @@ def _end_to_end(server, a, b, c):
         page.get_by_text("Transferred head").first.wait_for()
         page.locator(".js-plotly-plot").nth(1).wait_for()
         page.locator(".js-plotly-plot").first.get_by_text("Egyptian cat").first.wait_for()
-    a.wait_for_timeout(1000)  # let plotly finish drawing before the screenshot
+    drawn(a)
     shot(a, "classify")
 
     # 4. Damaged run folders (copies of B with one JSON file corrupted in each way) are

@@ -63,6 +63,7 @@ def test_every_variant_matches_its_checkpoint_and_converts_once(name, private_ca
     assert backbone.output.shape[1:] == (2, 2, 1280)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 def test_real_photos_get_their_imagenet_classes(name):
     if not efficientnet_lite.is_available(name):

@@ -97,6 +97,7 @@ def test_a_model_with_two_outputs_gives_both(tmp_path, no_env):
         np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_converted_model_is_kept_and_reused(tmp_path, no_env, monkeypatch):
     model = _lite_features_model()
     engine.compile(model, key={"k": 1}, cache_root=tmp_path)
@@ -135,6 +136,7 @@ def test_without_openvino_everything_runs_on_tensorflow_and_says_so_once(runs_di
     assert (run.metrics["engine"], run.metrics["engine_precision"]) == ("tensorflow", "fp32")
 
 
+@pytest.mark.slow
 def test_a_run_records_engine_and_both_precisions_and_fp32_features_are_shared(runs_dir, no_env, monkeypatch):
     cfg = tiny_config(strategy="feature_extraction", head="linear")
     monkeypatch.setenv("TL_ENGINE", "openvino")
@@ -176,6 +178,7 @@ def test_features_not_in_fp32_are_scored_through_the_saved_model(runs_dir, no_en
     assert metrics["test_accuracy"] == pytest.approx(float((probs.argmax(1) == data.labels[test]).mean()))
 
 
+@pytest.mark.slow
 def test_cli_predict_takes_an_engine(runs_dir, no_env, capsys):
     from tl import cli
 

@@ -56,6 +56,7 @@ def tflite_probs(path, images):
     return np.array(out)
 
 
+@pytest.mark.slow
 def test_the_run_learned_something(trained):
     run, _, images, probs = trained
     assert run.metrics["test_accuracy"] >= 0.5  # 4 classes: chance is 0.25

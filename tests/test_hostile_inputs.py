@@ -373,6 +373,7 @@ def test_a_worker_on_an_unknown_run_is_one_sentence(two_runs, capsys, run_id):
     assert code == cli.EXIT_USAGE and "There is no run" in error_line(err)
 
 
+@pytest.mark.slow
 def test_a_stale_claim_and_a_dead_owners_claim_do_not_keep_runs_queued(tmp_path):
     """A manager killed between claiming and starting leaves a claim marker; a restarted
     app still trains every queued run (real worker processes, end to end)."""
@@ -552,6 +553,7 @@ def test_a_broken_file_in_a_class_folder_is_skipped_and_named(tmp_path, kind):
     assert "a/bad.png" in message and "not trained on" in message
 
 
+@pytest.mark.slow
 def test_training_on_a_folder_with_a_truncated_image_logs_its_name(tmp_path):
     folder = write_image_folder(tmp_path / "data", {"a": 4, "b": 4})
     _plant(folder, "truncated png")
@@ -678,6 +680,7 @@ def _disk_full_on(monkeypatch, name):
     monkeypatch.setattr(runs, "atomic_write_json", failing)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["history.json", "metrics.json", "labels.json"])
 def test_disk_full_during_training_fails_the_run_with_a_sentence(runs_dir, monkeypatch, target):
     _disk_full_on(monkeypatch, target)
@@ -689,6 +692,7 @@ def test_disk_full_during_training_fails_the_run_with_a_sentence(runs_dir, monke
     assert not list(run.path.glob("*.tmp*")) and not list(run.path.glob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_the_model_leaves_no_partial_file(runs_dir, monkeypatch):
     import keras
 
@@ -703,6 +707,7 @@ def test_disk_full_while_saving_the_model_leaves_no_partial_file(runs_dir, monke
     assert sorted(p.name for p in run.path.iterdir() if "model" in p.name) == []
 
 
+@pytest.mark.slow
 def test_the_run_folder_deleted_mid_training_ends_quietly(runs_dir):
     run = training.prepare(tiny_config(strategy="scratch", epochs=3), runs_dir)
 

@@ -112,6 +112,7 @@ def test_adoption_settings_and_cancelling_workers_that_are_starting(start_manage
     assert not epochs(older) and not epochs(newer)
 
 
+@pytest.mark.slow
 def test_queue_runs_one_at_a_time_in_order(start_manager, runs_dir):
     adopted = runs.create(tiny_config(name="made before the manager"), runs_dir)
     manager = start_manager(max_parallel=1)
@@ -134,6 +135,7 @@ def test_queue_runs_one_at_a_time_in_order(start_manager, runs_dir):
     assert written(third)["status"] == "cancelled" and "pid" not in written(third) and not epochs(third)
 
 
+@pytest.mark.slow
 def test_cancel_running_then_killed_worker_fails_and_the_queue_goes_on(start_manager):
     manager = start_manager(max_parallel=1)
     cancelled = manager.submit(tiny_config(name="cancelled", **LONG))
@@ -168,6 +170,7 @@ def test_a_queued_run_is_claimed_by_one_manager_only(runs_dir):
     assert _claim(run) is False  # a second manager on the same folder skips it
 
 
+@pytest.mark.slow
 def test_workers_never_join_a_cluster_even_when_the_app_has_tf_config(start_manager, monkeypatch):
     """An app started in a shell set up for a cluster run (TF_CONFIG exported) still trains its
     runs on this machine: its workers' environment has no TF_CONFIG (a worker that kept it would

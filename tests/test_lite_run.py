@@ -12,7 +12,7 @@ import skimage.data
 from tl import cli, datasets, export
 from tl.predict import Predictor
 
-from conftest import tiny_config, train_run
+from conftest import LITE0_RUN, tiny_config
 
 
 SKIMAGE = Path(skimage.data.__file__).parent
@@ -29,13 +29,11 @@ def runs_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lite_run(runs_dir):
-    run = train_run(runs_dir, tiny_config(backbone="efficientnet_lite0", weights="imagenet", image_size=224,
-                                          strategy="feature_extraction", samples_per_class=10))
-    assert run.status()["status"] == "done", run.status()
-    return run
+def lite_run(runs_dir, trained_once):
+    return trained_once(tiny_config(**LITE0_RUN), runs_dir)
 
 
+@pytest.mark.slow
 def test_cli_predict_names_the_cat_and_the_coffee(lite_run, runs_dir, capsys):
     code = cli.main(["predict", lite_run.id, str(CHELSEA), str(COFFEE), "--top", "3", "--json",
                      "--runs-dir", str(runs_dir)])
@@ -67,6 +65,7 @@ def test_grad_cam_of_the_imagenet_head_looks_at_the_cat(lite_run):
     assert heat.values[inside].mean() > 2 * heat.values[~inside].mean()
 
 
+@pytest.mark.slow
 def test_model_loads_in_safe_mode_and_tflite_agrees_on_top1(lite_run, tmp_path):
     import keras
     import tensorflow as tf

@@ -51,6 +51,7 @@ def photo():
     return decode_image(CHINA.read_bytes())
 
 
+@pytest.mark.slow
 def test_both_heads_give_probabilities_and_real_imagenet_labels(shared, frozen_run, photo):
     result = shared.predict(photo, k=7)
     assert result.shared and result.imagenet_reason is None
@@ -123,6 +124,7 @@ def test_imagenet_names_are_keras_own_and_need_no_download(tmp_path, monkeypatch
     assert imagenet_labels.decode(probs, 2)[0] == ("Egyptian cat", 0.5)
 
 
+@pytest.mark.slow
 def test_shared_path_runs_the_backbone_once_per_image(shared, frozen_run, photo, monkeypatch):
     separate = Predictor(frozen_run, imagenet_weights=None, share=False)
     assert not separate.shared
@@ -152,6 +154,7 @@ def test_exif_rotated_photo_is_classified_upright(shared, photo):
     assert not np.allclose(shared.predict(stored).imagenet.probs, shared.predict(photo).imagenet.probs, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_no_imagenet_column_says_why(runs_dir, frozen_run, photo, monkeypatch):
     baseline = train_run(runs_dir, tiny_config())
     result = Predictor(baseline).predict(photo, k=1)
@@ -214,6 +217,7 @@ def test_grad_cam_weighs_a_spatial_map_and_explains_both_heads(shared, photo):
         assert shared.grad_cam(photo, head).values.shape == photo.shape[:2]
 
 
+@pytest.mark.slow
 def test_cli_predict_json(frozen_run, runs_dir, tmp_path, capsys):
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a picture")

@@ -24,9 +24,7 @@ import pytest
 from tl import efficientnet_lite
 
 import suite_plan
-from conftest import REPO, photo, tiny_config, train_run, wait_for
-
-pytestmark = pytest.mark.slow
+from conftest import LITE0_RUN, REPO, photo, tiny_config, wait_for
 
 TTL = 5  # server.disconnectedSessionTTL here: long enough to resume a session just closed
 UPLOADER = "Images ("  # Classify's uploader: "Images (JPEG, PNG, WebP, BMP, GIF, TIFF)"
@@ -45,13 +43,12 @@ from stsession import Session  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, trained_once):
     if not efficientnet_lite.is_available("efficientnet_lite0"):
         pytest.skip(f"{efficientnet_lite.VARIANTS['efficientnet_lite0'].distribution} is not installed")
     root = tmp_path_factory.mktemp("sessions") / "runs"
     root.mkdir()
-    lite = train_run(root, tiny_config(backbone="efficientnet_lite0", weights="imagenet", image_size=224,
-                                       strategy="feature_extraction", name="lite0 for classify"))
+    lite = trained_once(tiny_config(**LITE0_RUN), root)
     log = root.parent / "server.log"
     with suite_plan.one_server_at_a_time("test_server_sessions' server"):
         process, url = load.start_server(root, log, TTL, None)
@@ -134,6 +131,22 @@ def held_entries(metrics: dict) -> dict:
     return held
 
 
+def test_the_limits_are_read_from_the_source_without_running_a_page():
+    limits = max_entries()  # the autouse guard fails this test if a page's code ran
+    assert limits["classify"] == limits["explain"] and 8 <= limits["classify"] <= 64
+    assert (limits["_thumb"], limits["_similarity"], limits["_small"]) == (4096, 32, 512)
+    assert limits["job_manager"] is None and limits["server_caches"] is None
+
+
+def test_held_entries_are_misses_less_evictions_by_function():
+    found = held_entries({'cache_lookups_total{cache_type="st_cache_data",cache="app.classify",result="miss"}': 5,
+                          'cache_lookups_total{cache_type="st_cache_data",cache="app.classify",result="hit"}': 9,
+                          'cache_evictions_total{cache_type="st_cache_data",cache="app.classify"}': 2,
+                          "active_sessions": 3})
+    assert found == {("st_cache_data", "app.classify"): 3}
+
+
+@pytest.mark.slow
 def test_a_hundred_sessions_leave_no_session_behind_and_caches_within_limits(server, monkeypatch):
     monkeypatch.delenv("TL_MEMORY_BUDGET_MB", raising=False)  # as the server runs: limits without a budget
     url, lite = server["url"], server["lite"]
@@ -186,6 +199,7 @@ def test_a_hundred_sessions_leave_no_session_behind_and_caches_within_limits(ser
             assert int(holding[3].replace(",", "")) <= int(holding[4].replace(",", "")), line
 
 
+@pytest.mark.slow
 def test_two_sessions_classify_at_once_and_the_model_loads_once(server):
     charts = {}
 

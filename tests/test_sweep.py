@@ -132,6 +132,7 @@ def test_csv_and_verdict_from_rows():
     assert sweeps.verdict("fine_tune", [table[0]])["recommended_accuracy"] is None
 
 
+@pytest.mark.slow
 def test_compare_cli_json_runs_every_strategy_on_the_same_split(runs_dir, capsys):
     flags = [f"--{name.replace('_', '-')}={value}" for name, value in TINY.items()
              if name in cli._COMPARE_FLAGS]
@@ -170,6 +171,7 @@ def test_compare_cli_bad_names_are_one_error_line(runs_dir, capsys):
 
 
 
+@pytest.mark.slow
 def test_a_stopped_sweep_keeps_finished_runs_and_cancels_the_rest(runs_dir):
     manager = JobManager(runs_dir, poll_seconds=0.1)
     try:

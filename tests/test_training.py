@@ -84,6 +84,7 @@ def _assert_batchnorm_unchanged(run, before):
         np.testing.assert_array_equal(layer.moving_variance.numpy(), variance)
 
 
+@pytest.mark.slow
 def test_resnet50_frozen_linear_head_on_25_classes(tmp_path, runs_dir):
     """Seed 002's figure (2048 x 25 + 25 trainable weights), and the frozen backbone's
     BatchNorm statistics stay exactly as loaded."""
@@ -107,6 +108,7 @@ def test_batchnorm_statistics_do_not_move_in_any_phase(tmp_path, runs_dir, strat
     _assert_batchnorm_unchanged(run, before)
 
 
+@pytest.mark.slow
 def test_scratch_lets_batchnorm_learn(runs_dir):
     run = train_run(runs_dir, tiny_config(strategy="scratch"))
     bn = load(run).get_layer("backbone").get_layer("block1_bn1")
@@ -162,6 +164,7 @@ def test_saved_model_reloads_safely_and_reproduces_the_test_metrics(runs_dir, st
     assert out.shape == (3, 2) and np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_small_cnn_from_scratch_learns_synthetic_shapes(runs_dir):
     cfg = tiny_config(strategy="scratch", head="gap_dropout_dense", synthetic_classes=4,
                       samples_per_class=400, image_size=32, batch_size=32, epochs=6,
@@ -171,6 +174,7 @@ def test_small_cnn_from_scratch_learns_synthetic_shapes(runs_dir):
     assert run.metrics["test_accuracy"] >= 0.9, run.history
 
 
+@pytest.mark.slow
 def test_weights_from_an_earlier_run(runs_dir):
     source = train_run(runs_dir, tiny_config(strategy="scratch"))
     target = train_run(runs_dir, tiny_config(strategy="frozen", weights=f"run:{source.id}"))
@@ -204,6 +208,7 @@ def test_nan_loss_fails_the_run_with_the_reason(runs_dir, monkeypatch):
     assert events[-1]["type"] == "status" and events[-1]["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_cancel_keeps_the_history_so_far(runs_dir):
     cfg = tiny_config(strategy="scratch", epochs=5)
     run = training.prepare(cfg, runs_dir)
@@ -225,6 +230,7 @@ def test_cancel_during_feature_extraction_caches_nothing(runs_dir):
     assert not list(runs.cache_root(runs_dir).glob("features/*/features.npy"))
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_fails_the_run_and_keeps_the_traceback(runs_dir, monkeypatch):
     def broken(self):
         raise RuntimeError("disk on fire")
@@ -251,6 +257,7 @@ def test_early_stopping_stops_when_validation_does_not_improve(runs_dir):
     assert run.metrics["convergence"][-1]["early_stopped_at"] == len(run.history)
 
 
+@pytest.mark.slow
 def test_balanced_class_weights_and_augmentation_train(tmp_path, runs_dir):
     root = write_image_folder(tmp_path / "data", {"few": 4, "many": 12})
     cfg = tiny_config(dataset="folder", data_dir=str(root), strategy="frozen", augment=True,
@@ -259,6 +266,7 @@ def test_balanced_class_weights_and_augmentation_train(tmp_path, runs_dir):
     assert run.status()["status"] == "done", run.status().get("reason")
 
 
+@pytest.mark.slow
 def test_typed_epochs_are_trained_as_typed_recorded_and_noted(runs_dir):
     run = train_run(runs_dir, tiny_config(strategy="scratch", epochs=2, min_steps=None))
     assert run.status()["status"] == "done" and len(run.history) == 2
