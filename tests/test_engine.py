@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tl import engine, features, runs
+from tl import engine, features, paths, runs
 from tl.config import RunConfig
 from tl.errors import ConfigError
 
@@ -22,6 +22,7 @@ from conftest import REPO, tiny_config, train_run
 def no_env(monkeypatch):
     monkeypatch.delenv("TL_ENGINE", raising=False)
     monkeypatch.delenv("TL_ENGINE_PRECISION", raising=False)
+    monkeypatch.delenv("TL_CONVERTED_MODELS_DIR", raising=False)  # this module's caches are its own
 
 
 @pytest.fixture
@@ -103,12 +104,11 @@ def test_the_converted_model_is_kept_and_reused(tmp_path, no_env, monkeypatch):
     engine.compile(model, key={"k": 1}, cache_root=tmp_path)
     folders = [p for p in (tmp_path / "openvino").iterdir() if p.name != "blobs"]
     assert len(folders) == 1 and (folders[0] / "model.xml").is_file() and (folders[0] / "model.bin").is_file()
-    monkeypatch.setattr(engine, "_convert", lambda *a: pytest.fail("converted again"))
-    assert engine.compile(model, key={"k": 1}, cache_root=tmp_path).engine == "openvino"
+    with monkeypatch.context() as patched:
+        patched.setattr(engine, "_convert", lambda *a: pytest.fail("converted again"))
+        assert engine.compile(model, key={"k": 1}, cache_root=tmp_path).engine == "openvino"
     # Other weights under the same key are another model: converted, not confused.
-    other = _lite_features_model()
-    monkeypatch.undo()
-    engine.compile(other, key={"k": 1}, cache_root=tmp_path)
+    engine.compile(_lite_features_model(), key={"k": 1}, cache_root=tmp_path)
     assert len([p for p in (tmp_path / "openvino").iterdir() if p.name != "blobs"]) == 2
 
 
@@ -223,6 +223,15 @@ def test_cpu_flags_name_the_cpu():
 def test_cache_root_is_where_the_converted_models_go(tmp_path, no_env, monkeypatch):
     monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path / "cache"))
     assert runs.cache_root() == Path(tmp_path / "cache")
+    assert paths.converted_models_root(runs.cache_root()) == tmp_path / "cache" / "openvino"
+
+
+def test_converted_models_can_live_in_a_folder_of_their_own(tmp_path, no_env, monkeypatch):
+    monkeypatch.setenv("TL_CONVERTED_MODELS_DIR", str(tmp_path / "shared"))
+    engine.compile(_lite_features_model(size=32), key={"k": "own folder"}, cache_root=tmp_path / "cache")
+    assert len(list((tmp_path / "shared").glob("*/model.xml"))) == 1
+    assert not list((tmp_path / "cache").glob("openvino/*/model.xml"))
+    assert (tmp_path / "cache" / "openvino" / "blobs").is_dir()  # OpenVINO's compiled blobs stay in the cache
 
 
 def test_a_gpu_box_extracts_on_tensorflow_in_its_training_precision(runs_dir, no_env, monkeypatch):

@@ -22,9 +22,10 @@ A model whose first layer after its image input is the ``resize`` layer of
 :func:`tl.models.image_input` is split there: the resize (anti-aliased, which OpenVINO has no
 operation for) runs in TensorFlow, the rest in OpenVINO, so the pass sees exactly the pixels
 the saved model sees. The converted model is kept on disk under the cache root
-(``<cache>/openvino/<key>/``), keyed by what the caller says the model is, its input size and
-a digest of its weights; OpenVINO's own compiled-blob cache sits beside it (``blobs/``), so a
-second run, process or session converts and compiles nothing.
+(``<cache>/openvino/<key>/``, or ``$TL_CONVERTED_MODELS_DIR/<key>/``: ``tl.paths``), keyed by
+what the caller says the model is, its input size and a digest of its weights; OpenVINO's own
+compiled-blob cache sits under the cache root (``<cache>/openvino/blobs/``), so a second run,
+process or session converts and compiles nothing.
 
 OpenVINO's model converter reports usage to Intel by default (unless ``CI=true``): this
 module makes its telemetry package unimportable before the first ``import openvino``, so
@@ -45,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from tl.errors import ConfigError
+from tl.paths import converted_models_root
 
 ENGINES = ("auto", "openvino", "tensorflow")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -274,7 +276,7 @@ def compile(model, *, key: dict, cache_root, engine: str | None = None, precisio
     if choice.engine == "tensorflow":
         return Pass(model, choice)
     try:
-        return _openvino_pass(model, choice, key, Path(cache_root) / "openvino")
+        return _openvino_pass(model, choice, key, Path(cache_root))
     except Exception as exc:  # a layer OpenVINO cannot convert, a full disk, ...: TensorFlow still works
         fallback = replace(choice, engine="tensorflow", precision=_tensorflow_precision(),
                            note=f"OpenVINO could not run this model ({type(exc).__name__}: {_short(exc)}); "
@@ -284,19 +286,20 @@ def compile(model, *, key: dict, cache_root, engine: str | None = None, precisio
         return Pass(model, fallback)
 
 
-def _openvino_pass(model, choice: Choice, key: dict, root: Path) -> OpenVinoPass:
+def _openvino_pass(model, choice: Choice, key: dict, cache: Path) -> OpenVinoPass:
     ov = openvino()
     resize, core_model = _split(model)
     shape = [-1] + [int(d) for d in core_model.input.shape[1:]]
     if any(d is None or d < 0 for d in shape[1:]):
         raise ValueError("the model's input size is not fixed")
-    folder = root / _digest(key, shape, core_model)
+    folder = converted_models_root(cache) / _digest(key, shape, core_model)
     xml = folder / "model.xml"
     if not (xml.is_file() and (folder / "model.bin").is_file()):
         _convert(ov, core_model, shape, folder)
-    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    blobs = cache / "openvino" / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
     config = {"INFERENCE_PRECISION_HINT": "bf16" if choice.precision == "bf16" else "f32",
-              "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(root / "blobs")}
+              "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(blobs)}
     compiled = _state["core"].compile_model(str(xml), "CPU", config)
     return OpenVinoPass(model, choice, compiled, resize, len(core_model.outputs))
 

@@ -12,3 +12,10 @@ def runs_root(runs_dir=None) -> Path:
 def cache_root(runs_dir=None) -> Path:
     """Where cached features live: ``$TL_CACHE_DIR``, else ``<runs root>/.cache``."""
     return Path(os.environ.get("TL_CACHE_DIR") or runs_root(runs_dir) / ".cache").expanduser()
+
+
+def converted_models_root(cache_dir) -> Path:
+    """Where the inference engine keeps converted models: ``$TL_CONVERTED_MODELS_DIR``, else
+    ``<cache>/openvino``. Each is named by a digest of its weights and written atomically, so
+    several runs folders and processes can share one folder."""
+    return Path(os.environ.get("TL_CONVERTED_MODELS_DIR") or Path(cache_dir) / "openvino").expanduser()
