@@ -3,10 +3,11 @@ unreferenced ones removed first, what runs use never removed, one sentence when 
 
 import os
 import time
+import zipfile
 
 import pytest
 
-from tl import ingest, runs
+from tl import cli, ingest, runs
 from tl.data import made, storage
 from tl.errors import DataError
 
@@ -115,3 +116,26 @@ def test_a_cap_that_is_not_a_number_is_one_sentence(monkeypatch):
         storage.cap_mb()
     monkeypatch.setenv(storage.DISK_ENV, "0")
     assert storage.cap_mb() == (float("inf"), True)
+
+
+def test_cli_data_commands_keep_what_the_runs_of_their_runs_dir_use(tmp_path, monkeypatch, capsys):
+    """`tl data add/import --runs-dir X` over the cap: the uploads runs in X trained on are in
+    use, even with no TL_RUNS_DIR and no ./runs (the cap once looked in the default folder)."""
+    monkeypatch.chdir(tmp_path)  # no ./runs here
+    runs_dir = tmp_path / "X"
+    root = ingest.data_root(runs_dir)
+    used = upload(tmp_path, root, "used")
+    runs.create(tiny_config(dataset="folder", data_dir=str(used.path)), runs_dir)
+    total = sum(e["bytes"] for e in storage.entries(root, runs_dir))
+    monkeypatch.setenv(storage.DISK_ENV, str((total + 1000) / MB))  # full: only the unused could make room
+    picture = tmp_path / "cat.jpg"
+    picture.write_bytes(photos(1)[0][1])
+    assert cli.main(["data", "add", "Pets", "cat", str(picture), "--runs-dir", str(runs_dir)]) != 0
+    assert "does not fit" in capsys.readouterr().err
+    archive = tmp_path / "pets.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for name, data in photos(2) + photos(2, picture="coffee"):
+            out.writestr(f"{'coffee' if 'coffee' in name else 'cat'}/{name}", data)
+    assert cli.main(["data", "import", "Zipped", str(archive), "--runs-dir", str(runs_dir)]) != 0
+    assert "does not fit" in capsys.readouterr().err
+    assert used.path.exists() and runs.list_runs(runs_dir)

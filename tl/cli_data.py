@@ -82,7 +82,7 @@ def cmd_add(args) -> int:
                                                   MAX_BYTES + 1)))
         except UserError as exc:  # not a regular file, unreadable: one sentence already
             unreadable.append(f"{exc} It was not added.")
-    report = made.add_photos(dataset, class_name, files)
+    report = made.add_photos(dataset, class_name, files, args.runs_dir)
     for line in unreadable + report.messages():
         print(line, file=sys.stderr)
     dataset = report.dataset

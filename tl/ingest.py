@@ -105,8 +105,10 @@ def data_root(runs_dir=None) -> Path:
 
 # -- entry points ----------------------------------------------------------------------
 
-def ingest_zip(source, root=None, limits: Limits = LIMITS, name: str = "The zip") -> Ingested:
-    """Store a zip of class folders (a path, bytes or a binary file object).
+def ingest_zip(source, root=None, limits: Limits = LIMITS, name: str = "The zip", runs_dir=None) -> Ingested:
+    """Store a zip of class folders (a path, bytes or a binary file object) under ``root``
+    (default: the data root of ``runs_dir``). Room is made under the disk cap without
+    removing what the runs in ``runs_dir`` were trained on.
 
     Raises:
         DataError: not a zip, an unsafe entry, over a limit, not a valid layout, or the data
@@ -116,7 +118,7 @@ def ingest_zip(source, root=None, limits: Limits = LIMITS, name: str = "The zip"
     handle, close = _binary(source)
     try:
         digest = sha256_of(handle, CHUNK)
-        root = Path(root) if root else data_root()
+        root = Path(root) if root else data_root(runs_dir)
         _prepare_root(root)
         found = _existing(root, digest)
         if found:
@@ -128,16 +130,18 @@ def ingest_zip(source, root=None, limits: Limits = LIMITS, name: str = "The zip"
             entries = [_zip_entry(archive, info) for info in infos if not info.is_dir()]
             compressed = sum(info.compress_size for info in infos)
             _check_entries(entries, limits, name, compressed=compressed, folders=folders)
-            storage.make_room(root, sum(e.size for e in entries), what=name)
+            storage.make_room(root, sum(e.size for e in entries), runs_dir, what=name)
             return _store(root, digest, entries, limits, name, folders)
     finally:
         if close:
             handle.close()
 
 
-def ingest_files(files, root=None, limits: Limits = LIMITS, name: str = "The uploaded folder") -> Ingested:
+def ingest_files(files, root=None, limits: Limits = LIMITS, name: str = "The uploaded folder",
+                 runs_dir=None) -> Ingested:
     """Store an uploaded folder: ``(relative path, bytes)`` pairs, or objects with ``.name``
-    holding the relative path and ``.getvalue()`` (Streamlit's UploadedFile).
+    holding the relative path and ``.getvalue()`` (Streamlit's UploadedFile), as
+    :func:`ingest_zip` stores a zip.
 
     Raises:
         DataError: an unsafe name, over a limit, not a valid layout, or the data root
@@ -160,12 +164,12 @@ def ingest_files(files, root=None, limits: Limits = LIMITS, name: str = "The upl
         digest.update(rel.encode("utf-8", "surrogateescape") + b"\0")
         digest.update(hashlib.sha256(data).digest())
     digest = digest.hexdigest()
-    root = Path(root) if root else data_root()
+    root = Path(root) if root else data_root(runs_dir)
     _prepare_root(root)
     found = _existing(root, digest)
     if found:
         return found
-    storage.make_room(root, sum(e.size for e in entries), what=name)
+    storage.make_room(root, sum(e.size for e in entries), runs_dir, what=name)
     return _store(root, digest, entries, limits, name)
 
 

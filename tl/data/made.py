@@ -301,7 +301,8 @@ def add_photos(ref, class_name: str, files, runs_dir=None, limits: Limits = LIMI
     Each file is decoded and checked (:func:`tl.images.decode_image`: not an image, empty,
     too large, a decompression bomb); a bad file is refused with one sentence and the others
     are still added. The same photo twice in a class is stored once; a photo already in
-    another class is refused, naming both classes.
+    another class is refused, naming both classes. Room is made under the disk cap without
+    removing what the runs in ``runs_dir`` were trained on.
 
     Raises:
         DataError: the dataset or the class name is not valid, or the disk cannot be written.
@@ -310,7 +311,7 @@ def add_photos(ref, class_name: str, files, runs_dir=None, limits: Limits = LIMI
     class_name = check_name(class_name, "class", limits)
     pairs = [(item if isinstance(item, tuple) else (item.name, item.getvalue())) for item in files]
     checked = [(str(name), *_check_photo(name, bytes(data), limits)) for name, data in pairs]
-    storage.make_room(dataset.path.parent.parent, sum(len(c[2]) for c in checked if not c[1]),
+    storage.make_room(dataset.path.parent.parent, sum(len(c[2]) for c in checked if not c[1]), runs_dir,
                       what="These photos" if len(checked) > 1 else "This photo")
     with _lock(dataset.path / ".lock", dataset.path):
         dataset = _read(dataset.path)
@@ -779,7 +780,7 @@ def import_zip(name: str, source, runs_dir=None, limits: Limits = LIMITS, owner:
     name = check_name(name, "dataset", limits)
     if any(d.name.lower() == name.lower() for d in list_datasets(runs_dir)):
         raise DataError(f"A made dataset called '{name}' already exists; pick another name.")
-    stored = ingest.ingest_zip(source, root=ingest.data_root(runs_dir), name="The zip")
+    stored = ingest.ingest_zip(source, name="The zip", runs_dir=runs_dir)
     if len(stored.counts) > limits.max_classes:
         raise DataError(f"The zip has {len(stored.counts)} classes, more than a made dataset's limit of "
                         f"{limits.max_classes}; use it as an uploaded zip on the Train page instead.")
@@ -796,7 +797,7 @@ def import_zip(name: str, source, runs_dir=None, limits: Limits = LIMITS, owner:
             continue
         folder = stored.path / class_name
         files = sorted(p for p in folder.rglob("*") if p.is_file())
-        report = add_photos(dataset, class_name, [(p.name, p.read_bytes()) for p in files], limits=limits)
+        report = add_photos(dataset, class_name, [(p.name, p.read_bytes()) for p in files], runs_dir, limits)
         problems += report.messages()
     if not stored.reused:  # unpacked only to be copied in here: not kept twice
         shutil.rmtree(stored.path.parent, ignore_errors=True)
