@@ -166,7 +166,8 @@ def _no_streamlit_state_left():
     # Bare mode (no runtime) gives every block the main container itself, so an st.form run
     # outside an app marks the process-wide main container as a form.
     if main is not None and main._form_data is not None:
-        left.append(f"the main container is inside st.form({main._form_data.form_id!r}) (page code run outside an app?)")
+        left.append(f"the main container is inside st.form({main._form_data.form_id!r}) "
+                    "(page code run outside an app?)")
     if left:  # named once, here; put back so that the next test is judged on its own
         Runtime._instance = None
         if main is not None:

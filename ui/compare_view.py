@@ -12,11 +12,10 @@ from tl.errors import UserError
 from tl.heads import HEADS
 from tl.strategies import STRATEGIES
 from ui import owner
-from ui.state import (PLOTLY_CONFIG, data_key, dataset_choices, image_size_default, load_data, remember,
-                      restore_form, save_form, widget_default)
+from ui.state import (LIVE_SECONDS, PLOTLY_CONFIG, data_key, dataset_choices, image_size_default, load_data,
+                      remember, restore_form, save_form, widget_default)
 from ui.train_form import described_choice, descriptions
 
-LIVE_SECONDS = 1.0
 DEFAULTS = RunConfig()
 
 

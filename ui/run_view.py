@@ -8,9 +8,8 @@ from tl import plots, runs
 from tl.errors import UserError
 from tl.owners import run_owner
 from ui import owner
-from ui.state import PLOTLY_CONFIG, data_key, load_data, runs_dir, show_run
+from ui.state import LIVE_SECONDS, PLOTLY_CONFIG, data_key, load_data, runs_dir, show_run
 
-LIVE_SECONDS = 1.0
 ENGINE_NAMES = {"openvino": "OpenVINO", "tensorflow": "TensorFlow"}
 
 

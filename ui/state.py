@@ -10,6 +10,7 @@ from tl import runs
 # Plotly's own toolbar floats over a chart's title on a phone; Streamlit's element toolbar
 # (full screen, download) stays.
 PLOTLY_CONFIG = {"displayModeBar": False, "displaylogo": False}
+LIVE_SECONDS = 1.0  # how often a live view (a run's progress, a sweep's) is redrawn
 
 
 def runs_dir() -> str:
