@@ -3,6 +3,7 @@
 - ``KERAS_HOME`` points at a private copy of the shared Keras folder (it holds Keras's own
   ImageNet class index), unless the caller set one already (``.ci/run`` does).
 - TensorFlow's C++ logging is quietened.
+- ``TL_CONVERTED_MODELS_DIR`` is one folder for the whole session (``shared_dir``).
 """
 
 import fcntl
@@ -141,7 +142,7 @@ def shared_dir(tmp_path_factory):
 @pytest.fixture(scope="module", autouse=True)
 def _one_worker_per_unit(request, shared_dir):
     """The canary: a module (or group) whose tests reach a second worker fails there."""
-    suite_plan.claim_unit(shared_dir, suite_plan.unit_of(request.node.nodeid))
+    suite_plan.claim_unit(suite_plan.unit_of(request.node.nodeid))
 
 
 @pytest.fixture(autouse=True)

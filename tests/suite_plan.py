@@ -112,9 +112,9 @@ def worker() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
-def claim_unit(shared: Path, unit: str) -> None:
+def claim_unit(unit: str) -> None:
     """Record that this worker runs ``unit``; fail if another worker of this session did."""
-    folder = shared / "units"
+    folder = SHARED / "units"
     folder.mkdir(exist_ok=True)
     path = folder / unit
     try:

@@ -33,12 +33,13 @@ def test_the_browser_group_starts_first_then_the_longest_modules():
 
 
 def test_a_unit_claimed_by_another_worker_fails_the_second(tmp_path, monkeypatch):
+    monkeypatch.setattr(suite_plan, "SHARED", tmp_path)
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
-    suite_plan.claim_unit(tmp_path, "test_a")
-    suite_plan.claim_unit(tmp_path, "test_a")  # the same worker again: fine
+    suite_plan.claim_unit("test_a")
+    suite_plan.claim_unit("test_a")  # the same worker again: fine
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
     with pytest.raises(AssertionError, match="'test_a' runs on two workers \\(gw0 and gw1\\)"):
-        suite_plan.claim_unit(tmp_path, "test_a")
+        suite_plan.claim_unit("test_a")
 
 
 def test_a_second_server_at_once_fails_at_once_and_one_after_another_is_fine(tmp_path, monkeypatch):
