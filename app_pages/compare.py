@@ -3,9 +3,9 @@
 import streamlit as st
 
 from tl.errors import UserError
-from ui.compare_view import (current_sweep, pick_runs, show_sweep, start_sweep, sweep_estimate, sweep_form,
-                             sweep_view)
+from ui.compare_view import pick_runs
 from ui.state import job_manager, runs_dir
+from ui.sweep_view import current_sweep, show_sweep, start_sweep, sweep_estimate, sweep_form, sweep_view
 
 st.title("Compare")
 root = runs_dir()

@@ -4,7 +4,8 @@ import streamlit as st
 
 from tl import devices
 from tl.advisor import LARGE_PER_CLASS, recommend
-from tl.backbones import BACKBONES, DEFAULT_BACKBONE
+from tl.backbones import BACKBONES
+from tl.config import RunConfig
 
 st.title("Transfer Learning Studio")
 st.markdown(
@@ -32,7 +33,7 @@ similar = middle.radio(
                                                   "No (X-rays, satellite, drawings, microscopy...)"],
     key="advisor_similar", help="ImageNet is everyday photos; the further from them, the less its top layers help.")
 backbone = right.selectbox(
-    "Backbone", list(BACKBONES), index=list(BACKBONES).index(DEFAULT_BACKBONE), key="advisor_backbone",
+    "Backbone", list(BACKBONES), index=list(BACKBONES).index(RunConfig().backbone), key="advisor_backbone",
     help="The network to transfer; the baselines (small_cnn, perceptron) have no pretrained weights, so "
          "nothing can be transferred with them.")
 advice = recommend(int(per_class), similar.startswith("Yes"), backbone=backbone)

@@ -11,7 +11,8 @@ from tl.errors import UserError
 from tl.strategies import weights_warning
 from ui import owner
 from ui.check_view import check_section
-from ui.run_view import dataset_preview, estimate_caption, live_progress, results, runs_list
+from ui.results_view import results
+from ui.run_view import dataset_preview, estimate_caption, live_progress, runs_list
 from ui.state import current_run, data_key, job_manager, load_data, runs_dir, show_run
 from ui.train_form import config_form, mark_followed, same_settings, settings_line, twin_of
 

@@ -1,12 +1,12 @@
-"""Calibrate and check tl.budget: memory and time estimates against measured runs.
+"""Calibrate and check tl.run_cost: memory and time estimates against measured runs.
 
 Two parts:
 
 1. ``--table``: for every backbone (weights none), its parameter count, the sum of every
    layer's output elements per input pixel (activation memory scales with it), and its
-   feature width, as the Python literal tl.budget's ``BACKBONE_COSTS`` holds.
+   feature width, as the Python literal tl.run_cost's ``BACKBONE_COSTS`` holds.
 2. ``--measure`` (default): real ``python -m tl train`` runs, each in its own process
-   (peak RSS from ``os.wait4``, wall time), printed beside tl.budget's estimate.
+   (peak RSS from ``os.wait4``, wall time), printed beside tl.run_cost's estimate.
 
     python bench/budget_calibration.py --table
     python bench/budget_calibration.py            # the measured runs
@@ -64,11 +64,11 @@ def _elements(output) -> int:
 
 
 def measure(label: str, overrides: dict) -> dict:
-    from tl import budget
+    from tl import run_cost
     from tl.config import RunConfig
 
     cfg = RunConfig(**{**COMMON, **overrides})
-    estimate = budget.estimate(cfg, cfg.samples_per_class * cfg.synthetic_classes)
+    estimate = run_cost.estimate(cfg, cfg.samples_per_class * cfg.synthetic_classes)
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config.json"
         config.write_text(cfg.to_json())

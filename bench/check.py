@@ -4,7 +4,7 @@ it finds flipped labels, near-duplicates and outliers on real images that work o
     python bench/check.py [--part speed,noise,geometry,map] [--sizes 400,4000,40000]
                           [--image-size 224] [--seeds 3]
 
-1. speed: :func:`tl.check.analyse` (everything the check does after the feature pass: the
+1. speed: :func:`tl.findings.analyse` (everything the check does after the feature pass: the
    5 out-of-fold exact fits, suspects, near-duplicates, outliers, the map) on a cached
    float32 feature file of N rows x 1280, each N in a fresh process, so its peak RSS
    (``ru_maxrss``) is the check's. The features are synthetic but shaped like the
@@ -67,7 +67,7 @@ def synthetic_store(path: Path, rows: int, dim: int = 1280, classes: int = 10, s
 
 def one_size(rows: int) -> dict:
     """The check on ``rows`` synthetic cached features, in this process."""
-    from tl.check import analyse
+    from tl.findings import analyse
 
     folder = Path(tempfile.mkdtemp(prefix="bench-check-"))
     try:
@@ -162,7 +162,7 @@ def cached_features(root: Path, runs_dir: Path, image_size: int, cut: str):
 
 
 def noise(image_size: int, seeds: int, work: Path) -> None:
-    from tl.check import label_issues, out_of_fold
+    from tl.findings import label_issues, out_of_fold
 
     print(f"\n2. Flipped labels found: precision at k / median rank of the flipped (share of the ranking), "
           f"mean of {seeds} draws, {image_size} px")
@@ -222,7 +222,7 @@ def large_crops(side: int) -> dict:
 def geometry(work: Path) -> None:
     import skimage.data
 
-    from tl.check import DUPLICATE_SIMILARITY, near_duplicates, outliers
+    from tl.findings import DUPLICATE_SIMILARITY, near_duplicates, outliers
 
     print(f"\n3. Planted copies among distinct images, and one image of another kind; threshold "
           f"{DUPLICATE_SIMILARITY}: copies found / planted, and pairs of distinct images at or above it; outlier "
@@ -285,7 +285,7 @@ def neighbours_agree(points, labels, k: int = 5) -> float:
 def map_methods(work: Path, image_size: int) -> None:
     from sklearn.manifold import TSNE
 
-    from tl.check import _unit, pca_map
+    from tl.findings import _unit, pca_map
 
     root = work / "digits"
     write_folder(root, tasks()["digits"])

@@ -42,10 +42,11 @@ def write_folder(images, labels, per_class: int) -> Path:
 
 
 def cached_split(run, runs_dir):
-    from tl import datasets, features, runs
+    from tl import datasets, features
+    from tl.paths import cache_root
 
     key = next(e["key"] for e in run.events()[0] if e["type"] == "features")
-    store = features.lookup(runs.cache_root(runs_dir), key)
+    store = features.lookup(cache_root(runs_dir), key)
     data = datasets.load(run.config)
     train, test = data.splits["train"], data.splits["test"]
     return store.read(train), data.labels[train], store.read(test), data.labels[test]

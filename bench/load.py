@@ -89,7 +89,7 @@ def _prepare(root: str, queued: int, budget_mb) -> dict:
              RunConfig(backbone="small_cnn", weights="none", strategy="scratch", image_size=64,
                        samples_per_class=100, epochs=10, early_stopping=0, name="load: small_cnn scratch"))
     ids = [training.prepare(kinds[i % 2], root).id for i in range(queued)]
-    dataset = made.create("Classroom photos", root)
+    dataset = made.create_dataset("Classroom photos", root)
     for picture in PICTURES[:2]:
         made.add_photos(dataset.id, picture, [(f"{picture}-{i}.jpg", photo(i, picture)) for i in range(4)], root)
     return {"lite": lite.id, "queued": ids, "data": dataset.id}

@@ -84,7 +84,7 @@ def configs(quick: bool) -> dict:
 
 def run_one(cfg, runs_dir) -> dict:
     from tl import training
-    from tl.cli import format_event
+    from tl.cli.train import format_event
     from tl.errors import UserError
 
     try:

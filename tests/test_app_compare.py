@@ -11,7 +11,7 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from tl import budget, runs
+from tl import run_cost, runs
 from tl import sweep as sweeps
 from tl.config import RunConfig
 from tl.files import atomic_write_json, read_json
@@ -145,11 +145,11 @@ def test_pick_runs_without_any_says_what_to_do(runs_root):
 @pytest.mark.slow
 def test_the_sweep_shows_its_estimate_and_what_the_budget_refuses_before_the_click(runs_root, monkeypatch,
                                                                                    fresh_server):
-    monkeypatch.setenv(budget.BUDGET_ENV, "2500")
+    monkeypatch.setenv(run_cost.BUDGET_ENV, "2500")
     at = open_compare()
     # The defaults: every strategy on EfficientNet-Lite0 at 224 px, 400 synthetic images.
     strategies = at.multiselect(key="compare_strategies").value
-    each = {cfg.strategy: budget.estimate(cfg, 400) for cfg in sweeps.sweep_configs(RunConfig(), strategies, "t")}
+    each = {cfg.strategy: run_cost.estimate(cfg, 400) for cfg in sweeps.sweep_configs(RunConfig(), strategies, "t")}
     total = sum(run.seconds for run in each.values())
     assert total >= 120 and each["scratch"].seconds >= 120  # in minutes, then
     peak = max(run.memory_mb for run in each.values())

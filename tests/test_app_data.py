@@ -35,7 +35,7 @@ def root(tmp_path, monkeypatch):
 
 
 def two_classes(root, name="Pets", per_class=4):
-    made.create(name, root)
+    made.create_dataset(name, root)
     made.add_photos(name, "cat", [(f"c{i}.png", photo(i)) for i in range(per_class)], root)
     made.add_photos(name, "dog", [(f"d{i}.png", photo(100 + i)) for i in range(per_class)], root)
     return made.find(name, root)
@@ -71,7 +71,7 @@ def test_no_dataset_yet_offers_to_make_one_and_makes_it(root):
 
 
 def test_add_class_then_taken_and_bad_names_are_said(root):
-    made.create("Pets", root)
+    made.create_dataset("Pets", root)
     at = open_data()
     at.text_input(key="data_class_name").set_value("cat")
     at.button[[b.label for b in at.button].index("Add class")].click().run()
@@ -116,7 +116,7 @@ def test_remove_a_photo_from_the_grid(root):
 
 
 def test_too_few_photos_keep_train_disabled_and_say_why(root):
-    made.create("Pets", root)
+    made.create_dataset("Pets", root)
     made.add_photos("Pets", "cat", [(f"c{i}.png", photo(i)) for i in range(3)], root)
     made.add_photos("Pets", "dog", [("d.png", photo(50))], root)
     at = open_data()
@@ -185,8 +185,8 @@ def test_gallery_still_shows_a_photo_removed_after_training(root):
     """A finished run reads its test photos by the keys it recorded: removing one from the
     dataset (even the last of its class) keeps it stored and shown while the run exists."""
     from conftest import tiny_config, train_run
-    from tl import runs
-    from ui.run_view import _item_reader
+    from tl import jobs, runs
+    from ui.results_view import _item_reader
 
     two_classes(root, per_class=6)
     run = train_run(root, tiny_config(dataset="data:Pets", synthetic_classes=2))
@@ -198,7 +198,7 @@ def test_gallery_still_shows_a_photo_removed_after_training(root):
         image = read({"key": key, "item": 0})
         assert image is not None and image.ndim == 3, key
     assert run.summary()["data_version"] == 3  # made, then one version per class added
-    runs.delete(run.id, root)  # frees what only this run kept
+    jobs.delete_run(run.id, root)  # deleting it for a user frees what only this run kept
     assert read({"key": test_keys[0], "item": 0}) is None  # freed once no run refers to it
 
 

@@ -50,7 +50,7 @@ CHECK_S = 180  # TensorFlow's import and the features of 17 images at 224 px, on
 def planted_dataset(root):
     """The made dataset "Pets": 8 cat and 8 coffee crops, and one more coffee crop filed as a
     cat; returns ``(dataset, the planted photo's hash)``."""
-    made.create("Pets", root)
+    made.create_dataset("Pets", root)
     made.add_photos("Pets", "cat", crops("chelsea", 8, 0), root)
     made.add_photos("Pets", "coffee", crops("coffee", 8, 1), root)
     planted = crops("coffee", 1, 99)  # a coffee photo filed as a cat

@@ -25,6 +25,7 @@ import pytest
 
 from tl import owners, runs
 from tl.data import made
+from tl.paths import runs_root
 
 from test_browser_data import add_class, make_dataset, open_data
 from test_browser_newcomer import WIDE, expect
@@ -92,7 +93,7 @@ def _two_visitors(app, a, b):
     assert cookie["path"] == "/" and cookie["sameSite"] == "Lax" and cookie["domain"] == "127.0.0.1"
     assert cookie["expires"] > time.time() + 364 * 24 * 3600  # a year
     mine = hashlib.sha256(cookie["value"].encode()).hexdigest()
-    run_path = runs.runs_root(root) / run_id
+    run_path = runs_root(root) / run_id
     assert json.loads((run_path / owners.RUN_RECORD).read_text()) == {"owner": mine}
     open_data(a, url)
     dataset_id = make_dataset(a, "Class pets")

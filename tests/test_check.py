@@ -1,4 +1,4 @@
-"""Checking a dataset (tl/check.py, `python -m tl check`): the pure parts on synthetic
+"""Checking a dataset (tl/findings.py, tl/check.py, `python -m tl check`): the pure parts on synthetic
 probabilities and features, then the issue's "Done when" on real images: digit scans with 10%
 of their labels flipped (3 seeds), planted near-duplicates and an outlier among crops of
 scikit-image's photographs, and a class with flipped labels against clean ones.
@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from tl import check, cli
+from tl import check, cli, findings
 from tl.errors import Cancelled, DataError
 
 from conftest import tiny_config, train_run, write_image_folder
@@ -29,9 +29,9 @@ SEEDS = (0, 1, 2)
 
 def test_folds_are_stratified_balanced_and_seeded():
     labels = np.repeat(np.arange(3), [7, 11, 23])
-    fold = check.fold_of(labels, 5, seed=4)
-    assert np.array_equal(fold, check.fold_of(labels, 5, seed=4))
-    assert not np.array_equal(fold, check.fold_of(labels, 5, seed=5))
+    fold = findings.fold_of(labels, 5, seed=4)
+    assert np.array_equal(fold, findings.fold_of(labels, 5, seed=4))
+    assert not np.array_equal(fold, findings.fold_of(labels, 5, seed=5))
     sizes = np.bincount(fold, minlength=5)
     assert sizes.max() - sizes.min() <= 1
     for label in range(3):  # each class spread over the folds as evenly as it can be
@@ -44,7 +44,7 @@ def test_label_issues_thresholds_suspects_ranking_and_quality():
     # 0.9 for class 1, whose own items average 0.65: it is suspect, class 1 its likely class.
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.3, 0.7], [0.2, 0.8], [0.4, 0.6], [0.5, 0.5]])
     labels = np.array([0, 0, 0, 1, 1, 1, 1])
-    found = check.label_issues(labels, probs)
+    found = findings.label_issues(labels, probs)
     assert np.allclose(found.thresholds, [0.6, 0.65])
     assert found.suspect.tolist() == [False, False, True, False, False, False, False]
     assert found.likely[2] == 1
@@ -57,7 +57,7 @@ def test_label_issues_thresholds_suspects_ranking_and_quality():
 
 def test_a_class_without_items_claims_none():
     probs = np.array([[0.1, 0.1, 0.8], [0.2, 0.1, 0.7], [0.8, 0.1, 0.1]])
-    found = check.label_issues(np.array([0, 0, 0]), probs)
+    found = findings.label_issues(np.array([0, 0, 0]), probs)
     assert np.isinf(found.thresholds[1:]).all() and not found.suspect.any()
 
 
@@ -70,10 +70,10 @@ def test_out_of_fold_probabilities_find_flipped_labels_and_are_deterministic():
     noisy = labels.copy()
     noisy[flipped] = (labels[flipped] + 1) % 4
     folds = []
-    probs = check.out_of_fold(features, noisy, 4, seed=3, on_fold=lambda *args: folds.append(args[:2]))
+    probs = findings.out_of_fold(features, noisy, 4, seed=3, on_fold=lambda *args: folds.append(args[:2]))
     assert folds == [(k, 5) for k in range(1, 6)]
-    assert np.allclose(probs.sum(axis=1), 1) and np.array_equal(probs, check.out_of_fold(features, noisy, 4, seed=3))
-    found = check.label_issues(noisy, probs)
+    assert np.allclose(probs.sum(axis=1), 1) and np.array_equal(probs, findings.out_of_fold(features, noisy, 4, seed=3))
+    found = findings.label_issues(noisy, probs)
     assert set(found.ranking[:8]) == set(flipped) and found.suspect[flipped].all()
     assert (found.likely[flipped] == labels[flipped]).all()
 
@@ -81,7 +81,7 @@ def test_out_of_fold_probabilities_find_flipped_labels_and_are_deterministic():
 def test_out_of_fold_stops_when_asked():
     features = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
     with pytest.raises(Cancelled):
-        check.out_of_fold(features, np.arange(50) % 2, 2, should_stop=lambda: True)
+        findings.out_of_fold(features, np.arange(50) % 2, 2, should_stop=lambda: True)
 
 
 def test_near_duplicates_tile_by_tile_match_all_pairs_and_stay_bounded():
@@ -92,12 +92,12 @@ def test_near_duplicates_tile_by_tile_match_all_pairs_and_stay_bounded():
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
     sims = unit @ unit.T
     i, j = np.nonzero(np.triu(sims >= 0.6, 1))
-    pairs, similarity = check.near_duplicates(features, 0.6, block=64)
+    pairs, similarity = findings.near_duplicates(features, 0.6, block=64)
     assert {tuple(p) for p in pairs.tolist()} == set(zip(i.tolist(), j.tolist()))
     assert np.all(np.diff(similarity) <= 0) and np.allclose(similarity, sims[pairs[:, 0], pairs[:, 1]], atol=1e-5)
-    top, _ = check.near_duplicates(features, 0.99, block=64)
+    top, _ = findings.near_duplicates(features, 0.99, block=64)
     assert {tuple(p) for p in top.tolist()} == {(7, 250), (30, 31)}
-    few, few_sims = check.near_duplicates(features, 0.0, block=64, max_pairs=5)
+    few, few_sims = findings.near_duplicates(features, 0.0, block=64, max_pairs=5)
     assert len(few) == 5 and few_sims[0] == pytest.approx(1.0) and tuple(few[0]) == (30, 31)
 
 
@@ -106,8 +106,8 @@ def test_standardising_removes_what_every_item_shares():
     shared = 50 + rng.normal(size=(1, 8))  # a large common part: every pair looks alike
     features = (shared + rng.normal(size=(40, 8))).astype(np.float32)
     features[5] = features[9] + 0.01
-    assert len(check.near_duplicates(features, 0.95)[0]) > 100
-    pairs, _ = check.near_duplicates(features, 0.95, standardise=True)
+    assert len(findings.near_duplicates(features, 0.95)[0]) > 100
+    pairs, _ = findings.near_duplicates(features, 0.95, standardise=True)
     assert pairs.tolist() == [[5, 9]]
 
 
@@ -117,14 +117,14 @@ def test_outliers_are_far_from_every_class():
     labels = np.repeat(np.arange(3), 30)
     features = np.abs(centres[labels] + rng.normal(size=(90, 32))).astype(np.float32)
     features[10] = np.abs(rng.normal(size=32)) * 10 * (np.arange(32) % 7 == 0)  # nothing like any class
-    distance, flags, cut = check.outliers(features, labels, 3)
+    distance, flags, cut = findings.outliers(features, labels, 3)
     assert np.flatnonzero(flags).tolist() == [10] and distance[10] > cut >= np.delete(distance, 10).max()
 
 
 def test_the_map_is_the_first_two_principal_components():
     rng = np.random.default_rng(4)
     features = (rng.normal(size=(200, 6)) * [5, 3, 1, 0.5, 0.2, 0.1] + 10).astype(np.float32)
-    coordinates, explained = check.pca_map(features)
+    coordinates, explained = findings.pca_map(features)
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
     centred = unit - unit.mean(axis=0)
     _, values, axes = np.linalg.svd(centred, full_matrices=False)
@@ -132,7 +132,7 @@ def test_the_map_is_the_first_two_principal_components():
     for k in range(2):  # up to the sign of each axis
         assert np.allclose(np.abs(coordinates[:, k]), np.abs(expected[:, k]), atol=1e-4)
     assert np.allclose(explained, values[:2] ** 2 / (values ** 2).sum(), atol=1e-4)
-    assert np.array_equal(coordinates, check.pca_map(features)[0])
+    assert np.array_equal(coordinates, findings.pca_map(features)[0])
 
 
 # -- real images -------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def _photo_crops(side: int = 192, per_photo: int = 8):
         photo = photo[..., :3] if photo.ndim == 3 else photo
         h, w = photo.shape[:2]
         cells = [(y, x) for y in range(0, h - side + 1, side) for x in range(0, w - side + 1, side)]
-        if len(cells) >= check.FOLDS:
+        if len(cells) >= findings.FOLDS:
             crops[name] = [photo[y:y + side, x:x + side] for y, x in
                            (cells[c] for c in rng.permutation(len(cells))[:per_photo])]
     return crops
@@ -336,7 +336,7 @@ def test_a_made_dataset_is_checked_by_its_stored_names(tmp_path, capsys):
 
     images, labels = _digits(per_class=6)
     runs_dir = tmp_path / "runs"
-    made.create("Scans", runs_dir)
+    made.create_dataset("Scans", runs_dir)
     for label in (0, 1, 7):
         made.add_photos("Scans", str(label), [(f"{i}.png", _png(image)) for i, image in
                                                enumerate(images[labels == label])], runs_dir)

@@ -34,7 +34,7 @@ def pets(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     monkeypatch.setenv("TL_RUNS_DIR", str(runs))
     monkeypatch.delenv("TL_DATA_DIR", raising=False)
-    made.create("Pets", runs)
+    made.create_dataset("Pets", runs)
     made.add_photos("Pets", "cat", crops("chelsea", 8, 0), runs)
     # One coffee photo filed as a cat: the check should name it.
     made.add_photos("Pets", "coffee", crops("coffee", 8, 1), runs)

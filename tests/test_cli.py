@@ -8,6 +8,9 @@ import sys
 import pytest
 
 from tl import cli, runs
+from tl.cli.compare import _COMPARE_FLAGS
+from tl.cli.runs import registries
+from tl.cli.train import config_from_args, format_event
 from tl.config import CLASS_WEIGHTS, FIELD_HELP, OPTIMIZER_DESCRIPTIONS, STRATEGY_DEFAULTS
 
 from conftest import REPO, TINY, write_image_folder
@@ -31,7 +34,7 @@ def test_list_json_names_every_registry():
     found = json.loads(result.stdout)
     assert "resnet50" in found["backbones"] and "fine_tune" in found["strategies"]
     assert set(found) == {"datasets", "backbones", "heads", "strategies", "optimizers"}
-    assert found == {kind: list(entries) for kind, entries in cli.registries().items()}
+    assert found == {kind: list(entries) for kind, entries in registries().items()}
 
 
 @pytest.mark.slow
@@ -79,7 +82,7 @@ def test_config_file_with_flag_overrides(tmp_path):
     path.write_text(json.dumps({**TINY, "epochs": 3, "name": "from file"}))
     args = cli._parser().parse_args(["train", "--config", str(path), "--epochs", "4", "--augment",
                                      "--tag", "a", "--tag", "b"])
-    cfg = cli.config_from_args(args)
+    cfg = config_from_args(args)
     assert (cfg.epochs, cfg.name, cfg.augment, cfg.tags) == (4, "from file", True, ("a", "b"))
     assert cfg.backbone == "small_cnn"
 
@@ -106,7 +109,7 @@ def test_format_event_covers_every_event_type():
         {"type": "log", "message": "hello"},
         {"type": "cluster", "role": "worker", "task": "worker:1", "workers": 2, "chief_run_id": "r1"},
     ]
-    lines = [cli.format_event(e) for e in samples]
+    lines = [format_event(e) for e in samples]
     assert all(lines)
     assert lines[0] == "Device: gpu (H100), 1 replica(s), training in mixed_float16"
     assert lines[-1] == "Cluster: worker (worker:1) of 2 workers, training run r1 (the chief writes it)"
@@ -120,11 +123,11 @@ def subcommand(name):
 
 @pytest.mark.parametrize("command", ["train", "compare"])
 def test_every_flag_of_train_and_compare_explains_itself_with_its_choices_and_default(command):
-    found = cli.registries()
+    found = registries()
     fixed = {"dataset": found["datasets"], "backbone": found["backbones"], "head": found["heads"],
              "strategy": found["strategies"], "optimizer": found["optimizers"], "class_weight": CLASS_WEIGHTS}
     flags = [a for a in subcommand(command)._actions if not isinstance(a, argparse._HelpAction)]
-    assert {a.dest for a in flags} >= set(cli._COMPARE_FLAGS)
+    assert {a.dest for a in flags} >= set(_COMPARE_FLAGS)
     for action in flags:
         text = action.help
         assert text and text[0].isupper() and text.endswith("."), (action.dest, text)
@@ -150,6 +153,17 @@ def test_train_help_prints_explanations_choices_and_defaults():
     assert FIELD_HELP["seed"] + " Default: 0." in text
 
 
+@pytest.mark.parametrize("command", ["train", "runs", "list", "predict", "export", "download", "compare", "check",
+                                     "data", "data add"])
+def test_every_commands_help_is_plain_text(command, capsys):
+    """A '%' in a help text once made argparse print its own internals (an object address)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*command.split(), "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "usage:" in out
+    assert "option_strings" not in out and " object at 0x" not in out and ".;" not in out, out
+
+
 def test_worker_is_hidden_from_help_but_still_runs(runs_dir):
     result = run_cli("--help", env={"COLUMNS": "200"})
     assert result.returncode == 0 and "train" in result.stdout
@@ -161,7 +175,7 @@ def test_worker_is_hidden_from_help_but_still_runs(runs_dir):
 
 
 def test_list_describes_every_optimizer_and_list_json_keeps_names():
-    assert all(cli.registries()["optimizers"].values())
+    assert all(registries()["optimizers"].values())
     result = run_cli("list")
     assert result.returncode == 0, result.stderr
     for name, description in OPTIMIZER_DESCRIPTIONS.items():
@@ -170,7 +184,7 @@ def test_list_describes_every_optimizer_and_list_json_keeps_names():
 
 
 def test_no_registry_description_shows_a_zero_padded_seed_or_is_empty():
-    for kind, entries in cli.registries().items():
+    for kind, entries in registries().items():
         for name, description in entries.items():
             assert description.strip(), (kind, name)
             assert not re.search(r"seed[- _]?0\d", description, re.IGNORECASE), (kind, name, description)
@@ -228,7 +242,7 @@ def test_typed_epochs_from_a_flag_or_a_config_file_drop_the_step_floor_unless_mi
     scratch = ["train", "--strategy", "scratch", "--weights", "none"]
 
     def min_steps(*flags):
-        return cli.config_from_args(parser.parse_args([*scratch, *flags])).resolved().min_steps
+        return config_from_args(parser.parse_args([*scratch, *flags])).resolved().min_steps
 
     assert min_steps() == 300 and min_steps("--epochs", "2") == 0
     assert min_steps("--epochs", "2", "--min-steps", "50") == 50

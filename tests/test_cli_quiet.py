@@ -16,13 +16,13 @@ FOREIGN = ("absl::InitializeLog", "WARNING: All log messages", "oneDNN", "cuda",
 # (pytest's own capture would swallow the warning before it reaches stderr).
 ATTRIBUTION = r"""
 import os, sys
-from tl import cli
+from tl.cli.stderr import own_lines_on_stderr
 
 def write_as(module, code):
     exec(code, {"__name__": module})
 
 for quiet in (True, False):
-    with cli.own_lines_on_stderr(quiet):
+    with own_lines_on_stderr(quiet):
         write_as("tl.example", "import sys; print('ours', file=sys.stderr)")
         write_as("somelib", "import logging, sys, warnings; print('their print', file=sys.stderr); "
                             "warnings.warn('their warning'); logging.getLogger('somelib').warning('their log')")

@@ -15,6 +15,7 @@ from PIL import Image
 from tl import datasets, features, runs
 from tl.config import RunConfig
 from tl.head_fit import Matrix, fit_softmax
+from tl.paths import cache_root
 
 from conftest import REPO, tiny_config, train_run
 
@@ -50,7 +51,7 @@ def logistic_regression_accuracy(run, runs_dir) -> float:
     from sklearn.preprocessing import StandardScaler
 
     key = next(e["key"] for e in run.events()[0] if e["type"] == "features")
-    store = features.lookup(runs.cache_root(runs_dir), key)
+    store = features.lookup(cache_root(runs_dir), key)
     data = datasets.load(run.config)  # the same seeded split as the run's, checked against split.json
     split = json.loads((run.path / "split.json").read_text())
     assert all(split[name] == [data.keys[i] for i in data.splits[name]] for name in ("train", "val", "test"))

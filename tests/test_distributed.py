@@ -13,6 +13,7 @@ import pytest
 
 from tl import cli, cluster, runs
 from tl.errors import UserError
+from tl.paths import cache_root
 
 from conftest import REPO
 
@@ -132,7 +133,7 @@ def test_environment_without_cluster_and_a_workers_own_folders(tmp_path, monkeyp
 
     monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
     with cluster.worker_folders() as folder:
-        assert folder.parent == tmp_path and runs.cache_root(folder) == folder / ".cache"
+        assert folder.parent == tmp_path and cache_root(folder) == folder / ".cache"
         (folder / "x").write_text("written")
     assert not folder.exists() and os.environ["TL_CACHE_DIR"] == str(tmp_path / "cache")
 

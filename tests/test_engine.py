@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tl import engine, features, paths, runs
+from tl import engine, features, paths
 from tl.config import RunConfig
 from tl.errors import ConfigError
+from tl.paths import cache_root
 
 from conftest import REPO, tiny_config, train_run
 
@@ -222,8 +223,8 @@ def test_cpu_flags_name_the_cpu():
 
 def test_cache_root_is_where_the_converted_models_go(tmp_path, no_env, monkeypatch):
     monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path / "cache"))
-    assert runs.cache_root() == Path(tmp_path / "cache")
-    assert paths.converted_models_root(runs.cache_root()) == tmp_path / "cache" / "openvino"
+    assert cache_root() == Path(tmp_path / "cache")
+    assert paths.converted_models_root(cache_root()) == tmp_path / "cache" / "openvino"
 
 
 def test_converted_models_can_live_in_a_folder_of_their_own(tmp_path, no_env, monkeypatch):

@@ -525,14 +525,14 @@ def test_the_running_total_stops_extraction_at_the_limit(tmp_path, monkeypatch):
     total of bytes really written still stops at ``max_total_bytes``."""
     real = ingest._check_entries
     monkeypatch.setattr(ingest, "_check_entries",
-                        lambda entries, limits, name, **kw: real(entries, ingest.Limits(), name, **kw))
+                        lambda entries, limits, name, **kw: real(entries, ingest.UploadLimits(), name, **kw))
     written = []
     monkeypatch.setattr(ingest, "open", _counting_open(written), raising=False)
     sizes = [len(data) for _, data in good_entries()]
     limit = sum(sizes[:3]) + 1  # room for the first class, not the second
     root = tmp_path / "data"
     refused(tmp_path, lambda: ingest.ingest_zip(FAULT_ZIP, root=root,
-                                                limits=ingest.Limits(max_total_bytes=limit)),
+                                                limits=ingest.UploadLimits(max_total_bytes=limit)),
             "^The zip expands beyond the limit of [0-9]+ KB; it was not extracted\\.$", root)
     assert 0 < sum(written) <= limit
 

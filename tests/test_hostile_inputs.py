@@ -24,9 +24,10 @@ import pytest
 
 from tl import cli, datasets, features, jobs, runs, training
 from tl.errors import UserError
+from tl.paths import cache_root
 from tl.processes import process_start
 
-from conftest import REPO, tiny_config, train_run, wait_for, write_image_folder
+from conftest import REPO, tiny_config, train_run, write_image_folder
 
 
 CASE_SECONDS = 120
@@ -773,7 +774,7 @@ def test_a_corrupt_feature_cache_entry_is_extracted_again(runs_dir, how):
     cfg = tiny_config(strategy="feature_extraction")
     first = train_run(runs_dir, cfg)
     assert first.status()["status"] == "done"
-    [entry] = list((runs.cache_root(runs_dir) / "features").iterdir())
+    [entry] = list((cache_root(runs_dir) / "features").iterdir())
     _damage_features(entry, how)
     second = train_run(runs_dir, cfg)
     assert second.status()["status"] == "done", second.status().get("reason")
@@ -782,13 +783,13 @@ def test_a_corrupt_feature_cache_entry_is_extracted_again(runs_dir, how):
                for e in events if e["type"] == "log")
     assert [e["cache"] for e in events if e["type"] == "features"][0] == "miss"
     assert second.metrics["test_accuracy"] == first.metrics["test_accuracy"]
-    assert features.lookup(runs.cache_root(runs_dir), entry.name) is not None
+    assert features.lookup(cache_root(runs_dir), entry.name) is not None
 
 
 def test_a_dead_extractions_temporary_file_is_removed(runs_dir):
     cfg = tiny_config(strategy="feature_extraction")
     first = train_run(runs_dir, cfg)
-    [entry] = list((runs.cache_root(runs_dir) / "features").iterdir())
+    [entry] = list((cache_root(runs_dir) / "features").iterdir())
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     leftover = entry / f".features.{dead.pid}.tmp"

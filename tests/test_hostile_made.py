@@ -1,4 +1,4 @@
-"""The hostile-input battery for datasets made in the app (tl/data/made.py, ``python -m tl
+"""The hostile-input battery for datasets made in the app (the tl.data.made package, ``python -m tl
 data``): files that are not photos, bombs, names that would be paths or hide control
 characters, duplicates, the limits, unknown names, damaged manifests, and removing what a
 finished run trained on.
@@ -80,7 +80,7 @@ def data_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def pets(data_dir):
     """'Pets': cat 4 photos, coffee 4 photos (version 3)."""
-    made.create("Pets")
+    made.create_dataset("Pets")
     made.add_photos("Pets", "cat", photos(4))
     return made.add_photos("Pets", "coffee", photos(4, "coffee")).dataset
 
@@ -192,7 +192,7 @@ def test_a_bad_class_name_is_one_sentence_and_nothing_changes(unchanged, name):
 @pytest.mark.parametrize("name", list(BAD_NAMES))
 def test_a_bad_dataset_name_is_one_sentence_and_makes_nothing(unchanged, name):
     with pytest.raises(UserError) as caught:
-        made.create(BAD_NAMES[name])
+        made.create_dataset(BAD_NAMES[name])
     one_sentence(caught.value)
     with pytest.raises(UserError) as caught:
         made.import_zip(BAD_NAMES[name], made.export_zip("Pets"))
@@ -200,7 +200,7 @@ def test_a_bad_dataset_name_is_one_sentence_and_makes_nothing(unchanged, name):
 
 
 def test_a_taken_dataset_name_is_one_sentence_for_create_and_import(unchanged):
-    for call in (lambda: made.create("PETS"), lambda: made.import_zip(" pets", made.export_zip("Pets"))):
+    for call in (lambda: made.create_dataset("PETS"), lambda: made.import_zip(" pets", made.export_zip("Pets"))):
         with pytest.raises(UserError) as caught:
             call()
         assert "already exists" in one_sentence(caught.value)
@@ -223,18 +223,18 @@ def test_the_same_photo_in_another_class_names_both_and_nothing_changes(unchange
 
 
 LIMIT_CASES = {
-    "photos": (made.Limits(max_photos=8), "cat"),
+    "photos": (made.DatasetLimits(max_photos=8), "cat"),
     "bytes": (None, "cat"),  # set to the dataset's size in the case
-    "photo bytes": (made.Limits(max_photo_bytes=1000), "cat"),
-    "classes": (made.Limits(max_classes=2), "dog"),
-    "photos, new class": (made.Limits(max_photos=8), "dog"),
+    "photo bytes": (made.DatasetLimits(max_photo_bytes=1000), "cat"),
+    "classes": (made.DatasetLimits(max_classes=2), "dog"),
+    "photos, new class": (made.DatasetLimits(max_photos=8), "dog"),
 }
 
 
 @pytest.mark.parametrize("case", list(LIMIT_CASES))
 def test_a_dataset_at_its_limits_refuses_in_one_sentence_and_keeps_everything(unchanged, case):
     limits, target = LIMIT_CASES[case]
-    limits = limits or made.Limits(max_bytes=unchanged.total_bytes)
+    limits = limits or made.DatasetLimits(max_bytes=unchanged.total_bytes)
     try:
         report = made.add_photos("Pets", target, photos(2, "astronaut"), limits=limits)
     except UserError as exc:
@@ -305,7 +305,7 @@ def test_an_unknown_name_or_unusable_argument_is_one_sentence_and_nothing_change
 
 
 def test_training_data_with_one_class_or_an_empty_class_is_one_sentence(unchanged):
-    made.create("Solo")
+    made.create_dataset("Solo")
     made.add_photos("Solo", "cat", photos(3, start=10))
     made.add_class("Solo", "dog")
     cfg = RunConfig(dataset="data:solo", backbone="small_cnn", weights="none", image_size=16)
@@ -358,7 +358,7 @@ MANIFESTS = {
 
 @pytest.mark.parametrize("case", list(MANIFESTS))
 def test_a_damaged_manifest_is_left_out_and_every_other_dataset_still_works(pets, data_dir, capsys, case):
-    plants = made.create("Plants")
+    plants = made.create_dataset("Plants")
     info = json.loads((plants.path / "dataset.json").read_text())
     text = MANIFESTS[case](info)
     (plants.path / "dataset.json").write_bytes(text.encode("utf-8", "surrogateescape"))
@@ -386,7 +386,7 @@ def test_a_damaged_manifest_is_left_out_and_every_other_dataset_still_works(pets
 # -- a finished run keeps what it trained on ----------------------------------------------------
 
 def test_removing_the_last_photo_of_a_class_a_finished_run_used_keeps_it_for_the_run(data_dir, tmp_path):
-    made.create("Pets")
+    made.create_dataset("Pets")
     made.add_photos("Pets", "cat", photos(3))
     made.add_photos("Pets", "coffee", photos(3, "coffee"))
     runs_dir = tmp_path / "runs"

@@ -114,7 +114,7 @@ def _lying_header_zip(tmp_path) -> bytes:
 ])
 def test_malicious_archives_are_refused_and_nothing_is_written(tmp_path, kind, message):
     good = photo_entries(tmp_path, {"a": 3, "b": 3})
-    limits = ingest.Limits()
+    limits = ingest.UploadLimits()
     if kind == "zip_slip":
         blob = make_zip(good + [("../../evil.png", good[0][1])])
     elif kind == "zip_slip_backslash":
@@ -130,10 +130,10 @@ def test_malicious_archives_are_refused_and_nothing_is_written(tmp_path, kind, m
     elif kind == "bomb_total":
         blob = make_zip(good + [("a/zeros.png", bytes(np.random.default_rng(0).integers(0, 255, 200_000,
                                                                                         dtype=np.uint8)))])
-        limits = ingest.Limits(max_total_bytes=100_000)
+        limits = ingest.UploadLimits(max_total_bytes=100_000)
     elif kind == "too_many":
         blob = make_zip(good + [(f"a/{i}.png", good[0][1]) for i in range(20)])
-        limits = ingest.Limits(max_files=20)
+        limits = ingest.UploadLimits(max_files=20)
     else:
         blob = _lying_header_zip(tmp_path)
     before = tree(tmp_path)

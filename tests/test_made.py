@@ -1,4 +1,4 @@
-"""Datasets made in the app (tl/data/made.py): naming and finding, adding photos stored once
+"""Datasets made in the app (the tl.data.made package): naming and finding, adding photos stored once
 per content with thumbnails and versions, the limits, class edits, removing photos while runs
 keep what they trained on, loading for training, the zip round trip, damaged manifests and
 the lock that keeps concurrent adds."""
@@ -45,7 +45,7 @@ def data_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def pets(data_dir):
     """A dataset 'Pets' with 4 cat photos and 4 coffee photos."""
-    made.create("Pets")
+    made.create_dataset("Pets")
     made.add_photos("Pets", "cat", photos(4, "chelsea"))
     return made.add_photos("Pets", "coffee", photos(4, "coffee")).dataset
 
@@ -53,8 +53,8 @@ def pets(data_dir):
 # -- making and finding -----------------------------------------------------------------------
 
 def test_create_then_find_by_name_ref_any_case_and_id(data_dir):
-    made.create("Other")
-    dataset = made.create("My Pets")
+    made.create_dataset("Other")
+    dataset = made.create_dataset("My Pets")
     assert dataset.path.parent == data_dir / "made" and dataset.path.name == dataset.id
     assert dataset.id.startswith("my-pets-") and dataset.version == 1 and dataset.classes == {}
     assert json.loads((dataset.path / "dataset.json").read_text())["name"] == "My Pets"
@@ -67,7 +67,7 @@ def test_create_then_find_by_name_ref_any_case_and_id(data_dir):
 def test_without_tl_data_dir_datasets_live_under_the_runs_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("TL_DATA_DIR", raising=False)
     runs_dir = tmp_path / "runs"
-    dataset = made.create("Pets", runs_dir)
+    dataset = made.create_dataset("Pets", runs_dir)
     assert dataset.path.parent == runs_dir / ".data" / "made"
     assert made.find("pets", runs_dir).id == dataset.id
     with pytest.raises(DataError, match="no made dataset 'pets'"):
@@ -76,15 +76,15 @@ def test_without_tl_data_dir_datasets_live_under_the_runs_folder(tmp_path, monke
 
 @pytest.mark.parametrize("again", ["Pets", "pets", " PETS "])
 def test_a_taken_name_is_refused_in_any_case(data_dir, again):
-    made.create("Pets")
+    made.create_dataset("Pets")
     with pytest.raises(DataError, match="^A made dataset called '.*' already exists; pick another name"):
-        made.create(again)
+        made.create_dataset(again)
     assert len(list((data_dir / "made").iterdir())) == 2  # the dataset and the root's lock file
     assert [d.name for d in made.list_datasets()] == ["Pets"]
 
 
 def test_an_unknown_name_says_which_ones_exist(data_dir):
-    made.create("Pets")
+    made.create_dataset("Pets")
     with pytest.raises(DataError) as caught:
         made.find("data:Plants")
     assert "no made dataset 'Plants'" in str(caught.value) and "'Pets'" in str(caught.value)
@@ -93,7 +93,7 @@ def test_an_unknown_name_says_which_ones_exist(data_dir):
 # -- adding photos ----------------------------------------------------------------------------
 
 def test_adding_photos_stores_exact_bytes_thumbnails_and_a_version_each_time(data_dir):
-    dataset = made.create("Pets")
+    dataset = made.create_dataset("Pets")
     cats = photos(3, "chelsea")
     report = made.add_photos("Pets", "cat", cats)
     assert report.added == [name for name, _ in cats] and not report.refused and not report.duplicates
@@ -126,13 +126,13 @@ def test_files_given_as_uploaded_file_objects_are_added(data_dir):
         def getvalue(self):
             return self._data
 
-    made.create("Pets")
+    made.create_dataset("Pets")
     report = made.add_photos("Pets", "cat", [Upload("tap.jpg", photo(1))])
     assert report.added == ["tap.jpg"] and made.find("Pets").counts() == {"cat": 1}
 
 
 def test_the_same_photo_twice_in_a_class_is_stored_once_and_said(data_dir):
-    made.create("Pets")
+    made.create_dataset("Pets")
     data = photo(3)
     first = made.add_photos("Pets", "cat", [("a.jpg", data), ("again.jpg", data)])
     assert first.added == ["a.jpg"] and first.duplicates == ["again.jpg"]
@@ -146,7 +146,7 @@ def test_the_same_photo_twice_in_a_class_is_stored_once_and_said(data_dir):
 
 
 def test_the_same_photo_in_a_second_class_is_refused_naming_both_classes(data_dir):
-    made.create("Pets")
+    made.create_dataset("Pets")
     made.add_photos("Pets", "cat", [("lucy.jpg", photo(1))])
     report = made.add_photos("Pets", "dog", [("lucy again.jpg", photo(1)), ("rex.jpg", photo(2, "coffee"))])
     assert report.added == ["rex.jpg"]
@@ -158,8 +158,8 @@ def test_the_same_photo_in_a_second_class_is_refused_naming_both_classes(data_di
 
 
 def test_the_photo_count_limit_adds_up_to_it_and_refuses_the_rest_in_one_sentence_each(data_dir):
-    limits = made.Limits(max_photos=3)
-    made.create("Pets")
+    limits = made.DatasetLimits(max_photos=3)
+    made.create_dataset("Pets")
     made.add_photos("Pets", "cat", photos(2), limits=limits)
     report = made.add_photos("Pets", "coffee", photos(3, "coffee"), limits=limits)
     assert report.added == ["coffee-0.jpg"] and [n for n, _ in report.refused] == ["coffee-1.jpg", "coffee-2.jpg"]
@@ -173,8 +173,8 @@ def test_the_photo_count_limit_adds_up_to_it_and_refuses_the_rest_in_one_sentenc
 
 def test_the_bytes_limit_refuses_the_photo_that_would_pass_it(data_dir):
     cats = photos(3)
-    limits = made.Limits(max_bytes=len(cats[0][1]) + len(cats[1][1]) + 10)
-    made.create("Pets")
+    limits = made.DatasetLimits(max_bytes=len(cats[0][1]) + len(cats[1][1]) + 10)
+    made.create_dataset("Pets")
     report = made.add_photos("Pets", "cat", cats, limits=limits)
     assert report.added == ["chelsea-0.jpg", "chelsea-1.jpg"]
     assert [n for n, _ in report.refused] == ["chelsea-2.jpg"] and "at its limit" in report.refused[0][1]
@@ -184,16 +184,16 @@ def test_the_bytes_limit_refuses_the_photo_that_would_pass_it(data_dir):
 
 def test_a_photo_over_the_per_photo_limit_is_refused(data_dir):
     small, large = sorted((photo(1, "coffee", "PNG"), photo(1)), key=len)
-    limits = made.Limits(max_photo_bytes=len(small) + 1)
-    made.create("Pets")
+    limits = made.DatasetLimits(max_photo_bytes=len(small) + 1)
+    made.create_dataset("Pets")
     report = made.add_photos("Pets", "cat", [("small", small), ("large", large)], limits=limits)
     assert report.added == ["small"] and [n for n, _ in report.refused] == ["large"]
     assert "over the limit" in report.refused[0][1] and report.refused[0][1].endswith(".")
 
 
 def test_the_class_limit_refuses_one_more_class_and_keeps_adding_to_existing_ones(data_dir):
-    limits = made.Limits(max_classes=2)
-    made.create("Pets")
+    limits = made.DatasetLimits(max_classes=2)
+    made.create_dataset("Pets")
     made.add_photos("Pets", "cat", photos(1), limits=limits)
     made.add_class("Pets", "coffee", limits=limits)
     with pytest.raises(DataError, match="has 2 classes, its limit"):
@@ -203,7 +203,7 @@ def test_the_class_limit_refuses_one_more_class_and_keeps_adding_to_existing_one
 
 
 def test_add_class_makes_an_empty_class_once(data_dir):
-    made.create("Pets")
+    made.create_dataset("Pets")
     made.add_class("Pets", "cat")
     made.add_class("Pets", "cat")
     dataset = made.find("Pets")
@@ -305,7 +305,7 @@ def test_record_use_ignores_data_that_is_not_made(tmp_path):
 # -- loading for training -----------------------------------------------------------------------
 
 def test_load_gives_class_hash_keys_sorted_classes_and_the_version(data_dir, tmp_path):
-    made.create("Kitchen")
+    made.create_dataset("Kitchen")
     made.add_photos("Kitchen", "zebra mug", photos(4, "coffee"))
     made.add_photos("Kitchen", "Cat", photos(5, "chelsea"))
     dataset = made.find("Kitchen")
@@ -321,19 +321,19 @@ def test_load_gives_class_hash_keys_sorted_classes_and_the_version(data_dir, tmp
     assert sorted(i for idx in data.splits.values() for i in idx) == list(range(9))
     image = data.read(0)
     assert image.dtype.name == "uint8" and image.shape[2] == 3 and image.std() > 10  # a real photo, not grey
-    assert made.load(cfg).fingerprint == data.fingerprint
+    assert made.load_made(cfg).fingerprint == data.fingerprint
 
 
 def test_a_dataset_with_one_class_or_an_empty_class_cannot_be_loaded(data_dir):
-    made.create("Pets")
+    made.create_dataset("Pets")
     cfg = RunConfig(dataset="data:Pets", image_size=32, backbone="small_cnn", weights="none")
     with pytest.raises(DataError) as caught:
-        made.load(cfg)
+        made.load_made(cfg)
     assert str(caught.value) == ("'Pets' has 0 class(es); a classifier needs at least two, so add another class "
                                  "with its photos on the Data page.")
     made.add_photos("Pets", "cat", photos(3))
     with pytest.raises(DataError, match="^'Pets' has 1 class\\(es\\); a classifier needs at least two"):
-        made.load(cfg)
+        made.load_made(cfg)
     made.add_class("Pets", "dog")
     with pytest.raises(DataError) as caught:
         datasets.load(cfg)
@@ -366,7 +366,7 @@ def test_export_then_import_round_trips_classes_and_photos(pets, tmp_path, data_
 # -- damaged manifests --------------------------------------------------------------------------
 
 def test_a_damaged_manifest_is_left_out_of_the_list_and_unknown_to_find(pets, data_dir):
-    other = made.create("Plants")
+    other = made.create_dataset("Plants")
     (other.path / "dataset.json").write_text('{"name": "Plants", "id": ')
     assert [d.name for d in made.list_datasets()] == ["Pets"]
     with pytest.raises(DataError, match="no made dataset 'Plants'"):
@@ -379,7 +379,7 @@ def test_a_damaged_manifest_is_left_out_of_the_list_and_unknown_to_find(pets, da
 # -- the lock: concurrent adds all land ------------------------------------------------------------
 
 def test_adds_from_two_threads_all_land(data_dir):
-    made.create("Pets")
+    made.create_dataset("Pets")
     barrier = threading.Barrier(2)
     errors = []
 
@@ -426,7 +426,7 @@ for file in files:
 
 
 def test_adds_from_two_processes_all_land(data_dir, tmp_path):
-    made.create("Pets")
+    made.create_dataset("Pets")
     go = tmp_path / "go"
     script = CHILD.format(repo=str(REPO))
     env = {**os.environ, "TL_DATA_DIR": str(data_dir)}

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tl import budget, memory
-from tl.budget import BudgetError
+from tl import memory, run_cost
+from tl.run_cost import BudgetError
 from tl.files import read_json
 from tl.jobs import JobManager
 
@@ -21,7 +21,7 @@ def clean_ledger(monkeypatch):
     monkeypatch.setattr(memory, "_reserved", {})
     monkeypatch.setattr(memory, "_releasers", [])
     monkeypatch.setattr(memory, "_caches", [])
-    monkeypatch.delenv(budget.BUDGET_ENV, raising=False)
+    monkeypatch.delenv(run_cost.BUDGET_ENV, raising=False)
 
 
 def hog(mb: int):
@@ -90,11 +90,11 @@ def test_need_fits_releases_caches_then_refuses_with_who_and_when(monkeypatch):
     assert text.startswith("Loading this run's model needs about 600 MB, but the app is using ")
     assert "1,500 MB of it for training run 20261202-abcd" in text
     assert "try again in about 5 min, when it has finished." in text
-    assert budget.BUDGET_ENV in text and text.count(".") >= 1
+    assert run_cost.BUDGET_ENV in text and text.count(".") >= 1
 
 
 def test_need_reads_the_budget_from_the_environment(monkeypatch):
-    monkeypatch.setenv(budget.BUDGET_ENV, "50")
+    monkeypatch.setenv(run_cost.BUDGET_ENV, "50")
     with pytest.raises(BudgetError, match="ask whoever runs the app for a larger budget"):
         memory.need(10, "Reading this dataset")
 
@@ -176,16 +176,16 @@ def test_cache_asks_the_budget_before_loading_and_is_dropped_under_pressure(monk
 
 
 def test_predictor_and_data_sizes_follow_the_backbone_and_dataset():
-    assert budget.predictor_mb("efficientnet_lite0") == pytest.approx(145, abs=1)
-    assert budget.predictor_mb("resnet50") == pytest.approx(530, abs=1)
-    assert budget.predictor_mb("no such backbone") >= budget.predictor_mb("resnet101")
-    assert budget.data_mb(tiny_config(dataset="cifar10")) > 170
-    assert budget.data_mb(tiny_config()) < 10
+    assert run_cost.predictor_mb("efficientnet_lite0") == pytest.approx(145, abs=1)
+    assert run_cost.predictor_mb("resnet50") == pytest.approx(530, abs=1)
+    assert run_cost.predictor_mb("no such backbone") >= run_cost.predictor_mb("resnet101")
+    assert run_cost.data_mb(tiny_config(dataset="cifar10")) > 170
+    assert run_cost.data_mb(tiny_config()) < 10
 
 
 def test_cache_limits_come_from_the_budget(monkeypatch):
     assert memory.cache_limit_mb(0.25, 1500) == 1500
-    monkeypatch.setenv(budget.BUDGET_ENV, "2500")
+    monkeypatch.setenv(run_cost.BUDGET_ENV, "2500")
     assert memory.cache_limit_mb(0.25, 1500) == 625
 
 
@@ -193,8 +193,8 @@ def test_cache_limits_come_from_the_budget(monkeypatch):
 
 def test_the_app_refuses_a_run_that_cannot_fit_beside_its_server(runs_dir, monkeypatch):
     cfg = tiny_config(epochs=1)
-    alone = budget.estimate(cfg.resolved(), 40).memory_mb
-    monkeypatch.setenv(budget.BUDGET_ENV, str(int(alone + 50)))  # fits alone, not beside this process
+    alone = run_cost.estimate(cfg.resolved(), 40).memory_mb
+    monkeypatch.setenv(run_cost.BUDGET_ENV, str(int(alone + 50)))  # fits alone, not beside this process
     manager = JobManager(runs_dir, poll_seconds=0.1, app_memory=True)
     try:
         with pytest.raises(BudgetError, match="of which the app itself holds"):
@@ -214,9 +214,9 @@ def test_the_app_refuses_a_run_that_cannot_fit_beside_its_server(runs_dir, monke
 @pytest.mark.slow
 def test_a_second_run_waits_for_memory_and_starts_when_the_first_ends(runs_dir, monkeypatch):
     cfg = tiny_config(epochs=1)
-    each = budget.estimate(cfg.resolved(), 40).memory_mb
+    each = run_cost.estimate(cfg.resolved(), 40).memory_mb
     # Room for this process and one run (the first worker is reserved at its estimate), not two.
-    monkeypatch.setenv(budget.BUDGET_ENV, str(int(memory.rss_mb() + 200 + 1.5 * each)))
+    monkeypatch.setenv(run_cost.BUDGET_ENV, str(int(memory.rss_mb() + 200 + 1.5 * each)))
     manager = JobManager(runs_dir, max_parallel=2, poll_seconds=0.1, app_memory=True)
     try:
         first = manager.submit(cfg)

@@ -51,7 +51,7 @@ def test_a_run_records_its_owner_and_a_damaged_record_counts_as_none(tmp_path):
 
 
 def test_a_made_dataset_records_its_owner_through_every_change(runs_dir):
-    dataset = made.create("Pets", runs_dir, owner=digest(MINE))
+    dataset = made.create_dataset("Pets", runs_dir, owner=digest(MINE))
     assert json.loads((dataset.path / "dataset.json").read_text())["owner"] == digest(MINE)
     made.add_photos("Pets", "cat", photos(3), runs_dir)
     made.add_photos("Pets", "dog", photos(3, "coffee"), runs_dir)
@@ -59,13 +59,13 @@ def test_a_made_dataset_records_its_owner_through_every_change(runs_dir):
     found = made.find("Pets", runs_dir)
     assert owners.dataset_owner(found) == digest(MINE) and found.version > dataset.version
     # Made with the command line, or before owners were recorded: no owner, still readable.
-    cli = made.create("Plants", runs_dir)
+    cli = made.create_dataset("Plants", runs_dir)
     assert "owner" not in json.loads((cli.path / "dataset.json").read_text())
     assert owners.dataset_owner(made.find("Plants", runs_dir)) is None
 
 
 def test_a_dataset_made_from_a_zip_records_its_owner(runs_dir):
-    dataset = made.create("Source", runs_dir)
+    dataset = made.create_dataset("Source", runs_dir)
     for name, picture in (("cat", "chelsea"), ("cup", "coffee")):
         made.add_photos(dataset, name, photos(3, picture))
     archive = runs_dir.parent / "source.zip"
@@ -245,11 +245,12 @@ def _actions_script():
     from tl import sweep as sweeps
     from tl.data import made
     from tl.errors import UserError
-    from ui.compare_view import stop_sweep
+    from tl.paths import runs_root
     from ui.data_view import apply_change, show_flashes
     from ui.run_view import delete_run, stop_run
+    from ui.sweep_view import stop_sweep
 
-    root = str(runs.runs_root())
+    root = str(runs_root())
     for name, action in (("delete run", lambda: delete_run(st.session_state["run"], root, None)),
                          ("stop run", lambda: stop_run(runs.get(st.session_state["run"], root), None)),
                          ("stop sweep", lambda: stop_sweep(sweeps.load(st.session_state["sweep"], root), None))):
@@ -344,7 +345,7 @@ def test_nothing_is_restricted_without_a_secret_or_tl_shared(runs_root):
 
 @pytest.fixture
 def their_dataset(shared, runs_root):
-    dataset = made.create("Their pets", runs_root, owner=digest(THEIRS))
+    dataset = made.create_dataset("Their pets", runs_root, owner=digest(THEIRS))
     for name, picture in (("cat", "chelsea"), ("cup", "coffee")):
         made.add_photos(dataset, name, photos(3, picture))
     return made.find(dataset.id, runs_root)
@@ -366,7 +367,7 @@ def test_data_page_shows_another_visitors_dataset_but_changes_nothing(their_data
 
 
 def test_data_page_opens_ones_own_dataset_first_and_marks_it(their_dataset, runs_root):
-    made.create("Aardvarks", runs_root, owner=digest(MINE))  # first by name, but not theirs
+    made.create_dataset("Aardvarks", runs_root, owner=digest(MINE))  # first by name, but not theirs
     theirs = open_page("app_pages/data.py", token=THEIRS)
     picker = theirs.selectbox(key="data_pick")
     assert picker.value == their_dataset.id

@@ -7,6 +7,7 @@ import pytest
 
 from tl import files, runs
 from tl.errors import RunNotFound
+from tl.paths import runs_root
 
 from conftest import tiny_config
 
@@ -21,10 +22,10 @@ def test_create_writes_config_and_queued_status(runs_dir):
 
 def test_runs_root_precedence(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert runs.runs_root() == tmp_path / "runs"
+    assert runs_root() == tmp_path / "runs"
     monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "env"))
-    assert runs.runs_root() == tmp_path / "env"
-    assert runs.runs_root(tmp_path / "flag") == tmp_path / "flag"
+    assert runs_root() == tmp_path / "env"
+    assert runs_root(tmp_path / "flag") == tmp_path / "flag"
 
 
 def test_get_unknown_or_odd_ids(runs_dir):

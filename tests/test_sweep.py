@@ -9,6 +9,7 @@ import socket
 import pytest
 
 from tl import cli, efficientnet_lite, runs
+from tl.cli.compare import _COMPARE_FLAGS
 from tl import sweep as sweeps
 from tl.errors import ConfigError, DownloadError
 from tl.files import read_json
@@ -135,7 +136,7 @@ def test_csv_and_verdict_from_rows():
 @pytest.mark.slow
 def test_compare_cli_json_runs_every_strategy_on_the_same_split(runs_dir, capsys):
     flags = [f"--{name.replace('_', '-')}={value}" for name, value in TINY.items()
-             if name in cli._COMPARE_FLAGS]
+             if name in _COMPARE_FLAGS]
     code = cli.main(["compare", *flags, "--strategies", "scratch,feature_extraction",
                      "--runs-dir", str(runs_dir), "--json"])
     out = capsys.readouterr().out.strip().splitlines()

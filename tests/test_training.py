@@ -3,11 +3,13 @@ import json
 import numpy as np
 import pytest
 
-from tl import datasets, features, runs, training
+from tl import datasets, features, learner, runs, training
 from tl.backbones import build_backbone, finetunable_layers, set_trainable_top
 from tl.config import RunConfig
 from tl.errors import ConfigError
+from tl.metrics import classification_report
 from tl.heads import HEADS
+from tl.paths import cache_root
 from tl.strategies import STRATEGIES
 
 from conftest import tiny_config, train_run, write_image_folder
@@ -199,7 +201,7 @@ def test_nan_loss_fails_the_run_with_the_reason(runs_dir, monkeypatch):
     import keras
 
     # A NaN step size turns every weight into NaN after the first update.
-    monkeypatch.setattr(training, "make_optimizer", lambda name, lr: keras.optimizers.SGD(float("nan")))
+    monkeypatch.setattr(learner, "make_optimizer", lambda name, lr: keras.optimizers.SGD(float("nan")))
     run = train_run(runs_dir, tiny_config(strategy="scratch", batch_size=4))
     status = run.status()
     assert status["status"] == "failed"
@@ -227,7 +229,7 @@ def test_cancel_during_feature_extraction_caches_nothing(runs_dir):
     run = training.prepare(tiny_config(strategy="feature_extraction"), runs_dir)
     run.request_cancel()
     assert training.execute(run, runs_dir)["status"] == "cancelled"
-    assert not list(runs.cache_root(runs_dir).glob("features/*/features.npy"))
+    assert not list(cache_root(runs_dir).glob("features/*/features.npy"))
 
 
 @pytest.mark.slow
@@ -235,7 +237,7 @@ def test_an_unexpected_error_fails_the_run_and_keeps_the_traceback(runs_dir, mon
     def broken(self):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(training.Learner, "evaluate", broken)
+    monkeypatch.setattr(learner.Learner, "evaluate", broken)
     run = train_run(runs_dir, tiny_config(strategy="scratch"))
     status = run.status()
     assert status["status"] == "failed"
@@ -291,7 +293,7 @@ def test_the_short_epochs_note_compares_with_the_floor_the_defaults_would_have_g
 
 def test_classification_report():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
-    report = training.classification_report(probs, np.array([0, 1, 1, 1]), ["a", "b"])
+    report = classification_report(probs, np.array([0, 1, 1, 1]), ["a", "b"])
     assert report["test_accuracy"] == 0.75
     assert report["confusion_matrix"] == [[1, 0], [1, 2]]
     assert report["per_class_accuracy"] == {"a": 1.0, "b": pytest.approx(2 / 3)}

@@ -100,8 +100,6 @@ BACKBONES = {
     )
 }
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
-
 
 def preprocess_affine(mode: str):
     """Return ``(kernel, bias)`` so that ``rgb @ kernel + bias`` is the preprocessed input."""

@@ -148,13 +148,13 @@ def start(cfg, fingerprint: str, runs_dir=None, about: str | None = None, estima
     is running already is returned as it is; a finished one is started afresh).
 
     Args:
-        estimate: the check's :class:`tl.budget.Estimate`, when the app starts it: it must
+        estimate: the check's :class:`tl.run_cost.Estimate`, when the app starts it: it must
             fit the app's memory budget beside the server and what runs now
             (:func:`tl.memory.need`), and is reserved while the process lives.
 
     Raises:
         UserError: the cache folder cannot be written, or the process cannot start; a
-            :class:`tl.budget.BudgetError` when it would not fit the budget now.
+            :class:`tl.run_cost.BudgetError` when it would not fit the budget now.
     """
     from tl import memory
 

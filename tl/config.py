@@ -10,7 +10,12 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from tl.backbones import BACKBONES
+from tl.data.catalogue import BUILT_IN, MADE_PREFIX, is_made
+from tl.engine import check_names as check_engine_names
 from tl.errors import ConfigError
+from tl.heads import HEADS
+from tl.strategies import STRATEGIES
 
 OPTIMIZER_DESCRIPTIONS = {
     "adam": "Adam: adapts each weight's step size; a safe default.",
@@ -122,8 +127,6 @@ class RunConfig:
     def resolved(self) -> "RunConfig":
         """A copy with every ``None`` that stands for a strategy default filled in; a
         ``min_steps`` left empty beside typed epochs (those it would stretch) becomes 0."""
-        from tl.strategies import STRATEGIES
-
         defaults = STRATEGIES[self.strategy].defaults
         filled = {name: defaults[name] for name in STRATEGY_DEFAULTS if getattr(self, name) is None}
         if self.min_steps is None and getattr(self, self.stretched_epochs) is not None:
@@ -237,22 +240,15 @@ def _float_range(name, value, low, high, *, low_open=True, high_open=False):
 
 
 def _validate(cfg: RunConfig) -> None:
-    # Imported here to avoid an import cycle; these modules hold metadata only.
-    from tl.backbones import BACKBONES
-    from tl.data.registry import DATASETS
-    from tl.engine import check_names as check_engine_names
-    from tl.heads import HEADS
-    from tl.strategies import STRATEGIES
-
     for name in ("weights", "strategy", "backbone", "dataset", "head", "optimizer", "class_weight"):
         if not isinstance(getattr(cfg, name), str):
             raise ConfigError(f"Expected `{name}` to be a name. Received: {name}={getattr(cfg, name)!r}.")
-    if cfg.dataset.startswith("data:"):  # made in the app; whether it exists is checked when it loads
-        if not cfg.dataset[5:].strip():
-            raise ConfigError("Expected `dataset` as data:NAME, with the name of a dataset made in the app. "
-                              "Received: dataset='data:'.")
+    if is_made(cfg.dataset):  # made in the app; whether it exists is checked when it loads
+        if not cfg.dataset[len(MADE_PREFIX):].strip():
+            raise ConfigError(f"Expected `dataset` as {MADE_PREFIX}NAME, with the name of a dataset made in the app. "
+                              f"Received: dataset='{MADE_PREFIX}'.")
     else:
-        _one_of("dataset", cfg.dataset, [*DATASETS, "data:NAME"])
+        _one_of("dataset", cfg.dataset, [*BUILT_IN, f"{MADE_PREFIX}NAME"])
     _one_of("backbone", cfg.backbone, BACKBONES)
     _one_of("strategy", cfg.strategy, STRATEGIES)
     _one_of("head", cfg.head, HEADS)
@@ -290,7 +286,7 @@ def _validate(cfg: RunConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"Expected `{name}` to be text. Received: {name}={value!r}.")
-    needs_dir = cfg.dataset in DATASETS and DATASETS[cfg.dataset].needs_dir
+    needs_dir = cfg.dataset in BUILT_IN and BUILT_IN[cfg.dataset].needs_dir
     if needs_dir and not cfg.data_dir:
         raise ConfigError(
             f"Dataset '{cfg.dataset}' reads images from a folder: set `data_dir` to a folder "

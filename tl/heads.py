@@ -101,8 +101,6 @@ HEADS = {
     )
 }
 
-DEFAULT_HEAD = "gap_dropout_dense"
-
 
 def build_head(name: str, input_shape, num_classes: int, dropout: float = 0.3, standardize: bool = False):
     """Build head ``name`` for a feature map of ``input_shape`` and ``num_classes`` outputs,

@@ -13,6 +13,12 @@ import numpy as np
 from tl.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
+
+
+def is_junk(name: str) -> bool:
+    """Whether a file or folder name is OS clutter or hidden (skipped in image folders and zips)."""
+    return name.lower() in JUNK_NAMES or name.startswith(".")
 MAX_PIXELS = 40_000_000  # about 7300 x 5500: larger than any phone photo
 MAX_BYTES = 50 * 1024 * 1024
 

@@ -33,12 +33,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl.data import storage
-from tl.data.folder import is_junk
+from tl.data import quota
 from tl.errors import DataError
 from tl.files import atomic_write_json, read_json, sha256_of
-from tl.images import IMAGE_EXTENSIONS
+from tl.images import IMAGE_EXTENSIONS, is_junk
+from tl.paths import data_root
 from tl.processes import same_process
+from tl.text import has_control_character, shown
 
 try:
     from lzma import LZMAError
@@ -53,7 +54,7 @@ STALE_SECONDS = 24 * 3600  # a temporary folder this old is left over whoever ma
 
 
 @dataclass(frozen=True)
-class Limits:
+class UploadLimits:
     """What an upload may hold. Defaults fit a few thousand photos on a small server."""
 
     max_total_bytes: int = 2 * 1024**3
@@ -63,7 +64,7 @@ class Limits:
     ratio_floor_bytes: int = 1024**2  # smaller entries cannot make a bomb on their own
 
 
-LIMITS = Limits()
+LIMITS = UploadLimits()
 
 
 @dataclass
@@ -96,16 +97,9 @@ class Ingested:
         return text + "."
 
 
-def data_root(runs_dir=None) -> Path:
-    """Where uploads are stored: ``$TL_DATA_DIR``, else ``<runs root>/.data``."""
-    from tl.runs import runs_root
-
-    return Path(os.environ.get("TL_DATA_DIR") or runs_root(runs_dir) / ".data").expanduser()
-
-
 # -- entry points ----------------------------------------------------------------------
 
-def ingest_zip(source, root=None, limits: Limits = LIMITS, name: str = "The zip", runs_dir=None) -> Ingested:
+def ingest_zip(source, root=None, limits: UploadLimits = LIMITS, name: str = "The zip", runs_dir=None) -> Ingested:
     """Store a zip of class folders (a path, bytes or a binary file object) under ``root``
     (default: the data root of ``runs_dir``). Room is made under the disk cap without
     removing what the runs in ``runs_dir`` were trained on.
@@ -114,7 +108,7 @@ def ingest_zip(source, root=None, limits: Limits = LIMITS, name: str = "The zip"
         DataError: not a zip, an unsafe entry, over a limit, not a valid layout, or the data
             root cannot be written; nothing is left behind.
     """
-    name = _shown(name)
+    name = shown(name)
     handle, close = _binary(source)
     try:
         digest = sha256_of(handle, CHUNK)
@@ -130,14 +124,14 @@ def ingest_zip(source, root=None, limits: Limits = LIMITS, name: str = "The zip"
             entries = [_zip_entry(archive, info) for info in infos if not info.is_dir()]
             compressed = sum(info.compress_size for info in infos)
             _check_entries(entries, limits, name, compressed=compressed, folders=folders)
-            storage.make_room(root, sum(e.size for e in entries), runs_dir, what=name)
+            quota.make_room(root, sum(e.size for e in entries), runs_dir, what=name)
             return _store(root, digest, entries, limits, name, folders)
     finally:
         if close:
             handle.close()
 
 
-def ingest_files(files, root=None, limits: Limits = LIMITS, name: str = "The uploaded folder",
+def ingest_files(files, root=None, limits: UploadLimits = LIMITS, name: str = "The uploaded folder",
                  runs_dir=None) -> Ingested:
     """Store an uploaded folder: ``(relative path, bytes)`` pairs, or objects with ``.name``
     holding the relative path and ``.getvalue()`` (Streamlit's UploadedFile), as
@@ -147,7 +141,7 @@ def ingest_files(files, root=None, limits: Limits = LIMITS, name: str = "The upl
         DataError: an unsafe name, over a limit, not a valid layout, or the data root
             cannot be written; nothing is left behind.
     """
-    name = _shown(name)
+    name = shown(name)
     pairs = []
     for item in files:
         if isinstance(item, tuple):
@@ -169,7 +163,7 @@ def ingest_files(files, root=None, limits: Limits = LIMITS, name: str = "The upl
     found = _existing(root, digest)
     if found:
         return found
-    storage.make_room(root, sum(e.size for e in entries), runs_dir, what=name)
+    quota.make_room(root, sum(e.size for e in entries), runs_dir, what=name)
     return _store(root, digest, entries, limits, name)
 
 
@@ -179,7 +173,6 @@ LAYOUT = ("one folder per class with its images inside, for example cats/1.jpg a
           "dogs/2.jpg (optionally inside one top folder)")
 REZIP = "zip the folder again and upload the new zip"
 _DRIVE = re.compile(r"^[A-Za-z]:")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile's structFileHeader, 30 bytes
 
 
@@ -228,19 +221,19 @@ def _check_placement(archive: zipfile.ZipFile, infos, name: str) -> None:
             handle.seek(start)
             header = handle.read(_LOCAL_HEADER.size)
         if len(header) != _LOCAL_HEADER.size or header[:4] != zipfile.stringFileHeader:
-            raise DataError(f"{name} is not a readable zip ('{_shown(info.filename, 80)}' is not "
+            raise DataError(f"{name} is not a readable zip ('{shown(info.filename, 80)}' is not "
                             f"where its table of contents says); {REZIP}.")
         fields = _LOCAL_HEADER.unpack(header)
         end = start + _LOCAL_HEADER.size + fields[10] + fields[11] + info.compress_size
         if end > archive.start_dir:
-            raise DataError(f"{name} is not a readable zip ('{_shown(info.filename, 80)}' runs past "
+            raise DataError(f"{name} is not a readable zip ('{shown(info.filename, 80)}' runs past "
                             f"the end of its data, so the file was cut or damaged); {REZIP}.")
         spans.append((start, end, info.filename))
     spans.sort()
     for (_, end, first), (start, _, second) in itertools.pairwise(spans):
         if start < end:
-            raise DataError(f"{name} looks like a zip bomb ('{_shown(first, 60)}' and "
-                            f"'{_shown(second, 60)}' share the same bytes); it was not extracted.")
+            raise DataError(f"{name} looks like a zip bomb ('{shown(first, 60)}' and "
+                            f"'{shown(second, 60)}' share the same bytes); it was not extracted.")
 
 
 def _zip_entry(archive, info) -> _Entry:
@@ -254,27 +247,27 @@ def _safe_parts(raw: str, name: str) -> tuple:
     that no file system can hold."""
     text = raw.replace("\\", "/")
     if text.startswith("/") or _DRIVE.match(text):
-        raise DataError(f"{name} holds an absolute path ('{_shown(raw)}'); only relative paths "
+        raise DataError(f"{name} holds an absolute path ('{shown(raw)}'); only relative paths "
                         "inside the upload are allowed, so it was not extracted.")
     parts = tuple(p for p in text.split("/") if p not in ("", "."))
     if ".." in parts:
-        raise DataError(f"{name} holds a path that leaves its folder ('{_shown(raw)}'); it was not "
+        raise DataError(f"{name} holds a path that leaves its folder ('{shown(raw)}'); it was not "
                         "extracted.")
     if any("\0" in p for p in parts):
         raise DataError(f"{name} holds a file name with a NUL byte; it was not extracted.")
-    if any(_CONTROL.search(p) for p in parts):
-        raise DataError(f"{name} holds a file name with a control character ('{_shown(raw)}'); "
+    if any(has_control_character(p) for p in parts):
+        raise DataError(f"{name} holds a file name with a control character ('{shown(raw)}'); "
                         "rename it and upload it again.")
     try:
         for part in parts:
             os.fsencode(part)
     except UnicodeError:
-        raise DataError(f"{name} holds a file name that cannot be stored ('{_shown(raw)}' is not "
+        raise DataError(f"{name} holds a file name that cannot be stored ('{shown(raw)}' is not "
                         "valid Unicode); rename it and upload it again.") from None
     return parts
 
 
-def _check_entries(entries, limits: Limits, name: str, compressed, folders=()) -> None:
+def _check_entries(entries, limits: UploadLimits, name: str, compressed, folders=()) -> None:
     """Refuse the whole upload on the first unsafe entry; mark junk to skip."""
     if len(entries) > limits.max_files:
         raise DataError(f"{name} holds {len(entries):,} files, more than the limit of "
@@ -283,20 +276,20 @@ def _check_entries(entries, limits: Limits, name: str, compressed, folders=()) -
     for entry in entries:
         entry.parts = _safe_parts(entry.raw, name)
         if entry.link:
-            raise DataError(f"{name} holds a symbolic link ('{_shown(entry.raw)}'); links are not "
+            raise DataError(f"{name} holds a symbolic link ('{shown(entry.raw)}'); links are not "
                             "allowed, so it was not extracted.")
         if entry.size > limits.max_file_bytes:
-            raise DataError(f"{name} holds '{_shown(entry.raw)}' of {_size(entry.size)}, over the "
+            raise DataError(f"{name} holds '{shown(entry.raw)}' of {_size(entry.size)}, over the "
                             f"limit of {_size(limits.max_file_bytes)} per file; shrink it or leave it out.")
         if entry.size > limits.ratio_floor_bytes and entry.size > limits.max_ratio * max(entry.compressed, 1):
-            raise DataError(f"{name} looks like a zip bomb ('{_shown(entry.raw)}' expands "
+            raise DataError(f"{name} looks like a zip bomb ('{shown(entry.raw)}' expands "
                             f"{entry.size / max(entry.compressed, 1):.0f} times, the limit is "
                             f"{limits.max_ratio:.0f}); it was not extracted.")
         total += entry.size
         entry.skip = _junk_reason(entry.parts)
         if entry.skip is None and any(len(os.fsencode(p)) > NAME_MAX for p in entry.parts):
             raise DataError(f"{name} holds a name too long for the file system "
-                            f"('{_shown(entry.raw, 80)}', over {NAME_MAX} bytes); shorten that name "
+                            f"('{shown(entry.raw, 80)}', over {NAME_MAX} bytes); shorten that name "
                             "and upload again.")
     _check_tree(entries, folders, name)
     if total > limits.max_total_bytes:
@@ -313,14 +306,14 @@ def _check_tree(entries, folders, name: str) -> None:
     files = set()
     for entry in entries:
         if entry.parts in files:
-            raise DataError(f"{name} holds '{_shown('/'.join(entry.parts), 80)}' twice; remove the "
+            raise DataError(f"{name} holds '{shown('/'.join(entry.parts), 80)}' twice; remove the "
                             "duplicate entry and upload it again.")
         if entry.parts:
             files.add(entry.parts)
     dirs = {parts[:i] for parts in [*files, *folders] for i in range(1, len(parts))} | set(folders)
     clashes = sorted(files & dirs)
     if clashes:
-        raise DataError(f"{name} holds '{_shown('/'.join(clashes[0]), 80)}' both as a file and as a "
+        raise DataError(f"{name} holds '{shown('/'.join(clashes[0]), 80)}' both as a file and as a "
                         "folder; rename one of them and upload it again.")
 
 
@@ -354,11 +347,11 @@ def _layout(entries, folders, name: str) -> tuple[int, dict]:
         if len(parts) >= strip + 2 and parts[:strip] == prefix and not any(is_junk(p) for p in parts[:-1]):
             counts.setdefault(parts[strip], 0)
     if len(counts) == 1:
-        raise DataError(f"{name} has only one class ('{_shown(next(iter(counts)))}'); a classifier "
+        raise DataError(f"{name} has only one class ('{shown(next(iter(counts)))}'); a classifier "
                         f"needs at least two, as {LAYOUT}.")
     for class_name, n in sorted(counts.items()):
         if not n:
-            raise DataError(f"Class folder '{_shown(class_name)}' has no images "
+            raise DataError(f"Class folder '{shown(class_name)}' has no images "
                             f"({', '.join(IMAGE_EXTENSIONS)}); add images to it or remove it.")
     return strip, dict(sorted(counts.items()))
 
@@ -373,8 +366,8 @@ def _prepare_root(root: Path) -> None:
             continue
         if os.path.isdir(path):
             break
-        where = "it" if path == root else f"'{_shown(path)}'"
-        raise DataError(f"The data folder '{_shown(root)}' cannot be used because {where} is a file, "
+        where = "it" if path == root else f"'{shown(path)}'"
+        raise DataError(f"The data folder '{shown(root)}' cannot be used because {where} is a file, "
                         "not a folder; move that file away or set TL_DATA_DIR to another folder.")
     _sweep(root)
 
@@ -408,7 +401,7 @@ def _sweep(root: Path) -> None:
             continue
 
 
-def _store(root: Path, digest: str, entries, limits: Limits, name: str, folders=()) -> Ingested:
+def _store(root: Path, digest: str, entries, limits: UploadLimits, name: str, folders=()) -> Ingested:
     strip, counts = _layout(entries, folders, name)
     skipped = Counter(e.skip for e in entries if e.skip)
     for entry in entries:
@@ -422,7 +415,7 @@ def _store(root: Path, digest: str, entries, limits: Limits, name: str, folders=
 
 
 def _write(root: Path, digest: str, entries, strip: int, counts: dict, skipped: Counter,
-           limits: Limits, name: str) -> Ingested:
+           limits: UploadLimits, name: str) -> Ingested:
     """Extract into a temporary folder beside the target and rename it into place; the
     temporary folder is removed on any failure."""
     root.mkdir(parents=True, exist_ok=True)
@@ -444,7 +437,7 @@ def _write(root: Path, digest: str, entries, strip: int, counts: dict, skipped: 
                 raise
             found = _existing(root, digest)  # stored meanwhile by another upload?
             if not found:
-                raise DataError(f"{name} could not be stored because '{_shown(final)}' is in the way "
+                raise DataError(f"{name} could not be stored because '{shown(final)}' is in the way "
                                 "(a damaged earlier copy?); delete it and upload again.") from None
             shutil.rmtree(work, ignore_errors=True)
             return found
@@ -456,42 +449,42 @@ def _write(root: Path, digest: str, entries, strip: int, counts: dict, skipped: 
 
 def _store_failed(exc: OSError, root: Path, name: str) -> str:
     """One sentence for a file-system failure while storing: which folder, what to do."""
-    where = _shown(root)
+    where = shown(root)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return (f"{name} could not be stored because the disk holding '{where}' is full; free some "
                 "space there or set TL_DATA_DIR to a folder on a larger disk, then upload it again.")
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return (f"{name} could not be stored because '{where}' is not writable "
-                f"({_shown(exc.strerror or exc)}); set TL_DATA_DIR to a writable folder, then upload "
+                f"({shown(exc.strerror or exc)}); set TL_DATA_DIR to a writable folder, then upload "
                 "it again.")
-    return (f"{name} could not be stored in '{where}' ({_shown(exc.strerror or exc)}); check that the "
+    return (f"{name} could not be stored in '{where}' ({shown(exc.strerror or exc)}); check that the "
             "folder is writable and has free space, then upload it again.")
 
 
-def _extract(entries, target: Path, strip: int, limits: Limits, name: str) -> None:
+def _extract(entries, target: Path, strip: int, limits: UploadLimits, name: str) -> None:
     resolved = target.resolve()
     total = 0
     for entry in entries:
         if entry.skip:
             continue
-        shown = _shown(entry.raw, 80)
+        label = shown(entry.raw, 80)
         dest = target.joinpath(*entry.parts[strip:])
         try:
             if resolved not in dest.resolve().parents:  # belt and braces: _safe_parts ran already
-                raise DataError(f"{name} holds a path that leaves its folder ('{shown}'); it was "
+                raise DataError(f"{name} holds a path that leaves its folder ('{label}'); it was "
                                 "not extracted.")
             dest.parent.mkdir(parents=True, exist_ok=True)
             total = _copy(entry, dest, total, limits, name)
         except (FileExistsError, NotADirectoryError, IsADirectoryError):
             # _check_tree refused exact clashes; these are names equal only to this file
             # system (case-insensitive, or normalising Unicode).
-            raise DataError(f"{name} holds '{shown}' twice or as both a file and a folder (names "
+            raise DataError(f"{name} holds '{label}' twice or as both a file and a folder (names "
                             "that differ only in case count as one here); rename one and upload it "
                             "again.") from None
         except OSError as exc:
             if exc.errno != errno.ENAMETOOLONG:
                 raise
-            raise DataError(f"{name} holds a path too long for the file system ('{shown}'); "
+            raise DataError(f"{name} holds a path too long for the file system ('{label}'); "
                             "shorten its folder or file names and upload it again.") from None
 
 
@@ -507,11 +500,11 @@ def _read(action, entry, name: str):
     try:
         return action()
     except _READ_ERRORS:
-        raise DataError(f"{name} is corrupt or encrypted ('{_shown(entry.raw, 80)}' cannot be read "
+        raise DataError(f"{name} is corrupt or encrypted ('{shown(entry.raw, 80)}' cannot be read "
                         "back as its header describes); it was not extracted.") from None
 
 
-def _copy(entry, dest: Path, total: int, limits: Limits, name: str) -> int:
+def _copy(entry, dest: Path, total: int, limits: UploadLimits, name: str) -> int:
     """Stream one entry to ``dest``, counting bytes; return the new running total.
 
     Read errors become a DataError here; write errors (disk full, ...) stay OSError for
@@ -525,7 +518,7 @@ def _copy(entry, dest: Path, total: int, limits: Limits, name: str) -> int:
                 total += len(chunk)
                 # Count the bytes really read, before writing them: a header can lie.
                 if written > max(entry.size, 0) or written > limits.max_file_bytes:
-                    raise DataError(f"{name} holds '{_shown(entry.raw, 80)}', which expands beyond "
+                    raise DataError(f"{name} holds '{shown(entry.raw, 80)}', which expands beyond "
                                     "the size its header states (a zip bomb?); it was not extracted.")
                 if total > limits.max_total_bytes:
                     raise DataError(f"{name} expands beyond the limit of "
@@ -558,7 +551,7 @@ def _check_images(target: Path, counts: dict, name: str) -> int:
                     unreadable += 1
         counts[class_name] = kept
         if not kept:
-            raise DataError(f"Class folder '{_shown(class_name)}' has no readable images "
+            raise DataError(f"Class folder '{shown(class_name)}' has no readable images "
                             f"({', '.join(IMAGE_EXTENSIONS)}); add images to it or remove it.")
     return unreadable
 
@@ -573,7 +566,7 @@ def _existing(root: Path, digest: str) -> Ingested | None:
     if (not isinstance(info, dict) or info.get("digest") != digest
             or not isinstance(info.get("counts"), dict) or not os.path.isdir(folder / DATA_FOLDER)):
         return None
-    storage.touch(folder)  # used again: the store's clean-up removes it last
+    quota.touch(folder)  # used again: the store's clean-up removes it last
     return Ingested(path=folder / DATA_FOLDER, digest=digest, counts=info["counts"],
                     skipped=info.get("skipped") or {}, reused=True)
 
@@ -588,17 +581,6 @@ def _size(n: int) -> str:
     return f"{n / 1024:.0f} KB"
 
 
-def _shown(text, limit: int | None = None) -> str:
-    """``text`` safe inside a one-line message: control characters and lone surrogates
-    escaped, and, past ``limit`` characters, its middle cut out."""
-    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in str(text))
-    if limit and len(text) > limit:
-        keep = (limit - 1) // 2
-        text = text[:keep] + "…" + text[-keep:]
-    return text
-
-
 def _binary(source):
     """``(binary file object, whether to close it)`` for a path, bytes or file object.
 
@@ -610,7 +592,7 @@ def _binary(source):
         try:
             fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except OSError as exc:
-            raise DataError(f"Cannot read '{_shown(os.fspath(source))}' ({_shown(exc.strerror or exc)}); "
+            raise DataError(f"Cannot read '{shown(os.fspath(source))}' ({shown(exc.strerror or exc)}); "
                             "check the path and try again.") from None
         try:
             regular = stat.S_ISREG(os.fstat(fd).st_mode)
@@ -618,7 +600,7 @@ def _binary(source):
             regular = False
         if not regular:
             os.close(fd)
-            raise DataError(f"'{_shown(os.fspath(source))}' is not a regular file (a folder, pipe or "
+            raise DataError(f"'{shown(os.fspath(source))}' is not a regular file (a folder, pipe or "
                             "device); give the path of a .zip file.")
         return os.fdopen(fd, "rb"), True
     return source, False

@@ -27,9 +27,11 @@ import threading
 import time
 from pathlib import Path
 
-from tl import budget, cluster, memory, runs, training
+from tl import cluster, memory, run_cost, runs, training
+from tl.data import made
 from tl.errors import ConfigError, RunNotFound, UserError
 from tl.files import os_error_sentence, read_json
+from tl.paths import runs_root
 from tl.processes import own_record, same_process
 
 REPO = Path(__file__).resolve().parents[1]  # the worker runs `-m tl` from here
@@ -85,7 +87,7 @@ class JobManager:
     """
 
     def __init__(self, runs_dir=None, max_parallel=None, poll_seconds=0.5, app_memory=False):
-        self.root = runs.runs_root(runs_dir)
+        self.root = runs_root(runs_dir)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -121,7 +123,7 @@ class JobManager:
         """
         from tl import owners
 
-        held = memory.floor_mb() if self.app_memory and budget.budget_mb() else 0.0
+        held = memory.floor_mb() if self.app_memory and run_cost.budget_mb() else 0.0
         run = training.prepare(cfg, self.root, data=data, in_use_mb=held)  # may read the data: outside the lock
         owners.record_run(run.path, owner)
         with self._lock:
@@ -145,6 +147,11 @@ class JobManager:
                 job.run.request_cancel()
                 job.signal(signal.SIGTERM)
                 job.kill_at = time.time() + KILL_AFTER_SECONDS
+
+    def delete(self, run_id: str) -> None:
+        """Stop a run (as :meth:`cancel`) and delete it with what it kept (:func:`delete_run`)."""
+        self.cancel(run_id)
+        delete_run(run_id, self.root)
 
     def queue(self) -> list:
         """Ids of the runs waiting to start, next first."""
@@ -210,7 +217,7 @@ class JobManager:
             elif status["status"] == "running" and status.get("pid"):
                 self._jobs[run.id] = _Job(run, pid=status["pid"], pid_start=status.get("pid_start"),
                                           started=status.get("started"))  # it holds the device
-                memory.reserve(status["pid"], status.get("estimate_mb") or budget.BASE_MB, f"training run {run.id}")
+                memory.reserve(status["pid"], status.get("estimate_mb") or run_cost.BASE_MB, f"training run {run.id}")
             elif _on_disk(run) == "running":  # Run.status() said failed: make it permanent
                 run.set_status("failed", reason=status.get("reason") or DIED)
         self._queue = [run_id for _, run_id in sorted(queued)]
@@ -252,7 +259,7 @@ class JobManager:
         # so the run shows as running at once and an early death is noticed.
         status = run.set_status("running", pid=process.pid, started=time.time())
         expected = status.get("estimate_seconds")
-        memory.reserve(process.pid, status.get("estimate_mb") or budget.BASE_MB, f"training run {run.id}",
+        memory.reserve(process.pid, status.get("estimate_mb") or run_cost.BASE_MB, f"training run {run.id}",
                        time.time() + expected if expected else None)
         return _Job(run, process)
 
@@ -260,10 +267,10 @@ class JobManager:
         """Whether ``run`` fits the memory budget beside what runs now (called with the
         lock held). Alone (no worker running) it is started after the server's caches are
         dropped: it was checked against the server's own memory at submit."""
-        limit = budget.budget_mb() if self.app_memory else None
+        limit = run_cost.budget_mb() if self.app_memory else None
         if limit is None:
             return True
-        need = status.get("estimate_mb") or budget.BASE_MB
+        need = status.get("estimate_mb") or run_cost.BASE_MB
         used = memory.in_use()
         if used["total"] + need <= limit:
             return True
@@ -273,7 +280,7 @@ class JobManager:
         if run.id not in self._waiting:
             self._waiting.add(run.id)
             run.event("log", message=f"Waiting for memory: this run needs about {need:,.0f} MB and the app is using "
-                                     f"{used['total']:,.0f} of its {limit:,.0f} MB ({budget.BUDGET_ENV}); it starts "
+                                     f"{used['total']:,.0f} of its {limit:,.0f} MB ({run_cost.BUDGET_ENV}); it starts "
                                      "when the run training now has finished.")
         return False
 
@@ -283,6 +290,19 @@ class JobManager:
                 self.poll()
             except Exception:  # keep polling: one odd run folder must not stop every job
                 log.exception("Polling the training jobs failed")
+
+
+def delete_run(run_id: str, runs_dir=None) -> None:
+    """Delete a run for a user: its folder (:func:`tl.runs.delete`), then what it alone kept in
+    a made dataset (photos removed from the dataset since it trained), which is freed now.
+
+    Raises:
+        UserError: the run folder cannot be moved away, in one sentence.
+    """
+    origin = runs.get(run_id, runs_dir).data_origin
+    runs.delete(run_id, runs_dir)
+    if origin:
+        made.release(origin, runs_dir)
 
 
 def _record_exit(job):

@@ -7,12 +7,12 @@ use now:
 
 - the server process's resident memory (its caches included);
 - each of its child processes (training workers, data checks): the larger of its resident
-  memory and what it was expected to reach (:func:`reserve`, from :func:`tl.budget.estimate`),
+  memory and what it was expected to reach (:func:`reserve`, from :func:`tl.run_cost.estimate`),
   since a worker that has just started is far below its peak.
 
 When the new load does not fit, the server's caches are released first (:func:`on_pressure`
 registers how: the app drops its cached models and datasets) and the memory given back to
-the system (``malloc_trim``); when it still does not fit, :class:`tl.budget.BudgetError`
+the system (``malloc_trim``); when it still does not fit, :class:`tl.run_cost.BudgetError`
 says what is using the memory and when to retry. Runs started with ``python -m tl train`` on
 the same machine are not children of the server and are outside this count.
 
@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from tl.budget import BUDGET_ENV, BudgetError, budget_mb
+from tl.run_cost import BUDGET_ENV, BudgetError, budget_mb
 
 MB = 2 ** 20
 IDLE_SECONDS = 60.0  # a cached entry unused this long may be dropped for another load

@@ -1,4 +1,5 @@
-"""Where the runs folder and the caches are: facts every layer needs, kept below them all."""
+"""Where things are on disk: the runs folder, the caches, the data root (uploads) and the
+made datasets under it. Facts every layer needs, kept below them all."""
 
 import os
 from pathlib import Path
@@ -12,6 +13,16 @@ def runs_root(runs_dir=None) -> Path:
 def cache_root(runs_dir=None) -> Path:
     """Where cached features live: ``$TL_CACHE_DIR``, else ``<runs root>/.cache``."""
     return Path(os.environ.get("TL_CACHE_DIR") or runs_root(runs_dir) / ".cache").expanduser()
+
+
+def data_root(runs_dir=None) -> Path:
+    """Where uploads and made datasets are stored: ``$TL_DATA_DIR``, else ``<runs root>/.data``."""
+    return Path(os.environ.get("TL_DATA_DIR") or runs_root(runs_dir) / ".data").expanduser()
+
+
+def made_root(runs_dir=None) -> Path:
+    """Where made datasets live: ``<data root>/made``."""
+    return data_root(runs_dir) / "made"
 
 
 def converted_models_root(cache_dir) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 from tl.config import RunConfig
 from tl.errors import ConfigError, RunNotFound, UserError
 from tl.files import append_jsonl, atomic_write_json, os_error_sentence, read_jsonl
-from tl.paths import cache_root, runs_root  # noqa: F401  (runs.runs_root / runs.cache_root)
+from tl.paths import runs_root
 from tl.processes import process_start, same_process
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -386,23 +386,20 @@ def list_runs(runs_dir=None) -> list:
 
 
 def delete(run_id: str, runs_dir=None) -> None:
-    """Delete a run folder (after checking it is one), damaged or not.
+    """Delete a run folder (after checking it is one), damaged or not. Only the folder: what
+    the run kept elsewhere (a made dataset's photos) is freed by :func:`tl.jobs.delete_run`,
+    the layer that deletes runs for a user.
 
     Raises:
         UserError: it cannot be moved away (permissions, read-only disk), in one sentence.
     """
     run = get(run_id, runs_dir)
-    origin = run.data_origin
     trash = run.path.with_name(f".{run.id}.deleting")
     try:
         os.rename(run.path, trash)  # vanish from listings at once, then remove
     except OSError as exc:
         raise UserError(f"Run {run.id} could not be deleted: {os_error_sentence(exc, run.path)}") from None
     shutil.rmtree(trash, ignore_errors=True)
-    if origin:  # photos removed from a made dataset but kept for this run are freed now
-        from tl.data import made
-
-        made.release(origin, runs_dir)
 
 
 def remove_leftovers(runs_dir=None, older_than: float = 600.0) -> list:

@@ -1,6 +1,6 @@
 """Strategies: name -> a short function that freezes, unfreezes and fits in phases.
 
-Each function receives a :class:`tl.training.Learner` (which owns the model, the data and
+Each function receives a :class:`tl.learner.Learner` (which owns the model, the data and
 the progress events) and the run config. Together they cover the seeds' four cases:
 
 ==============  ==================  =======================================
@@ -74,8 +74,6 @@ class StrategySpec:
         uses_features: trains only the head, on cached pooled features.
         cut: "default" (the backbone's last layer) or "earlier" (its earlier cut point).
         pretrained: starts from the configured weights (``False``: random init).
-        trains_backbone: changes backbone weights (the Predictor then cannot share one
-            backbone pass between the run's head and the ImageNet head).
         phases: names of the phases it runs, for the app's charts.
         applies: config fields that matter to it beyond the common ones.
         defaults: what ``None`` in the config means for this strategy (epochs,
@@ -88,7 +86,6 @@ class StrategySpec:
     uses_features: bool
     cut: str
     pretrained: bool
-    trains_backbone: bool
     phases: tuple
     applies: tuple
     description: str
@@ -106,30 +103,28 @@ _IMAGE_FIELDS = ("augment",)
 STRATEGIES = {
     spec.name: spec
     for spec in (
-        StrategySpec("feature_extraction", feature_extraction, True, "default", True, False, ("head",), (),
+        StrategySpec("feature_extraction", feature_extraction, True, "default", True, ("head",), (),
                      "Small data, similar to ImageNet: train a classifier on cached CNN features. Fastest.",
                      _HEAD_ON_FEATURES),
-        StrategySpec("earlier_layer", earlier_layer, True, "earlier", True, False, ("head",), (),
+        StrategySpec("earlier_layer", earlier_layer, True, "earlier", True, ("head",), (),
                      "Small data, different from ImageNet: classifier on an earlier block's features.",
                      _HEAD_ON_FEATURES),
-        StrategySpec("frozen", frozen, False, "default", True, False, ("head", "frozen"), _IMAGE_FIELDS,
+        StrategySpec("frozen", frozen, False, "default", True, ("head", "frozen"), _IMAGE_FIELDS,
                      "Frozen backbone: the head is fitted on cached features, then trained on (augmented) images.",
                      dict(epochs=5, learning_rate=1e-4, early_stopping=3, min_steps=0, fine_tune_epochs=0)),
-        StrategySpec("fine_tune", fine_tune, False, "default", True, True, ("head", "fine_tune"),
+        StrategySpec("fine_tune", fine_tune, False, "default", True, ("head", "fine_tune"),
                      _IMAGE_FIELDS + ("fine_tune_epochs", "fine_tune_layers", "fine_tune_learning_rate"),
                      "Larger data, similar to ImageNet: fit the head, then fine-tune the top layers.",
                      dict(epochs=5, learning_rate=1e-3, early_stopping=3, min_steps=0, fine_tune_epochs=5)),
-        StrategySpec("full_fine_tune", full_fine_tune, False, "default", True, True, ("head", "full"),
+        StrategySpec("full_fine_tune", full_fine_tune, False, "default", True, ("head", "full"),
                      _IMAGE_FIELDS + ("fine_tune_learning_rate",),
                      "Larger data, different from ImageNet: fit the head, then train everything from the pretrained start.",
                      dict(epochs=5, learning_rate=1e-3, early_stopping=3, min_steps=0, fine_tune_epochs=0)),
-        StrategySpec("scratch", scratch, False, "default", False, True, ("scratch",), _IMAGE_FIELDS,
+        StrategySpec("scratch", scratch, False, "default", False, ("scratch",), _IMAGE_FIELDS,
                      "No transfer: the same architecture from random weights (the baseline).",
                      dict(epochs=100, learning_rate=3e-3, early_stopping=10, min_steps=300, fine_tune_epochs=0)),
     )
 }
-
-DEFAULT_STRATEGY = "feature_extraction"
 
 
 def head_on_features(strategy: str, head: str) -> bool:

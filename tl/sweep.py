@@ -26,6 +26,7 @@ from tl.backbones import BACKBONES
 from tl.config import RunConfig
 from tl.errors import ConfigError, UserError
 from tl.files import atomic_write_json, read_json
+from tl.paths import runs_root
 from tl.strategies import STRATEGIES, weights_warning
 
 TAG_PREFIX = "sweep:"
@@ -183,7 +184,7 @@ def sweep_configs(base: RunConfig, strategies, sweep_id: str) -> list:
 # -- the sweep on disk -------------------------------------------------------------------
 
 def sweeps_root(runs_dir=None) -> Path:
-    return runs.runs_root(runs_dir) / ".sweeps"
+    return runs_root(runs_dir) / ".sweeps"
 
 
 class Sweep:

@@ -7,6 +7,7 @@ from pathlib import Path
 from tl import runs
 from tl.config import RunConfig
 from tl.errors import ConfigError, UserError
+from tl.paths import runs_root
 from tl.strategies import STRATEGIES
 
 
@@ -35,7 +36,7 @@ def source_run(cfg: RunConfig, runs_dir=None):
     try:
         run = runs.get(run_id, runs_dir)
     except UserError:
-        raise ConfigError(f"weights='run:{run_id}' names no run in {runs.runs_root(runs_dir)}; "
+        raise ConfigError(f"weights='run:{run_id}' names no run in {runs_root(runs_dir)}; "
                           "`python -m tl runs` lists them.") from None
     if run.status().get("status") != "done" or not run.model_path.exists():
         raise ConfigError(f"Run '{run_id}' has not finished training, so its backbone cannot be reused; "

@@ -14,8 +14,9 @@ import streamlit as st
 
 from tl import check_jobs
 from tl.data import made
+from tl.data.catalogue import is_made
 from tl.errors import UserError
-from ui.state import PLOTLY_CONFIG, data_key, load_data
+from ui.state import LIVE_SECONDS, PLOTLY_CONFIG, data_key, load_data
 
 SHOWN = 24  # suspects drawn at once
 CUTS = {"last": "Last layer (everyday photos)", "earlier": "Earlier layer (scans, drawings, unusual images)"}
@@ -47,7 +48,7 @@ def check_section(cfg, root: str) -> None:
         st.caption(f"Download {cfg.dataset} first (tick the preview above), then check it.")
         return
     dataset = None
-    if made.is_made(cfg.dataset):
+    if is_made(cfg.dataset):
         try:
             dataset = made.find(cfg.dataset, root)
         except UserError as exc:
@@ -59,7 +60,7 @@ def check_section(cfg, root: str) -> None:
 def check_panel(cfg, root: str, key: str, dataset=None) -> None:
     """The whole "Check my data" section for the data ``cfg`` names (``dataset``: the made
     dataset on screen, for its one-click fixes)."""
-    from tl import budget
+    from tl import run_cost
 
     st.markdown("Which photos are probably in the wrong class, near-duplicates, outliers, and a map of the "
                 "images. Each photo is judged by a head trained without it (5 folds on the backbone's cached "
@@ -77,7 +78,7 @@ def check_panel(cfg, root: str, key: str, dataset=None) -> None:
     if status["status"] in check_jobs.ACTIVE:
         _progress(job, key)
         return
-    found = budget.estimate(check_cfg, len(data))
+    found = run_cost.estimate(check_cfg, len(data))
     label = "Check again" if status["status"] == "done" else "Check my data"
     st.caption(f"{len(data)} images with {check_cfg.backbone} at {check_cfg.image_size} px. {found.describe()} "
                "(the features are cached: a second check, or training on them, takes seconds).")
@@ -118,7 +119,7 @@ def _earlier(dataset, cfg, root: str, key: str) -> None:
 
 
 def _progress(job, key: str) -> None:
-    @st.fragment(run_every=1.0)
+    @st.fragment(run_every=LIVE_SECONDS)
     def live():
         status = job.status()
         if status["status"] not in check_jobs.ACTIVE:
@@ -254,7 +255,7 @@ def _map(result, cfg, key: str, dataset) -> None:
 def thumbnail(cfg, file: str, dataset=None, side: int = 160):
     """A small copy of a checked image (a made dataset's stored thumbnail, or the file in
     the data folder), or ``None`` when it is gone."""
-    if dataset is not None or made.is_made(cfg.dataset):
+    if dataset is not None or is_made(cfg.dataset):
         try:
             dataset = dataset or made.find(cfg.dataset)
         except UserError:

@@ -11,6 +11,7 @@ import streamlit as st
 from tl.data import made
 from tl.errors import UserError
 from tl.owners import dataset_owner
+from tl.text import shown
 from ui import owner
 from ui.state import remember
 
@@ -81,7 +82,7 @@ def pick_dataset(root: str):
     if "data_pick" not in st.session_state:
         wanted = opened if opened is not None else (st.query_params.get("data") or st.session_state.get("data_id"))
         if wanted and wanted not in by_id and opened is None:
-            st.warning(f"There is no made dataset '{made.shown(wanted, 60)}' here (deleted, or a link from another "
+            st.warning(f"There is no made dataset '{shown(wanted, 60)}' here (deleted, or a link from another "
                        "machine); pick or make one below.", icon=":material/link_off:")
         st.session_state["data_pick"] = wanted if wanted in by_id else (every[0].id if every else NEW)
     _steady("data_pick", [*by_id, NEW])
@@ -108,7 +109,7 @@ def _new_dataset(root: str) -> None:
         make = st.form_submit_button("Make dataset", type="primary")
     if make:
         try:
-            dataset = made.create(name, root, owner=owner.digest())
+            dataset = made.create_dataset(name, root, owner=owner.digest())
         except UserError as exc:
             st.error(str(exc))
         else:
@@ -199,7 +200,7 @@ def _new_class(dataset, first: bool) -> None:
             return
         st.session_state.pop("data_adding_class", None)
         st.session_state["data_class"] = made.check_name(name)
-        flash("success", f"Class '{made.shown(name.strip(), 60)}' added to '{updated.name}'; now add its photos.")
+        flash("success", f"Class '{shown(name.strip(), 60)}' added to '{updated.name}'; now add its photos.")
         st.rerun()
 
 

@@ -6,6 +6,8 @@ import sys
 import streamlit as st
 
 from tl import runs
+from tl.data.catalogue import is_made
+from tl.paths import runs_root
 
 # Plotly's own toolbar floats over a chart's title on a phone; Streamlit's element toolbar
 # (full screen, download) stays.
@@ -15,7 +17,7 @@ LIVE_SECONDS = 1.0  # how often a live view (a run's progress, a sweep's) is red
 
 def runs_dir() -> str:
     """The runs folder (``$TL_RUNS_DIR`` or ./runs), resolved."""
-    return str(runs.runs_root())
+    return str(runs_root())
 
 
 @st.cache_resource(show_spinner=False)
@@ -86,7 +88,7 @@ def server_caches() -> dict:
 
 def load_data(cfg_json: str):
     """The dataset a config names, capped and split (cached per config for the server)."""
-    from tl import budget, datasets
+    from tl import datasets, run_cost
     from tl.config import RunConfig
 
     cfg = RunConfig.from_json(cfg_json)
@@ -95,14 +97,14 @@ def load_data(cfg_json: str):
     if found is not None:
         return found
     with st.spinner("Reading the dataset..."):
-        return cache.get(cfg_json, lambda: datasets.load(cfg), budget.data_mb(cfg), "Reading this dataset",
+        return cache.get(cfg_json, lambda: datasets.load(cfg), run_cost.data_mb(cfg), "Reading this dataset",
                          label=f"{cfg.dataset} {cfg.image_size} px ({hashlib.sha256(cfg_json.encode()).hexdigest()[:8]})")
 
 
 def load_predictor(root: str, run_id: str):
     """Both heads of a run (:class:`tl.predict.Predictor`), built once per run for the whole
     server however many sessions ask at once, and held while the models cache has room."""
-    from tl import budget
+    from tl import run_cost
 
     cache = server_caches()["models"]
     key = f"{root}::{run_id}"
@@ -123,9 +125,9 @@ def load_predictor(root: str, run_id: str):
         if "tensorflow" not in sys.modules:  # the first model load also brings TensorFlow in
             from tl import memory
 
-            memory.need(budget.TENSORFLOW_MB + budget.predictor_mb(backbone),
+            memory.need(run_cost.TENSORFLOW_MB + run_cost.predictor_mb(backbone),
                         "Loading this run's model (and TensorFlow, the first time)")
-        return cache.get(key, make, budget.predictor_mb(backbone), "Loading this run's model", label=run_id)
+        return cache.get(key, make, run_cost.predictor_mb(backbone), "Loading this run's model", label=run_id)
 
 
 def data_key(cfg) -> str:
@@ -144,7 +146,7 @@ def _made_version(dataset: str) -> str:
     from tl.data import made
     from tl.errors import UserError
 
-    if not made.is_made(dataset):
+    if not is_made(dataset):
         return ""
     try:
         return f"version {made.find(dataset, runs_dir()).version}"
@@ -162,7 +164,7 @@ def dataset_choices(current: str | None = None) -> dict:
     choices = {name: spec.description for name, spec in DATASETS.items()}
     for dataset in made.list_datasets(runs_dir()):
         choices[dataset.ref] = f"Made on the Data page: {dataset.describe()}."
-    if made.is_made(current) and current not in choices:
+    if is_made(current) and current not in choices:
         choices[current] = "Made on the Data page, but not found here now (deleted?): pick another dataset."
     return choices
 

@@ -7,6 +7,7 @@ import streamlit as st
 from tl import runs
 from tl.backbones import BACKBONES, check_installed_weights
 from tl.config import OPTIMIZER_DESCRIPTIONS, OPTIMIZERS, STRATEGY_DEFAULTS, RunConfig
+from tl.data.catalogue import is_made, made_name
 from tl.datasets import spec_of
 from tl.errors import UserError
 from tl.heads import HEADS
@@ -120,7 +121,7 @@ def settings_line(cfg) -> str:
         weights = f"weights of run {cfg.weights[4:]}"
     else:
         weights = "weights from a file"
-    data = "your images" if cfg.dataset == "folder" else cfg.dataset.removeprefix("data:")
+    data = "your images" if cfg.dataset == "folder" else made_name(cfg.dataset)
     return (f"**{data}** · **{cfg.backbone}** ({weights}) · strategy **{cfg.strategy}** · head **{cfg.head}** · "
             f"{cfg.image_size} px")
 
@@ -157,7 +158,7 @@ def _form(root: str):
     if spec_.card:
         with col1.expander("About this dataset"):
             dataset_card(spec_.card)
-    if dataset.startswith("data:"):
+    if is_made(dataset):
         col1.page_link("app_pages/data.py", label="Edit its photos on the Data page", icon=":material/photo_library:")
     backbone = described_choice(col1, "Backbone", descriptions(BACKBONES), "train_backbone",
                                 "The pretrained network. efficientnet_lite0 is fast on a CPU and needs no download.")

@@ -12,9 +12,8 @@ import numpy as np
 from tl.data.core import Data, content_hash
 from tl.errors import DataError
 from tl.files import read_json
-from tl.images import IMAGE_EXTENSIONS, ImageError, decode_image
+from tl.images import IMAGE_EXTENSIONS, ImageError, decode_image, is_junk
 
-JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
 
 LAYOUT_HINT = ("one sub-folder per class with its images inside, for example "
                "data/cats/1.jpg and data/dogs/2.jpg")
@@ -37,11 +36,6 @@ class FolderScan:
     labels: list
     hashes: list
     skipped: list
-
-
-def is_junk(name: str) -> bool:
-    """Whether a file or folder name is OS clutter or hidden (skipped in image folders)."""
-    return name.lower() in JUNK_NAMES or name.startswith(".")
 
 
 def scan_folder_cached(root, cache_dir=None) -> FolderScan:

@@ -6,7 +6,7 @@ import sys
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tl import budget, cli, runs, training
+from tl import cli, run_cost, runs, training
 from tl.config import RunConfig
 
 from conftest import REPO, tiny_config
@@ -17,33 +17,33 @@ HEAVY = dict(backbone="resnet50", strategy="fine_tune", image_size=224, batch_si
 
 def test_heavy_fine_tune_is_refused_with_a_suggestion_that_fits():
     cfg = RunConfig(**HEAVY)
-    images = budget.images_hint(cfg)
-    with pytest.raises(budget.BudgetError) as caught:
-        budget.check(cfg, images, budget=CLOUD_MB)
+    images = run_cost.images_hint(cfg)
+    with pytest.raises(run_cost.BudgetError) as caught:
+        run_cost.check(cfg, images, budget=CLOUD_MB)
     message = str(caught.value)
-    needed = budget.estimate(cfg, images).memory_mb
+    needed = run_cost.estimate(cfg, images).memory_mb
     assert needed > CLOUD_MB
     assert message.startswith(f"This run needs about {needed:,.0f} MB of memory but the budget is 2,500 MB")
-    changes, smaller = budget.suggest(cfg, images, CLOUD_MB)
+    changes, smaller = run_cost.suggest(cfg, images, CLOUD_MB)
     assert changes and "try " + ", ".join(f"{k}={v}" for k, v in changes.items()) in message
     suggested = cfg.replace(**changes)
-    assert budget.check(suggested, images, budget=CLOUD_MB).memory_mb == smaller.memory_mb <= CLOUD_MB
+    assert run_cost.check(suggested, images, budget=CLOUD_MB).memory_mb == smaller.memory_mb <= CLOUD_MB
 
 
 def test_the_default_config_fits_the_cloud_budget():
     cfg = RunConfig()
-    found = budget.check(cfg, budget.images_hint(cfg), budget=CLOUD_MB)
+    found = run_cost.check(cfg, run_cost.images_hint(cfg), budget=CLOUD_MB)
     assert found.memory_mb <= CLOUD_MB
     assert found.describe().startswith("Estimated peak memory ~")
 
 
 def test_estimates_grow_with_the_work():
     cfg = RunConfig(backbone="resnet50", strategy="fine_tune")
-    base = budget.estimate(cfg, 400)
-    assert budget.estimate(cfg.replace(batch_size=64), 400).memory_mb > base.memory_mb
-    assert budget.estimate(cfg.replace(image_size=320), 400).memory_mb > base.memory_mb
-    assert budget.estimate(cfg.replace(strategy="feature_extraction"), 400).memory_mb < base.memory_mb
-    assert budget.estimate(cfg, 4000).seconds > base.seconds
+    base = run_cost.estimate(cfg, 400)
+    assert run_cost.estimate(cfg.replace(batch_size=64), 400).memory_mb > base.memory_mb
+    assert run_cost.estimate(cfg.replace(image_size=320), 400).memory_mb > base.memory_mb
+    assert run_cost.estimate(cfg.replace(strategy="feature_extraction"), 400).memory_mb < base.memory_mb
+    assert run_cost.estimate(cfg, 4000).seconds > base.seconds
 
 
 def test_a_sweep_adds_up_its_times_and_peaks_at_its_largest_run():
@@ -51,8 +51,8 @@ def test_a_sweep_adds_up_its_times_and_peaks_at_its_largest_run():
 
     base = RunConfig(backbone="mobilenet_v2")
     configs = sweeps.sweep_configs(base, sweeps.strategies_for(base.backbone), "test")
-    found = budget.estimate_sweep(configs, 400)
-    each = {cfg.strategy: budget.estimate(cfg, 400) for cfg in configs}
+    found = run_cost.estimate_sweep(configs, 400)
+    each = {cfg.strategy: run_cost.estimate(cfg, 400) for cfg in configs}
     assert found.each == each and list(found.each) == list(sweeps.strategies_for(base.backbone))
     assert found.seconds == pytest.approx(sum(run.seconds for run in each.values()))  # one after another
     assert found.memory_mb == max(run.memory_mb for run in each.values())  # one at a time
@@ -60,28 +60,28 @@ def test_a_sweep_adds_up_its_times_and_peaks_at_its_largest_run():
     assert (found.slowest, found.largest) == ("scratch", "full_fine_tune")
     assert each["scratch"].seconds > each["full_fine_tune"].seconds
     assert each["full_fine_tune"].memory_mb > each["scratch"].memory_mb
-    one = budget.estimate_sweep(configs[:1], 400)
+    one = run_cost.estimate_sweep(configs[:1], 400)
     assert one == (each["feature_extraction"].seconds, each["feature_extraction"].memory_mb,
                    "feature_extraction", "feature_extraction", {"feature_extraction": each["feature_extraction"]})
     with pytest.raises(ValueError, match="at least one config"):
-        budget.estimate_sweep([], 400)
+        run_cost.estimate_sweep([], 400)
 
 
 def test_budget_comes_from_the_environment(monkeypatch):
-    monkeypatch.delenv(budget.BUDGET_ENV, raising=False)
-    assert budget.budget_mb() is None
-    budget.check(RunConfig(**HEAVY), 400)  # no budget: no refusal
-    monkeypatch.setenv(budget.BUDGET_ENV, "0")
-    assert budget.budget_mb() is None
-    monkeypatch.setenv(budget.BUDGET_ENV, "lots")
-    with pytest.raises(budget.BudgetError, match="must be a number of megabytes"):
-        budget.budget_mb()
+    monkeypatch.delenv(run_cost.BUDGET_ENV, raising=False)
+    assert run_cost.budget_mb() is None
+    run_cost.check(RunConfig(**HEAVY), 400)  # no budget: no refusal
+    monkeypatch.setenv(run_cost.BUDGET_ENV, "0")
+    assert run_cost.budget_mb() is None
+    monkeypatch.setenv(run_cost.BUDGET_ENV, "lots")
+    with pytest.raises(run_cost.BudgetError, match="must be a number of megabytes"):
+        run_cost.budget_mb()
 
 
 def test_prepare_and_the_cli_refuse_before_any_run_folder(runs_dir, monkeypatch, capsys):
-    monkeypatch.setenv(budget.BUDGET_ENV, str(CLOUD_MB))
+    monkeypatch.setenv(run_cost.BUDGET_ENV, str(CLOUD_MB))
     heavy = tiny_config(**HEAVY)
-    with pytest.raises(budget.BudgetError):
+    with pytest.raises(run_cost.BudgetError):
         training.prepare(heavy, runs_dir)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**heavy.to_dict()}.items()
              if k in ("dataset", "backbone", "weights", "strategy", "image_size", "batch_size", "samples_per_class")]
@@ -93,12 +93,12 @@ def test_prepare_and_the_cli_refuse_before_any_run_folder(runs_dir, monkeypatch,
 @pytest.mark.slow
 def test_train_page_shows_the_estimate_and_the_refusal(tmp_path, monkeypatch, fresh_server):
     monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv(budget.BUDGET_ENV, str(CLOUD_MB))
+    monkeypatch.setenv(run_cost.BUDGET_ENV, str(CLOUD_MB))
     at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=60).run()
     at.switch_page("app_pages/train.py").run()
     assert not at.exception, at.exception
     captions = [c.value for c in at.caption if c.value.startswith("Estimated peak memory")]
-    expected = budget.estimate(RunConfig(), budget.images_hint(RunConfig())).describe()
+    expected = run_cost.estimate(RunConfig(), run_cost.images_hint(RunConfig())).describe()
     assert captions == [f"{expected} (400 images). Budget: 2,500 MB."]
     at.selectbox(key="train_backbone").set_value("resnet50").run()
     at.selectbox(key="train_strategy").set_value("fine_tune").run()
@@ -111,7 +111,7 @@ def test_train_page_shows_the_estimate_and_the_refusal(tmp_path, monkeypatch, fr
 
 
 def test_budget_imports_without_tensorflow():
-    code = "import sys, tl.budget; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    code = "import sys, tl.run_cost; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -119,10 +119,10 @@ def test_budget_imports_without_tensorflow():
 def test_the_openvino_pass_is_counted_where_features_are_extracted(monkeypatch):
     monkeypatch.delenv("TL_ENGINE", raising=False)
     cfg = RunConfig()  # feature extraction: one frozen pass over every image
-    assert budget.estimate(cfg, 400).parts["engine"] == budget.ENGINE_MB
-    assert budget.estimate(cfg.replace(engine="tensorflow"), 400).parts["engine"] == 0
+    assert run_cost.estimate(cfg, 400).parts["engine"] == run_cost.ENGINE_MB
+    assert run_cost.estimate(cfg.replace(engine="tensorflow"), 400).parts["engine"] == 0
     monkeypatch.setenv("TL_ENGINE", "tensorflow")
-    assert budget.estimate(cfg, 400).parts["engine"] == 0
+    assert run_cost.estimate(cfg, 400).parts["engine"] == 0
     monkeypatch.delenv("TL_ENGINE")
     scratch = RunConfig(backbone="small_cnn", weights="none", strategy="scratch", image_size=32)
-    assert budget.estimate(scratch, 400).parts["engine"] == 0  # no frozen pass at all
+    assert run_cost.estimate(scratch, 400).parts["engine"] == 0  # no frozen pass at all

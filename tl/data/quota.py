@@ -10,7 +10,9 @@ together. Before something new is stored, :func:`make_room` frees space, oldest 
    and nobody has changed for ``IDLE_DAYS`` days.
 
 What a run refers to is never removed: a run's ``data_dir`` names its upload, and a made
-dataset's ``refs/`` name its runs. When there is still no room, :class:`DataError` says how
+dataset's ``refs/<run id>.json`` name its runs. This module holds the one rule for "a made
+dataset is in use" (:func:`live_refs`: the refs of runs that still exist; a ref left by a
+deleted run holds nothing and is removed), which the made datasets' own clean-up uses too. When there is still no room, :class:`DataError` says how
 full the store is and what to do. Runs folders themselves are not counted here.
 
 Plain Python: no TensorFlow, no Streamlit.
@@ -23,6 +25,8 @@ import time
 from pathlib import Path
 
 from tl.errors import DataError
+from tl.files import read_json
+from tl.runs import list_runs
 
 DISK_ENV = "TL_DISK_BUDGET_MB"
 DEFAULT_MB = 5000.0
@@ -81,7 +85,7 @@ def entries(root: Path, runs_dir=None, which_in_use: bool = True) -> list:
     if made.is_dir():
         for path in sorted(p for p in made.iterdir() if p.is_dir() and not p.name.startswith(".")):
             found.append({"path": path, "kind": "made", "bytes": size_of(path), "used": _last_use(path),
-                          "in_use": any((path / "refs").glob("*.json"))})
+                          "in_use": bool(live_refs(path))})
     return found
 
 
@@ -135,13 +139,31 @@ def _last_use(path: Path) -> float:
         return 0.0
 
 
+def live_refs(dataset_path: Path) -> dict:
+    """run id -> the photo hashes it trained on, for the runs that still exist, read from a
+    made dataset's ``refs/``. The ref of a run that no longer exists is removed."""
+    found = {}
+    try:
+        files = sorted((Path(dataset_path) / "refs").glob("*.json"))
+    except OSError:
+        return found
+    for file in files:
+        try:
+            ref = read_json(file)
+            if isinstance(ref, dict) and Path(ref["run"]).is_dir():
+                found[file.stem] = set(ref["hashes"])
+            else:
+                file.unlink()
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
 def _upload_folders_of_runs(runs_dir=None) -> set:
     """The upload folders (``<data root>/<digest>``) that runs were trained on."""
-    from tl import runs
-
     found = set()
     try:
-        listed = runs.list_runs(runs_dir)
+        listed = list_runs(runs_dir)
     except Exception:  # no runs folder yet, or not readable: nothing refers
         return found
     for run in listed:

@@ -6,6 +6,10 @@ import json
 import sys
 from pathlib import Path
 
+from tl.data.catalogue import made_name
+from tl.paths import made_root
+from tl.text import shown
+
 EXIT_PARTIAL = 1  # some files were refused (each said on stderr); the others were added
 
 
@@ -56,11 +60,11 @@ def cmd_list(args) -> int:
         print(json.dumps([d.summary() for d in found]))
         return 0
     if not found:
-        print(f"No made datasets in {made.made_root(args.runs_dir)}; add photos with "
+        print(f"No made datasets in {made_root(args.runs_dir)}; add photos with "
               "`python -m tl data add NAME CLASS FILE...`.")
         return 0
     for d in found:
-        print(f"{'data:' + d.name:36} {d.describe()}")
+        print(f"{d.ref:36} {d.describe()}")
     return 0
 
 
@@ -74,11 +78,11 @@ def cmd_add(args) -> int:
     try:
         dataset = made.find(args.name, args.runs_dir)
     except DataError:
-        dataset, made_now = made.create(made.name_of(args.name), args.runs_dir), True
+        dataset, made_now = made.create_dataset(made_name(args.name), args.runs_dir), True
     files, unreadable = [], []
     for path in args.files:
         try:
-            files.append((path, read_regular_file(Path(path).expanduser(), f"'{made.shown(path, 60)}'",
+            files.append((path, read_regular_file(Path(path).expanduser(), f"'{shown(path, 60)}'",
                                                   MAX_BYTES + 1)))
         except UserError as exc:  # not a regular file, unreadable: one sentence already
             unreadable.append(f"{exc} It was not added.")
@@ -88,11 +92,11 @@ def cmd_add(args) -> int:
     dataset = report.dataset
     if made_now and not report.added:  # nothing landed: leave no empty dataset behind
         made.delete_dataset(dataset)
-        print(f"No photo was added, so data:{dataset.name} was not made.")
+        print(f"No photo was added, so {dataset.ref} was not made.")
         return EXIT_PARTIAL
     if made_now:
-        print(f"Made dataset data:{dataset.name}.", file=sys.stderr)
-    print(f"{report.describe()[:-1]} to '{class_name}' of data:{dataset.name}: "
+        print(f"Made dataset {dataset.ref}.", file=sys.stderr)
+    print(f"{report.describe()[:-1]} to '{class_name}' of {dataset.ref}: "
           f"{dataset.counts().get(class_name, 0)} photo(s) in that class; {dataset.describe()}.")
     return EXIT_PARTIAL if unreadable or report.refused else 0
 
@@ -116,7 +120,7 @@ def cmd_show(args) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    print(f"data:{dataset.name}  version {dataset.version}  ({dataset.photos} photos, "
+    print(f"{dataset.ref}  version {dataset.version}  ({dataset.photos} photos, "
           f"{dataset.total_bytes / 1024**2:.1f} MB; limits: {made.LIMITS.describe()})")
     for name, n in dataset.counts().items():
         print(f"  {name:30} {n:5d}")
@@ -141,7 +145,7 @@ def cmd_import(args) -> int:
     dataset, problems = made.import_zip(args.name, args.zip, args.runs_dir)
     for line in problems:
         print(line, file=sys.stderr)
-    print(f"Made data:{dataset.name}: {dataset.describe()}.")
+    print(f"Made {dataset.ref}: {dataset.describe()}.")
     return EXIT_PARTIAL if problems else 0
 
 
@@ -153,12 +157,12 @@ def cmd_delete(args) -> int:
     if not args.yes:
         runs = f" Runs {', '.join(used)} trained on it: they keep working, but no longer show its photos." if used else ""
         if not sys.stdin.isatty():
-            print(f"Deleting data:{dataset.name} ({dataset.describe()}) needs --yes.{runs}", file=sys.stderr)
+            print(f"Deleting {dataset.ref} ({dataset.describe()}) needs --yes.{runs}", file=sys.stderr)
             return 2
-        answer = input(f"Delete data:{dataset.name} ({dataset.describe()})?{runs} [y/N] ")
+        answer = input(f"Delete {dataset.ref} ({dataset.describe()})?{runs} [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("Nothing deleted.")
             return 0
     made.delete_dataset(dataset, args.runs_dir)
-    print(f"Deleted data:{dataset.name}.")
+    print(f"Deleted {dataset.ref}.")
     return 0

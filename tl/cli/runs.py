@@ -1,0 +1,197 @@
+"""The commands about runs and what they are made from: ``runs`` (list the runs), ``list``
+(the registries: datasets, backbones, heads, strategies, optimizers; :func:`registries`),
+``predict`` (classify images with a finished run), ``export`` (write a finished run in one
+format) and ``download`` (fetch a dataset archive, a progress line per 10%;
+:func:`fetch_with_progress`, which ``train`` calls too)."""
+
+import json
+import sys
+
+from tl.cli.common import EXIT_USAGE, RUNS_DIR_HELP
+from tl.engine import ENGINE_DESCRIPTIONS, ENGINES, PRECISION_DESCRIPTIONS, PRECISIONS
+from tl.paths import runs_root
+
+
+def add_runs_parser(sub) -> None:
+    """The ``runs`` command."""
+    runs_cmd = sub.add_parser("runs", help="list runs")
+    runs_cmd.add_argument("--runs-dir", help=RUNS_DIR_HELP)
+    runs_cmd.add_argument("--json", action="store_true", help="Print the runs as one JSON list.")
+    runs_cmd.set_defaults(handler=cmd_runs)
+
+
+def add_predict_parser(sub) -> None:
+    """The ``predict`` command."""
+    predict = sub.add_parser("predict", help="classify images with a finished run (ImageNet head and transferred head)")
+    predict.add_argument("run_id")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--top", type=int, default=5, help="Classes to show per head, 1 to 10. Default: 5.")
+    predict.add_argument("--runs-dir", help=RUNS_DIR_HELP)
+    predict.add_argument("--json", action="store_true", help="Print one JSON object per image.")
+    predict.add_argument("--engine", choices=ENGINES, help=_choices_help(
+        "What runs the backbone", ENGINE_DESCRIPTIONS, "$TL_ENGINE"))
+    predict.add_argument("--engine-precision", choices=PRECISIONS, help=_choices_help(
+        "Precision of the backbone pass", PRECISION_DESCRIPTIONS, "$TL_ENGINE_PRECISION"))
+    predict.set_defaults(handler=cmd_predict)
+
+
+def _choices_help(what: str, descriptions: dict, env: str) -> str:
+    """``what: a: text; b: text. Default: ENV, else auto.`` with argparse's ``%`` escaped."""
+    text = "; ".join(f"{name}: {line.rstrip('.')}" for name, line in descriptions.items())
+    return f"{what}: {text}. Default: {env}, else auto.".replace("%", "%%")
+
+
+def add_list_parser(sub) -> None:
+    """The ``list`` command."""
+    list_cmd = sub.add_parser("list", help="list datasets, backbones, heads, strategies and optimizers")
+    list_cmd.add_argument("--json", action="store_true", help="Print the names only, as one JSON object.")
+    list_cmd.set_defaults(handler=cmd_list)
+
+
+def add_download_parser(sub) -> None:
+    """The ``download`` command."""
+    download = sub.add_parser("download", help="download a dataset into the Keras cache (progress per 10%%)")
+    download.add_argument("dataset")
+    download.set_defaults(handler=cmd_download)
+
+
+def add_export_parser(sub) -> None:
+    """The ``export`` command."""
+    export = sub.add_parser("export", help="export a finished run (keras, savedmodel zip, tflite, labels, card)")
+    export.add_argument("run_id")
+    from tl.export import FORMATS
+
+    export.add_argument("--format", required=True, choices=FORMATS,
+                        help="keras: the .keras model; savedmodel: a zipped TF SavedModel; tflite: TFLite "
+                             "(a uint8 RGB image of any size in, resized inside); labels: labels.txt; card: a model card")
+    export.add_argument("--quantize", action="store_true", help="tflite only: dynamic-range 8-bit weights")
+    export.add_argument("--out", required=True, help="file to write, or an existing folder")
+    export.add_argument("--runs-dir", help=RUNS_DIR_HELP)
+    export.set_defaults(handler=cmd_export)
+
+
+def cmd_runs(args) -> int:
+    from tl import runs
+
+    rows = [run.summary() for run in runs.list_runs(args.runs_dir)]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print(f"No runs in {runs_root(args.runs_dir)}.")
+        return 0
+    header = f"{'run id':44} {'status':9} {'dataset':10} {'backbone':18} {'strategy':18} {'test acc':>8} {'time':>7}"
+    print(header)
+    for row in rows:
+        acc = f"{row['test_accuracy']:.4f}" if isinstance(row["test_accuracy"], (int, float)) else "-"
+        took = "-" if row["duration"] is None else f"{row['duration']:.0f}s"
+        text = {key: str(row[key] or "-") for key in ("status", "dataset", "backbone", "strategy")}
+        print(f"{row['run_id']:44} {text['status']:9} {text['dataset']:10} {text['backbone']:18} "
+              f"{text['strategy']:18} {acc:>8} {took:>7}")
+    for row in rows:
+        if row["status"] == "damaged":
+            print(row["reason"])
+    return 0
+
+
+def registries() -> dict:
+    """Names and one-line descriptions of every registry (no TensorFlow needed)."""
+    from tl.backbones import BACKBONES
+    from tl.config import OPTIMIZER_DESCRIPTIONS
+    from tl.datasets import DATASETS
+    from tl.heads import HEADS
+    from tl.strategies import STRATEGIES
+
+    return {
+        "datasets": {name: spec.description for name, spec in DATASETS.items()},
+        "backbones": {name: spec.description for name, spec in BACKBONES.items()},
+        "heads": {name: spec.description for name, spec in HEADS.items()},
+        "strategies": {name: spec.description for name, spec in STRATEGIES.items()},
+        "optimizers": dict(OPTIMIZER_DESCRIPTIONS),
+    }
+
+
+def cmd_list(args) -> int:
+    found = registries()
+    if args.json:
+        print(json.dumps({kind: list(entries) for kind, entries in found.items()}))
+        return 0
+    for kind, entries in found.items():
+        print(f"{kind}:")
+        for name, description in entries.items():
+            print(f"  {name:20} {description}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    """Both heads' top-k for each image; a bad file gets its own line and the rest go on."""
+    from pathlib import Path
+
+    from tl import runs
+    from tl.images import ImageError, decode_image
+    from tl.predict import DRAFT_SIZE, Predictor, check_top_k
+
+    k = check_top_k(args.top)
+    predictor = Predictor(runs.get(args.run_id, args.runs_dir), engine=args.engine, precision=args.engine_precision)
+    if predictor.engine_note:
+        print(f"note: {predictor.engine_note}", file=sys.stderr)
+    failed = 0
+    for path in args.images:
+        name = Path(path).name
+        try:
+            image = decode_image(path, name=name, draft_size=DRAFT_SIZE)
+        except ImageError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"file": path, "error": str(exc)}), flush=True)
+            continue
+        result = predictor.predict(image, k)
+        if args.json:
+            print(json.dumps(result.as_json(path)), flush=True)
+            continue
+        print(path)
+        if result.imagenet is None:
+            print(f"  ImageNet head: none. {result.imagenet_reason}")
+        else:
+            print(f"  ImageNet head ({predictor.cfg.backbone}):")
+            for label, score in zip(result.imagenet.labels, result.imagenet.scores):
+                print(f"    {score:7.2%}  {label}")
+        print(f"  Transferred head (run {predictor.run.id}):")
+        for label, score in zip(result.transfer.labels, result.transfer.scores):
+            print(f"    {score:7.2%}  {label}")
+    return EXIT_USAGE if failed else 0
+
+
+def fetch_with_progress(dataset: str) -> None:
+    """Download a dataset archive (if it is one and not cached), a progress line per 10%."""
+    from tl import datasets
+
+    spec = datasets.spec_of(dataset)
+    if spec.download and not datasets.is_cached(datasets.DOWNLOADS[spec.download]):
+        download = datasets.DOWNLOADS[spec.download]
+        folder = datasets.fetch(download, progress=datasets.download_progress_printer(sys.stderr, download.title))
+        print(f"{download.title} is in {folder}", file=sys.stderr)
+
+
+def cmd_download(args) -> int:
+    from tl import datasets
+    from tl.errors import ConfigError
+
+    spec = datasets.DATASETS.get(args.dataset)
+    if spec is None or not spec.download:
+        names = [name for name, s in datasets.DATASETS.items() if s.download]
+        raise ConfigError(f"Expected a downloadable dataset, one of {names}. Received: {args.dataset!r}.")
+    fetch_with_progress(args.dataset)
+    print(datasets.fetch(datasets.DOWNLOADS[spec.download]))
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Write one export of a finished run and print the path written."""
+    from tl import export, runs
+
+    run = runs.get(args.run_id, args.runs_dir)
+    path = export.export(run, args.format, args.out, quantize=args.quantize)
+    print(f"Wrote {path} ({path.stat().st_size:,} bytes)")
+    return 0
