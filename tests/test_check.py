@@ -353,7 +353,7 @@ def test_a_made_dataset_is_checked_by_its_stored_names(tmp_path, capsys):
 @pytest.mark.parametrize("setup, flags, message", [
     ("none", ["--dataset", "nope"], "Expected `dataset` to be one of"),
     ("flat", ["--dataset", "folder"], "class"),
-    ("few", ["--dataset", "folder"], "Class 'b' has only 4 image(s); the check needs at least 5 in each class"),
+    ("few", ["--dataset", "folder"], "Class 'b' has only 2 image(s); each class needs at least 3"),
     ("none", ["--dataset", "folder", "--backbone", "perceptron", "--cut", "earlier"],
      "Backbone 'perceptron' has no earlier layer to cut at"),
     ("few", ["--dataset", "folder", "--out", "/nonexistent/folder/c.json"], "The folder of '/nonexistent/folder/"),
@@ -364,7 +364,7 @@ def test_mistakes_get_one_sentence(setup, flags, message, tmp_path, capsys):
         root.mkdir()
         (root / "a.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
     elif setup == "few":
-        write_image_folder(root, {"a": 6, "b": 4}, size=16)
+        write_image_folder(root, {"a": 6, "b": 2}, size=16)
     code = cli.main(["check", *flags, "--data-dir", str(root), "--runs-dir", str(tmp_path / "runs"), "--json",
                      "--weights", "none"])
     captured = capsys.readouterr()
@@ -385,7 +385,48 @@ def test_the_check_result_rejects_nothing_it_wrote_and_reads_unknown_keys_quietl
 def test_too_few_images_per_class_names_the_number_needed():
     from tl.data.core import Data
 
-    data = Data(name="x", class_names=["a", "b"], labels=np.array([0] * 5 + [1] * 3), keys=[], fingerprint="",
-                image_size=8, reader=None)
-    with pytest.raises(DataError, match="Class 'b' has only 3 image"):
-        check._check_counts(data)
+    def data(*counts):
+        return Data(name="x", class_names=list("abc"[:len(counts)]), labels=np.repeat(np.arange(len(counts)), counts),
+                    keys=[], fingerprint="", image_size=8, reader=None)
+
+    with pytest.raises(DataError, match=r"^Class 'b' has only 2 image\(s\); the check needs at least 3 in each class"):
+        check._check_counts(data(5, 2))
+    with pytest.raises(DataError, match="^The check needs at least two classes"):
+        check._check_counts(data(6))
+    # From 3 images a class is checked, with as many folds as the smallest class has images.
+    assert [check._check_counts(data(8, n)) for n in (3, 4, 5, 9)] == [3, 4, 5, 5]
+    assert check.fewer_folds_note(3, 3) == ("With 3 images in the smallest class, the label checks use 3 folds "
+                                           "instead of 5 and say less than with 5 or more images per class.")
+    assert check.fewer_folds_note(7, 5) == ""
+
+
+def test_a_folder_of_three_images_per_class_is_checked_and_says_it_tells_less(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "three", {"a": 3, "b": 3, "c": 5}, size=16)
+    flags = ["--dataset", "folder", "--data-dir", str(root), "--backbone", "small_cnn", "--weights", "none",
+             "--image-size", "16", "--runs-dir", str(tmp_path / "runs")]
+    code, stdout = _cli_check(capsys, *flags, "--out", str(tmp_path / "c.json"), "--events", str(tmp_path / "e.jsonl"))
+    note = ("With 3 images in the smallest class, the label checks use 3 folds instead of 5 and say less than with "
+            "5 or more images per class.")
+    assert code == 0 and "Checked 11 images in 3 classes" in stdout and note in stdout
+    assert "each judged by a head fitted on the other 2 of 3 parts" in stdout
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["note"] == note and result["settings"]["folds"] == 3 and len(result["images"]) == 11
+    events = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert [(e["fold"], e["folds"]) for e in events if e["type"] == "fold"] == [(1, 3), (2, 3), (3, 3)]
+    code, stdout = _cli_check(capsys, *flags, "--json")
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["note"] == note
+
+
+def test_few_folds_still_judge_every_item_by_a_head_that_knew_every_class():
+    labels = np.repeat(np.arange(3), [3, 4, 9])
+    folds = findings.folds_for(labels)
+    assert folds == 3 and findings.folds_for(np.repeat(np.arange(2), [6, 40])) == 5
+    fold = findings.fold_of(labels, folds)
+    for k in range(folds):  # every class held out and trained on in every fold
+        assert set(labels[fold == k]) == set(labels[fold != k]) == {0, 1, 2}
+    rng = np.random.default_rng(0)
+    features = (rng.normal(size=(3, 8))[labels] * 3 + rng.normal(size=(len(labels), 8))).astype(np.float32)
+    seen = []
+    found = findings.analyse(features, labels, 3, on_event=lambda e: seen.append(e))
+    assert [(e["fold"], e["folds"]) for e in seen if e["type"] == "fold"] == [(1, 3), (2, 3), (3, 3)]
+    assert np.allclose(found.probs.sum(axis=1), 1) and found.probs.argmax(axis=1).tolist() == labels.tolist()

@@ -72,6 +72,23 @@ def test_a_slow_fit_is_reported_every_report_seconds(split, monkeypatch):
     assert [entry["iteration"] for entry in found.history] == list(range(1, found.iterations + 1))
 
 
+def test_each_report_keeps_the_objective_and_it_never_rises(split, tmp_path, monkeypatch):
+    """The chart of an exact fit plots what it minimises: cross-entropy plus the L2 penalty,
+    which L-BFGS lowers at every iteration (the cross-entropy alone may rise)."""
+    monkeypatch.setattr(head_fit, "REPORT_SECONDS", 0.0)  # every iteration reported
+    learner = Learner(tmp_path, 200)
+    found = recorded_fit(split, learner)
+    objectives = [entry["objective"] for entry in found.history]
+    assert len(objectives) == found.iterations > 10
+    assert all(later <= earlier for earlier, later in zip(objectives, objectives[1:]))
+    assert objectives[-1] < 0.5 * objectives[0]
+    penalty = (found.kernel.astype(np.float64) ** 2).sum() / (2 * 200)  # C = 1, n = 200
+    assert found.history[-1]["objective"] == pytest.approx(found.history[-1]["loss"] + penalty, rel=1e-5)
+    assert [entry["objective"] for entry in learner.history] == objectives  # recorded for the charts
+    written = json.loads((tmp_path / "history.json").read_text())
+    assert [entry["objective"] for entry in written] == objectives
+
+
 def test_the_last_entry_is_a_fresh_evaluation_of_the_returned_weights(split):
     train, labels, val, val_labels = split
     weights = np.where(labels == 0, 3.0, 1.0)  # class weights: the training loss is weighted

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from tl.errors import ConfigError, DataError
-from tl.findings import DUPLICATE_SIMILARITY, FOLDS, Findings, _emitter, _stopper, analyse
+from tl.findings import (DUPLICATE_SIMILARITY, FOLDS, MIN_PER_CLASS, Findings, _emitter, _stopper, analyse,
+                         folds_for)
 
 CUTS = ("last", "earlier")
 RESULT_FORMAT = 1
@@ -73,6 +74,8 @@ class CheckResult:
         timings: seconds of ``data`` (reading the dataset's list), ``features`` (the cache
             or the pass), ``folds``, ``duplicates``, ``outliers``, ``map`` and ``total``.
         skipped: ``[file, reason]`` for files the folder scan left out.
+        note: one sentence when the check could tell less than usual (a class of fewer
+            than FOLDS images: fewer folds, see :func:`fewer_folds_note`), else empty.
     """
 
     dataset: str
@@ -91,6 +94,7 @@ class CheckResult:
     origin: dict | None = None
     skipped: list = field(default_factory=list)
     created: float = 0.0
+    note: str = ""
 
     def to_dict(self) -> dict:
         return {"format": RESULT_FORMAT, **asdict(self)}
@@ -104,14 +108,15 @@ class CheckResult:
     def summary(self, top: int | None = None) -> dict:
         """What ``tl check --json`` prints: ``suspects`` (``file``, ``label``, ``likely``,
         ``score``; the first ``top``), ``duplicates`` as ``[file, file, similarity]``,
-        ``outliers`` as files, ``label_quality``, and the accuracy, counts and timings."""
+        ``outliers`` as files, ``label_quality``, the accuracy, counts and timings, and
+        ``note`` (empty, or what the check could tell less about)."""
         return {
             "dataset": self.dataset, "images": len(self.images), "accuracy": self.accuracy,
             "suspects": [{key: s[key] for key in ("file", "label", "likely", "score")}
                          for s in self.suspects[:top]],
             "duplicates": [[*d["files"], d["similarity"]] for d in self.duplicates],
             "outliers": [o["file"] for o in self.outliers],
-            "label_quality": self.label_quality, "timings": self.timings,
+            "label_quality": self.label_quality, "timings": self.timings, "note": self.note,
         }
 
 
@@ -133,8 +138,9 @@ def run_check(cfg, runs_dir=None, *, on_event=None, should_stop=None) -> CheckRe
             :class:`tl.errors.Cancelled`.
 
     Raises:
-        UserError: with one sentence (no such dataset, a class with fewer than FOLDS images,
-            weights not installed...).
+        UserError: with one sentence (no such dataset, one class, a class with fewer than
+            MIN_PER_CLASS images, weights not installed...). A class of MIN_PER_CLASS up to
+            FOLDS - 1 images is checked with fewer folds, and the result's ``note`` says so.
         Cancelled: ``should_stop`` said so.
     """
     from tl import datasets
@@ -150,24 +156,25 @@ def run_check(cfg, runs_dir=None, *, on_event=None, should_stop=None) -> CheckRe
     cfg = cfg.replace(strategy="earlier_layer" if STRATEGIES[cfg.strategy].cut == "earlier" else "feature_extraction")
     data = datasets.load(cfg, runs_dir)
     timings = {"data": round(time.time() - started, 3)}
-    _check_counts(data)
+    folds = _check_counts(data)
     if data.skipped:
         emit("log", message=datasets.skipped_message(data.skipped))
     if cfg.weights == "imagenet":
         check_installed_weights(cfg.backbone)
     layer = cut_layer(cfg.backbone, STRATEGIES[cfg.strategy].cut)
     weights, weights_id = initial_weights(cfg, runs_dir)
-    emit("data", classes=data.num_classes, images=len(data), folds=FOLDS,
+    emit("data", classes=data.num_classes, images=len(data), folds=folds,
          **{split: len(rows) for split, rows in data.splits.items()})
     found = features_of(data, lambda: _extractor(cfg, data.num_classes, weights), root=cache_root(runs_dir),
                         backbone=cfg.backbone, weights=weights_id, cut=layer, image_size=cfg.image_size,
                         batch_size=cfg.batch_size, emit=emit, engine=cfg.engine, precision=cfg.engine_precision,
                         should_stop=stop)
     timings["features"] = round(time.time() - started - timings["data"], 3)
-    findings = analyse(found.store, data.labels, data.num_classes, seed=cfg.seed, standardise=layer is not None,
+    findings = analyse(found.store, data.labels, data.num_classes, seed=cfg.seed, folds=folds,
+                       standardise=layer is not None,
                        on_event=on_event, should_stop=should_stop)
     timings.update(findings.timings, total=round(time.time() - started, 3))
-    result = _result(cfg, data, found, layer, findings, timings)
+    result = _result(cfg, data, found, layer, findings, timings, folds)
     emit("done", seconds=timings["total"])
     return result
 
@@ -194,14 +201,29 @@ def describe_event(event: dict) -> str:
     return ""
 
 
-def _check_counts(data) -> None:
-    """One sentence when a class has too few images for FOLDS folds."""
+def _check_counts(data) -> int:
+    """The folds to check ``data`` with (:func:`tl.findings.folds_for`); one sentence when
+    it has one class, or a class with fewer than MIN_PER_CLASS images."""
+    if data.num_classes < 2:
+        raise DataError("The check needs at least two classes (each image is judged against the others), so add "
+                        "a class.")
     counts = np.bincount(data.labels, minlength=data.num_classes)
     for name, count in zip(data.class_names, counts):
-        if count < FOLDS:
-            raise DataError(f"Class '{name}' has only {count} image(s); the check needs at least {FOLDS} in each "
-                            f"class (each image is judged by a head fitted on the other {FOLDS - 1} of {FOLDS} "
-                            "parts), so add images or remove the class.")
+        if count < MIN_PER_CLASS:
+            raise DataError(f"Class '{name}' has only {count} image(s); the check needs at least {MIN_PER_CLASS} in "
+                            "each class (each image is judged by a head fitted on the others, which must hold every "
+                            "class), so add images or remove the class.")
+    return folds_for(data.labels)
+
+
+def fewer_folds_note(smallest: int, folds: int) -> str:
+    """The sentence a check with fewer than FOLDS folds carries ('' with FOLDS): what it
+    can tell is less, each head fitted on fewer images and each class's threshold a mean
+    over fewer of them."""
+    if folds >= FOLDS:
+        return ""
+    return (f"With {smallest} images in the smallest class, the label checks use {folds} folds instead of {FOLDS} "
+            f"and say less than with {FOLDS} or more images per class.")
 
 
 def _extractor(cfg, num_classes, weights):
@@ -221,7 +243,7 @@ def _extractor(cfg, num_classes, weights):
     return feature_extractor(model)
 
 
-def _result(cfg, data, found, layer, findings: Findings, timings) -> CheckResult:
+def _result(cfg, data, found, layer, findings: Findings, timings, folds: int) -> CheckResult:
     names = data.class_names
     split_of = np.empty(len(data), dtype=object)
     for split, rows in data.splits.items():
@@ -248,7 +270,7 @@ def _result(cfg, data, found, layer, findings: Findings, timings) -> CheckResult
     far_records = [{"file": data.keys[i], "label": names[labels[i]], "distance": round(float(distance[i]), 4)}
                    for i in np.flatnonzero(outlier)[np.argsort(-distance[outlier], kind="stable")]]
     settings = {"backbone": cfg.backbone, "weights": cfg.weights, "cut": "earlier" if layer else "last",
-                "layer": layer, "image_size": cfg.image_size, "seed": cfg.seed, "folds": FOLDS,
+                "layer": layer, "image_size": cfg.image_size, "seed": cfg.seed, "folds": folds,
                 "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
                 "samples_per_class": cfg.samples_per_class, "feature_cache": found.cache,
                 **found.choice.as_record()}
@@ -263,4 +285,5 @@ def _result(cfg, data, found, layer, findings: Findings, timings) -> CheckResult
         map={"method": "pca", "explained": [round(float(e), 4) for e in findings.explained]},
         timings=timings, fingerprint=data.fingerprint,
         origin={k: v for k, v in data.origin.items() if k != "path"} if data.origin else None,
-        skipped=[list(item) for item in data.skipped], created=round(time.time(), 3))
+        skipped=[list(item) for item in data.skipped], created=round(time.time(), 3),
+        note=fewer_folds_note(int(np.bincount(labels, minlength=len(names)).min()), folds))

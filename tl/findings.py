@@ -3,7 +3,7 @@ photos probably in the wrong class, the near-duplicates, the outliers, a label-q
 per class and a 2-D map.
 
 Pure functions of arrays (a :class:`tl.features.FeatureStore` reads as one too) that need no
-model, no run, no config and no dataset: :func:`fold_of`, :func:`out_of_fold`,
+model, no run, no config and no dataset: :func:`folds_for`, :func:`fold_of`, :func:`out_of_fold`,
 :func:`label_issues`, :func:`near_duplicates`, :func:`outliers`, :func:`pca_map`, and
 :func:`analyse`, which runs them all and returns :class:`Findings`. :mod:`tl.check` gets the
 features and turns the findings into a :class:`tl.check.CheckResult`; this module never
@@ -15,6 +15,9 @@ How, and why (the figures are ``bench/check.py``'s, in ``bench/README.md``):
   head fit of training (:func:`tl.head_fit.fit_softmax` on features standardised with the
   other folds' statistics), and it predicts the held-out fold, so every photo is judged by a
   head that never saw it. (Ranking by training loss is biased: that head fitted the labels.)
+  A class of fewer than 5 items (3 or 4: :data:`MIN_PER_CLASS` is the least) means as many
+  folds as it has items (:func:`folds_for`), so each fold still holds out at least one item
+  of every class and trains on at least one: every class is in every fold's head.
 - **Suspects**, confident learning in spirit, written here in numpy: a threshold per class,
   the mean probability that class's own photos get for it; a photo is suspect when another
   class's probability reaches that class's threshold, and its likely class is the most
@@ -49,6 +52,7 @@ import numpy as np
 from tl.errors import Cancelled
 
 FOLDS = 5
+MIN_PER_CLASS = 3  # the fewest items of a class a check takes (as training: one each for train, val, test)
 DUPLICATE_SIMILARITY = 0.95
 OUTLIER_FENCE = 3.0
 BLOCK_ROWS = 2048  # a tile of similarities is BLOCK_ROWS^2 float32: 16 MiB
@@ -68,6 +72,16 @@ def fold_of(labels, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
         fold[members] = (start + np.arange(len(members))) % folds
         start += len(members)
     return fold
+
+
+def folds_for(labels) -> int:
+    """How many folds to use for ``labels``: :data:`FOLDS`, or the number of items of the
+    smallest class when that is fewer (at least 2). With no more folds than that class has
+    items, :func:`fold_of` holds out at least one item of every class in each fold and
+    leaves at least one of every class in its training part."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    counts = counts[counts > 0]
+    return int(max(2, min(FOLDS, counts.min()))) if len(counts) else FOLDS
 
 
 def out_of_fold(features, labels, num_classes: int, *, folds: int = FOLDS, seed: int = 0, on_fold=None,
@@ -306,10 +320,11 @@ class Findings:
     timings: dict
 
 
-def analyse(features, labels, num_classes: int, *, seed: int = 0, standardise: bool = False, on_event=None,
-            should_stop=None) -> Findings:
+def analyse(features, labels, num_classes: int, *, seed: int = 0, folds: int | None = None, standardise: bool = False,
+            on_event=None, should_stop=None) -> Findings:
     """Every part of the check on features already at hand (an array or a feature store):
     what :func:`tl.check.run_check` does once it has them, and what ``bench/check.py`` times.
+    ``folds``: of the out-of-fold probabilities, by default :func:`folds_for` the labels.
     ``standardise``: near-duplicates on standardised features (the earlier cut's).
     Events and stopping as :func:`tl.check.run_check`'s."""
     emit, stop = _emitter(on_event), _stopper(should_stop)
@@ -318,7 +333,8 @@ def analyse(features, labels, num_classes: int, *, seed: int = 0, standardise: b
     def on_fold(fold, folds, seconds, fit):
         emit("fold", fold=fold, folds=folds, seconds=round(seconds, 3), iterations=fit.iterations)
 
-    probs = out_of_fold(features, labels, num_classes, seed=seed, on_fold=on_fold, should_stop=stop)
+    folds = folds_for(labels) if folds is None else folds
+    probs = out_of_fold(features, labels, num_classes, folds=folds, seed=seed, on_fold=on_fold, should_stop=stop)
     issues = label_issues(labels, probs)
     timings["folds"] = round(time.time() - started, 3)
     found = {}

@@ -10,7 +10,10 @@ L-BFGS, the objective scikit-learn's ``LogisticRegression`` minimises::
 
 on standardised features (C = 1 by default; the bias is not penalised). Each L-BFGS
 iteration reads every training row at least once; a few of them, from the first to the last,
-are reported as the exact fit's "epochs" (see :class:`_Reporter`).
+are reported as the exact fit's "epochs" (see :class:`_Reporter`), each with both the
+training cross-entropy (``loss``) and this objective (``objective``): L-BFGS only ever lowers
+the objective, while the cross-entropy alone can rise from one report to the next as the
+penalty trades it for smaller weights.
 
 Features that fit in :data:`IN_MEMORY_BYTES` (256 MiB) are read into one matrix; beyond that every
 function evaluation streams them in chunks of :data:`CHUNK_ROWS` rows from the memory-mapped
@@ -117,7 +120,7 @@ class SoftmaxFit:
     iterations: int
     converged: bool
     message: str
-    history: list  # per reported iteration: iteration, loss, accuracy (train), val_loss, val_accuracy
+    history: list  # per reported iteration: iteration, loss, objective, accuracy (train), val_loss, val_accuracy
 
 
 def fit_softmax(train: Matrix, labels, num_classes: int, *, val: Matrix | None = None, val_labels=None,
@@ -133,6 +136,8 @@ def fit_softmax(train: Matrix, labels, num_classes: int, *, val: Matrix | None =
         labels: ``(n,)`` class index per training row.
         sample_weight: ``(n,)`` weight per row (balanced class weights), default 1; the
             reported training loss is weighted, the validation loss is not (as Keras does).
+            Each entry's ``objective`` is the weighted training loss plus the L2 penalty:
+            what the fit minimises, never higher than the entry before's.
         on_iteration: called after every iteration as ``on_iteration(iteration, loss)``,
             ``loss`` being the training loss of the latest evaluation; may raise to stop
             (cancellation, the NaN guard).
@@ -173,10 +178,12 @@ def fit_softmax(train: Matrix, labels, num_classes: int, *, val: Matrix | None =
     def figures(theta) -> dict:
         """A history entry for ``theta``: the training figures from the objective's latest
         evaluation when it was at ``theta`` (after an L-BFGS iteration it nearly always is),
-        else from a fresh pass; the validation figures from a pass over ``val``."""
+        else from a fresh pass; the objective is that loss plus the penalty, as
+        :func:`objective` adds them; the validation figures from a pass over ``val``."""
         kernel, bias = _unpack(theta, dim, k)
         entry = {"loss": last["loss"], "accuracy": last["accuracy"]} if np.array_equal(theta, last.get("theta")) \
             else dict(zip(("loss", "accuracy"), _evaluate(train, labels, kernel, bias, weights)))
+        entry["objective"] = entry["loss"] + 0.5 / (c * n) * float((kernel ** 2).sum())
         entry["val_loss"], entry["val_accuracy"] = (None, None) if val is None else \
             _evaluate(val, np.asarray(val_labels), kernel, bias)
         return entry

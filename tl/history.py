@@ -37,7 +37,10 @@ class ExactFitRecorder:
 
     Each entry is one "epoch" (``epoch`` goes up by one per entry, as the charts and the
     later phases count) and keeps its L-BFGS ``iteration``; ``seconds`` is the time since
-    the entry before."""
+    the entry before. Beside the training cross-entropy (``loss``) it keeps ``objective``,
+    what the fit minimises (cross-entropy plus the L2 penalty), which the charts plot: the
+    cross-entropy alone may rise while the objective falls. Runs recorded before have no
+    ``objective``."""
 
     def __init__(self, learner, phase):
         self.learner, self.phase = learner, phase
@@ -56,7 +59,8 @@ class ExactFitRecorder:
         learner.epochs_done += 1
         now = time.time()
         record = {"epoch": learner.epochs_done, "phase": self.phase, "method": "exact", "learning_rate": None,
-                  "iteration": entry["iteration"], "loss": entry["loss"], "accuracy": entry["accuracy"],
+                  "iteration": entry["iteration"], "loss": entry["loss"], "objective": entry.get("objective"),
+                  "accuracy": entry["accuracy"],
                   "val_loss": entry["val_loss"], "val_accuracy": entry["val_accuracy"],
                   "seconds": round(now - self.started, 4)}
         self.started = now

@@ -64,7 +64,8 @@ def check_panel(cfg, root: str, key: str, dataset=None) -> None:
 
     st.markdown("Which photos are probably in the wrong class, near-duplicates, outliers, and a map of the "
                 "images. Each photo is judged by a head trained without it (5 folds on the backbone's cached "
-                "features), so a wrong label cannot hide behind being learnt.")
+                "features; 3 or 4 when a class has only that many photos), so a wrong label cannot hide behind "
+                "being learnt.")
     cut = st.segmented_control("Features from", list(CUTS), format_func=CUTS.get, default="last",
                                key=f"{key}_check_cut") or "last"
     try:
@@ -143,6 +144,8 @@ def results(result, cfg, key: str, dataset=None) -> None:
                f"near-duplicate pair(s) ({len(leaks)} across the train/validation/test split), "
                f"{len(result.outliers)} outlier(s). Each photo judged without itself: "
                f"{result.accuracy:.0%} agree with their given class.", icon=":material/fact_check:")
+    if result.note:
+        st.info(result.note, icon=":material/info:")
     st.caption("Label quality per class (share of its photos not suspect): " + " · ".join(
         f"{name} {quality:.0%}" for name, quality in result.label_quality.items()))
     _suspects(result, suspects, cfg, key, dataset)

@@ -117,6 +117,8 @@ def print_table(result, top: int) -> None:
     print(f"\nChecked {len(result.images)} images in {len(result.class_names)} classes of {result.dataset} with "
           f"{s['backbone']} ({s['cut']} layer{', ' + s['layer'] if s['layer'] else ''}, {s['image_size']} px): "
           f"out-of-fold accuracy {result.accuracy:.3f}, {result.timings['total']:.1f} s.")
+    if result.note:
+        print(result.note)
     print(f"\nProbably in the wrong class: {len(result.suspects)}"
           + (f" (the {top} most suspicious first)" if len(result.suspects) > top else "")
           + (":" if result.suspects else "."))
