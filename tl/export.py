@@ -306,6 +306,7 @@ def model_card(run) -> str:
         f"- Trainable / total parameters: {metrics.get('trainable_params')} / {metrics.get('total_params')}",
         f"- Training time: {metrics.get('train_seconds')} s on {metrics.get('device', {}).get('kind', 'unknown')}",
         "",
+        *_trust_section(metrics),
         "## Intended use",
         "",
         f"Classifying photos into the {len(labels)} classes above, in settings like the training "
@@ -315,8 +316,8 @@ def model_card(run) -> str:
         "## Limits",
         "",
         f"- Trained on {sizes['train']} images and tested on only {sizes['test']}: the test accuracy "
-        "has a wide margin of error, and the model knows nothing outside these classes (it will "
-        "still pick one of them for any image).",
+        "has a wide margin of error, and the model knows nothing outside these classes (it still "
+        "picks one of them for any image: see the confidence rule above).",
         f"- Images are seen at {cfg.image_size}x{cfg.image_size} pixels; fine detail smaller than that is lost.",
         *_weights_limits(cfg),
         "",
@@ -331,6 +332,42 @@ def model_card(run) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _trust_section(metrics) -> list:
+    """What the card says about the probabilities (calibrated or not) and the rule for a
+    photo of none of the classes that a file giving only probabilities can apply."""
+    record, rule = metrics.get("calibration"), metrics.get("novelty") or {}
+    lines = ["## Confidence, and photos of none of these classes", ""]
+    if record is None:
+        return lines + ["This run was trained before calibration: its probabilities are the model's own (often "
+                        "near 100% even when wrong), and it has no rule for photos of none of its classes.", ""]
+    if record.get("applied"):
+        where = {"validation": "the validation photos",
+                 "out-of-fold": "out-of-fold predictions on the training and validation photos"}.get(
+                     record.get("source"), record.get("source"))
+        lines.append(f"The probabilities are calibrated: a temperature of {record['temperature']:.4g}, fitted on "
+                     f"{where}, is already applied inside every exported file (nothing to do when using it). "
+                     f"On the test split: expected calibration error {_num(record.get('ece_before'))} -> "
+                     f"{_num(record.get('ece_after'))}, negative log-likelihood {_num(record.get('nll_before'))} -> "
+                     f"{_num(record.get('nll_after'))}.")
+    else:
+        lines.append(record.get("note") or "The probabilities are not calibrated.")
+    lines.append("")
+    if rule.get("confidence_threshold") is not None:
+        lines += [f"Photos of none of these classes: the app also measures how far a photo's features are from "
+                  f"the training photos, which these files cannot (they output probabilities only). With a file, "
+                  f"treat an answer whose top probability is below **{rule['confidence_threshold']:.4f}** as "
+                  f"\"none of these classes\": {rule.get('pass_rate', 0.95):.0%} of held-out photos of the classes "
+                  f"reach it. This confidence-only rule catches fewer outsiders than the app's "
+                  f"(`bench/calibration.py` measures both).", ""]
+    else:
+        lines += [rule.get("note") or "This run has no rule for photos of none of its classes.", ""]
+    return lines
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _weights_limits(cfg) -> list:

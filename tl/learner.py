@@ -13,7 +13,7 @@ never imports that one.
 
 import numpy as np
 
-from tl import cluster, datasets, runs
+from tl import calibration, cluster, datasets, runs
 from tl.backbones import cut_layer, set_trainable_top
 from tl.errors import ConfigError
 from tl.history import ExactFitRecorder
@@ -50,6 +50,8 @@ class Learner:
         self.best_epoch = None
         self.fit_reports = []  # one per phase: how it ended (tl.callbacks.Progress.report)
         self.class_weights = None
+        self.temperature = None  # set by tl.trust after training; folded into the saved model
+        self.raw_test_probs = None
         if cfg.class_weight == "balanced":
             self.class_weights = datasets.balanced_class_weights(
                 data.labels[data.splits["train"]], data.num_classes)
@@ -317,17 +319,13 @@ class Learner:
         data = self.data
         test = data.splits["test"]
         feature_accuracy = None
-        if self.spec.uses_features:  # the head alone on the cached test features, eagerly in chunks
-            store = self._features()
-            probs = np.concatenate([np.asarray(self.head(store.read(test[i:i + 4096])[:, None, None, :],
-                                                         training=False))
-                                    for i in range(0, len(test), 4096)] or [np.zeros((0, data.num_classes))])
-            if self.engine_choice.precision != "fp32":
-                # Features of another precision than the served model's: score what is served.
-                feature_accuracy = classification_report(probs, data.labels[test], data.class_names)["test_accuracy"]
-                probs = self._served_probs(test)
-        else:
+        probs = self.probs(test)
+        if self.spec.uses_features and self.engine_choice.precision != "fp32":
+            # Features of another precision than the served model's: score what is served.
+            feature_accuracy = classification_report(probs, data.labels[test], data.class_names)["test_accuracy"]
             probs = self._served_probs(test)
+        self.raw_test_probs = probs  # before the temperature (tl.trust records both)
+        probs = calibration.scale(probs, self.temperature or 1.0)
         results = classification_report(probs, data.labels[test], data.class_names)
         results["misclassified"] = [
             dict(item, item=int(test[item["index"]]), key=data.keys[test[item["index"]]])
@@ -357,6 +355,29 @@ class Learner:
             results["feature_test_accuracy"] = feature_accuracy
         return results
 
+    def probs(self, rows) -> np.ndarray:
+        """The model's probabilities (before any temperature) on items ``rows``: the head on
+        the cached features for a strategy that trains on them (eagerly, in chunks), else the
+        whole model on the images."""
+        if not self.spec.uses_features:
+            return self._served_probs(rows)
+        return np.concatenate([np.asarray(self.head(self.cached_features(rows[i:i + 4096])[:, None, None, :],
+                                                    training=False))
+                               for i in range(0, len(rows), 4096)] or [np.zeros((0, self.data.num_classes))])
+
+    def cached_features(self, rows) -> np.ndarray:
+        """``(len(rows), C)`` pooled features of the frozen backbone, from the cache."""
+        return self._features().read(rows)
+
+    def model_features(self, rows) -> np.ndarray:
+        """``(len(rows), C)`` pooled features of the model as trained (its backbone's output)."""
+        from tl.models import feature_extractor
+
+        cfg = self.cfg
+        pooled = feature_extractor(self.model).predict(
+            datasets.image_pipeline(self.data, rows, cfg.batch_size, image_size=cfg.image_size), verbose=0)
+        return np.asarray(pooled).reshape(len(rows), -1)
+
     def _served_probs(self, rows):
         """Probabilities of the whole model (what model.keras serves) on images ``rows``."""
         cfg = self.cfg
@@ -364,7 +385,8 @@ class Learner:
             datasets.image_pipeline(self.data, rows, cfg.batch_size, image_size=cfg.image_size), verbose=0)
 
     def save_model(self):
-        """Save the full model (images in, probabilities out) atomically as model.keras.
+        """Save the full model (images in, probabilities out) atomically as model.keras, with
+        the calibration's temperature folded into its last layer.
 
         Optimizer state would double or triple the file for nothing a user of the exported
         model needs, so a model that was compiled (it or its head) is saved as an
@@ -379,6 +401,8 @@ class Learner:
             export = keras.Model.from_config(self.model.get_config())
             export.set_weights(self.model.get_weights())
             refresh_standardization(export.get_layer("head"))
+        if self.temperature is not None:  # every probability the saved model gives is the calibrated one
+            calibration.fold_temperature(export.get_layer("head").get_layer("predictions"), self.temperature)
         tmp = self.run.path / ".model.tmp.keras"
         try:
             export.save(tmp)

@@ -66,6 +66,15 @@ class Prediction:
     imagenet_reason: str | None
     shared: bool
     backbone_seconds: float | None
+    novelty: float | None = None  # tl.novelty's score of the photo; None: the run has no rule
+    threshold: float | None = None  # the novelty cut at the strictness asked for
+    confidence_floor: float | None = None  # the calibrated confidence under which it is unknown
+    unknown: bool | None = None  # "none of my classes" (None: the run cannot tell)
+
+    @property
+    def confidence(self) -> float:
+        """The transferred head's top probability (calibrated when the run is)."""
+        return float(self.transfer.scores[0])
 
     def as_json(self, name: str) -> dict:
         return {
@@ -74,6 +83,11 @@ class Prediction:
             "reason": self.imagenet_reason,
             "transfer": self.transfer.as_json(),
             "shared_backbone": self.shared,
+            "unknown": self.unknown,
+            "confidence": round(self.confidence, 6),
+            "novelty": None if self.novelty is None else round(self.novelty, 6),
+            "threshold": None if self.threshold is None else round(self.threshold, 6),
+            "confidence_floor": None if self.confidence_floor is None else round(self.confidence_floor, 6),
         }
 
 
@@ -155,6 +169,7 @@ class Predictor:
             self.imagenet_path = None if top is None else _split_imagenet(top, self.spec)
         del model, top
         self._compile_passes(engine, precision)
+        self.rule, self.calibration, self.trust_note = _trust_of(run)
         gc.collect()
 
     def _compile_passes(self, engine, precision) -> None:
@@ -241,8 +256,9 @@ class Predictor:
 
     # -- prediction --------------------------------------------------------------------
 
-    def predict(self, image: np.ndarray, k: int = DEFAULT_TOP_K) -> Prediction:
-        """Top-``k`` of both heads for one ``(H, W, 3)`` uint8 RGB image."""
+    def predict(self, image: np.ndarray, k: int = DEFAULT_TOP_K, pass_rate: float | None = None) -> Prediction:
+        """Top-``k`` of both heads for one ``(H, W, 3)`` uint8 RGB image, and whether it looks
+        like none of the run's classes (at ``pass_rate``: see :meth:`judge`)."""
         k = check_top_k(k)
         batch = np.asarray(image, dtype=np.float32)[None]
         backbone_seconds = None
@@ -250,21 +266,34 @@ class Predictor:
             started = time.perf_counter()
             outputs = self.transfer_path.runner(batch)
             backbone_seconds = time.perf_counter() - started
+            features = outputs[0]
             transfer_probs, transfer_seconds = _timed(self.transfer_path.head, outputs[0])
             imagenet_probs, imagenet_seconds = _timed(self.imagenet_path.head, outputs[1])
         else:
-            transfer_probs, transfer_seconds = _run_path(self.transfer_path, batch)
+            transfer_probs, transfer_seconds, features = _run_path(self.transfer_path, batch)
             imagenet_probs = imagenet_seconds = None
             if self.imagenet_path is not None:
-                imagenet_probs, imagenet_seconds = _run_path(self.imagenet_path, batch)
+                imagenet_probs, imagenet_seconds, _ = _run_path(self.imagenet_path, batch)
         transfer = _top(transfer_probs, self.class_names, k, transfer_seconds)
+        novelty = None if self.rule is None else float(self.rule.scores(np.asarray(features))[0])
         imagenet, reason = None, self.imagenet_reason
         if imagenet_probs is not None:
             try:
                 imagenet = self._decode_imagenet(imagenet_probs, k, imagenet_seconds)
             except DownloadError as exc:
                 reason = str(exc)
-        return Prediction(transfer, imagenet, reason, self.shared, backbone_seconds)
+        return self.judge(Prediction(transfer, imagenet, reason, self.shared, backbone_seconds, novelty), pass_rate)
+
+    def judge(self, prediction: Prediction, pass_rate: float | None = None) -> Prediction:
+        """``prediction`` with ``unknown`` decided by the run's rule (:mod:`tl.novelty`) at
+        ``pass_rate``: the share of held-out in-class photos that pass (``None``: the rule's
+        own, 95%). Unchanged for a run without a rule."""
+        if self.rule is None or prediction.novelty is None:
+            return prediction
+        prediction.threshold = self.rule.threshold_at(pass_rate)
+        prediction.confidence_floor = self.rule.confidence_floor_at(pass_rate)
+        prediction.unknown = bool(self.rule.unknown([prediction.novelty], [prediction.confidence], pass_rate)[0])
+        return prediction
 
     def _decode_imagenet(self, probs, k, seconds) -> HeadResult:
         from tl.imagenet_labels import decode
@@ -287,11 +316,35 @@ class Predictor:
 
 
 def _run_path(path: _Path, batch):
-    """Probabilities of one path's own backbone pass and head, and the seconds both took."""
+    """Probabilities of one path's own backbone pass and head, the seconds both took, and
+    the features the head read."""
     started = time.perf_counter()
     features = path.runner(batch)
-    probs, _ = _timed(path.head, features if path.index is None else features[path.index])
-    return probs, time.perf_counter() - started
+    read = features if path.index is None else features[path.index]
+    probs, _ = _timed(path.head, read)
+    return probs, time.perf_counter() - started, read
+
+
+def _trust_of(run) -> tuple:
+    """``(novelty rule or None, the calibration record or None, one sentence or None)``: what
+    the run keeps to say how far its answers can be trusted, and what it cannot say."""
+    from tl import novelty
+
+    record = (run.metrics or {}).get("calibration")
+    if record is None:
+        return None, None, ("This run was trained before calibration: its confidences are the model's own, "
+                            "and it cannot tell a photo of none of its classes; train it again to get both.")
+    note = None if record.get("applied") else record.get("note")
+    try:
+        rule = novelty.load(run.path / novelty.FILE)
+    except FileNotFoundError:
+        rule = None
+        note = note or "This run cannot tell a photo of none of its classes (too few photos to set the rule)."
+    except (OSError, ValueError, KeyError):
+        rule = None
+        note = (f"This run's {novelty.FILE} is damaged, so it cannot tell a photo of none of its classes; "
+                "train it again to restore it.")
+    return rule, record, note
 
 
 def _timed(head, features):

@@ -91,6 +91,12 @@ class StrategySpec:
     description: str
     defaults: dict = field(default_factory=dict)
 
+    @property
+    def keeps_backbone(self) -> bool:
+        """Whether training leaves the pretrained backbone as it started (only heads train),
+        so its cached features stay the features of the final model."""
+        return self.pretrained and set(self.phases) <= {"head", "frozen"}
+
 
 # epochs: the most passes over the training data; min_steps: at least this many optimiser
 # steps (small data: an epoch of 200 images is 7 steps); early_stopping: patience in epochs

@@ -10,14 +10,15 @@ records, the notes before it trains); the model and its phases are the
 import time
 import traceback
 
-from tl import cluster, datasets, run_cost, runs
-from tl.data import made
+from tl import calibration, cluster, datasets, run_cost, runs
 from tl.backbones import check_installed_weights
 from tl.config import RunConfig
+from tl.data import made
 from tl.errors import Cancelled, TrainingFailed, UserError
 from tl.files import os_error_sentence
 from tl.learner import MAX_EPOCHS, Learner
 from tl.strategies import STRATEGIES
+from tl.trust import fit_trust
 from tl.weights import source_run
 
 
@@ -163,8 +164,14 @@ def _train(run, cfg, runs_dir, emit) -> dict:
         STRATEGIES[cfg.strategy].run(learner, cfg)
         learner.train_seconds = time.time() - started
         learner.restore_best()
+        trust = fit_trust(learner, cfg.seed)
+        learner.temperature = trust.temperature
         metrics = learner.evaluate()
+        metrics["calibration"] = trust.calibration_record(learner.raw_test_probs, data.labels[data.splits["test"]])
+        metrics["novelty"] = trust.novelty_record(
+            calibration.scale(learner.raw_test_probs, trust.temperature or 1.0).max(axis=1))
         learner.save_model()
+        trust.save(run.path)
     run.write_json("metrics.json", metrics)
     return metrics
 

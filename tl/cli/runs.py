@@ -9,6 +9,7 @@ import sys
 
 from tl.cli.common import EXIT_USAGE, RUNS_DIR_HELP
 from tl.engine import ENGINE_DESCRIPTIONS, ENGINES, PRECISION_DESCRIPTIONS, PRECISIONS
+from tl.novelty import STRICTNESS
 from tl.paths import runs_root
 
 
@@ -27,7 +28,14 @@ def add_predict_parser(sub) -> None:
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--top", type=int, default=5, help="Classes to show per head, 1 to 10. Default: 5.")
     predict.add_argument("--runs-dir", help=RUNS_DIR_HELP)
-    predict.add_argument("--json", action="store_true", help="Print one JSON object per image.")
+    predict.add_argument("--json", action="store_true", help=(
+        "Print one JSON object per image: both heads' top-k, and for the transferred head the calibrated "
+        "`confidence`, `unknown` (the photo looks like none of the run's classes; null when the run cannot tell), "
+        "its `novelty` score with the cut (`threshold`) and the `confidence_floor`."))
+    predict.add_argument("--strictness", choices=list(STRICTNESS), default="balanced", help=(
+        "How readily a photo counts as none of the run's classes: " + ", ".join(
+            f"{name} lets {share:.0%} of held-out photos of the classes through" for name, share in STRICTNESS.items())
+        + ". Default: balanced.").replace("%", "%%"))
     predict.add_argument("--engine", choices=ENGINES, help=_choices_help(
         "What runs the backbone", ENGINE_DESCRIPTIONS, "$TL_ENGINE"))
     predict.add_argument("--engine-precision", choices=PRECISIONS, help=_choices_help(
@@ -135,6 +143,8 @@ def cmd_predict(args) -> int:
     predictor = Predictor(runs.get(args.run_id, args.runs_dir), engine=args.engine, precision=args.engine_precision)
     if predictor.engine_note:
         print(f"note: {predictor.engine_note}", file=sys.stderr)
+    if predictor.trust_note:
+        print(f"note: {predictor.trust_note}", file=sys.stderr)
     failed = 0
     for path in args.images:
         name = Path(path).name
@@ -146,7 +156,7 @@ def cmd_predict(args) -> int:
             if args.json:
                 print(json.dumps({"file": path, "error": str(exc)}), flush=True)
             continue
-        result = predictor.predict(image, k)
+        result = predictor.predict(image, k, STRICTNESS[args.strictness])
         if args.json:
             print(json.dumps(result.as_json(path)), flush=True)
             continue
@@ -158,6 +168,8 @@ def cmd_predict(args) -> int:
             for label, score in zip(result.imagenet.labels, result.imagenet.scores):
                 print(f"    {score:7.2%}  {label}")
         print(f"  Transferred head (run {predictor.run.id}):")
+        if result.unknown:
+            print("    looks like none of these classes (its guesses below are what the model would answer anyway)")
         for label, score in zip(result.transfer.labels, result.transfer.scores):
             print(f"    {score:7.2%}  {label}")
     return EXIT_USAGE if failed else 0

@@ -1,0 +1,174 @@
+""""None of my classes": whether a photo looks like a run's training photos at all.
+
+A softmax head always answers with one of its classes, however foreign the photo. Each run
+therefore keeps a bank of its training photos' pooled features (at most ``BANK_ROWS`` rows in
+float16, a few MB whatever the dataset's size: a stratified sample), unit length, and scores
+a photo by its distance to them: ``1 -`` the mean cosine similarity of its ``K`` nearest
+rows (nearest-neighbour novelty, in the feature space the run's head reads: the backbone's
+for the strategies that keep it, the final model's for the ones that change it).
+
+The app's rule combines it with the calibrated confidence: a photo is "none of my classes"
+when it is far from every training photo, or when the head is less sure of it than almost
+any held-out in-class photo. Each of the two cuts lets ``1 - (1 - pass rate) / 2`` of the
+held-out in-class photos through (the validation split, plus each banked training photo
+scored against the others, and its out-of-fold confidence, when that split is small), so
+about ``PASS_RATE`` pass both. The held-out figures are kept as quantiles, so the strictness
+can be changed when a photo is classified. (Measured in ``bench/calibration.py``: distance
+alone misses most look-alike outsiders such as digits the run never saw; confidence alone
+misses most photos and noise; together they catch more of both.)
+
+A model file that outputs only probabilities cannot compute a distance, so exports carry a
+confidence-only rule instead: "unknown" below the calibrated top probability that
+``PASS_RATE`` of held-out in-class photos reach (:meth:`NoveltyRule.confidence_threshold_at`).
+Plain numpy; the rule is saved as ``novelty.npz`` in the run folder.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FILE = "novelty.npz"
+FORMAT = 1
+BANK_ROWS = 1000  # 1000 x 1280 float16 = 2.5 MB for EfficientNet-Lite0
+K = 1
+PASS_RATE = 0.95  # of held-out in-class photos, at the default strictness
+MIN_HELD_OUT = 30  # fewer validation photos than this: banked training photos are scored too (leave-one-out)
+QUANTILES = 201  # held-out scores are kept as this many quantiles
+STRICTNESS = {"relaxed": 0.99, "balanced": PASS_RATE, "strict": 0.90}  # name -> share of in-class photos that pass
+
+
+def unit(features) -> np.ndarray:
+    """Rows scaled to unit length (float32; a zero row stays zero)."""
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim == 4:  # a feature map: pooled as the head pools it
+        x = x.mean(axis=(1, 2))
+    x = x.reshape(len(x), -1)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def _knn_scores(queries: np.ndarray, bank: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
+    scores = np.empty(len(queries), dtype=np.float64)
+    bank = bank.astype(np.float32)
+    for start in range(0, len(queries), 1024):
+        sims = queries[start:start + 1024] @ bank.T
+        if exclude_self:
+            rows = np.arange(start, start + len(sims))
+            sims[np.arange(len(sims)), rows] = -np.inf
+        kk = min(k, sims.shape[1] - (1 if exclude_self else 0))
+        top = -np.sort(-sims, axis=1)[:, :max(kk, 1)]
+        scores[start:start + len(sims)] = 1.0 - top.mean(axis=1)
+    return scores
+
+
+@dataclass
+class NoveltyRule:
+    """A run's rule for "none of my classes" (see the module docstring)."""
+
+    bank: np.ndarray  # (m, d) float16 unit rows of training features
+    held_out: np.ndarray  # quantiles of held-out in-class novelty scores, ascending
+    held_out_confidence: np.ndarray  # quantiles of their calibrated top probabilities, ascending
+    held_out_count: int
+    k: int = K
+    pass_rate: float = PASS_RATE
+
+    def scores(self, features) -> np.ndarray:
+        """Novelty of each row of pooled features (or feature maps): higher is stranger."""
+        return _knn_scores(unit(features), self.bank, self.k)
+
+    def threshold_at(self, pass_rate: float | None = None) -> float:
+        """The app rule's novelty cut: above it a photo is "none of my classes"."""
+        return float(np.quantile(self.held_out, _each(self.pass_rate if pass_rate is None else pass_rate)))
+
+    def confidence_floor_at(self, pass_rate: float | None = None) -> float:
+        """The app rule's confidence cut: below it a photo is "none of my classes"."""
+        return float(np.quantile(self.held_out_confidence, 1.0 - _each(self.pass_rate if pass_rate is None else pass_rate)))
+
+    def unknown(self, scores, confidence, pass_rate: float | None = None) -> np.ndarray:
+        """The app's rule, per photo: its novelty ``scores`` above the cut, or its calibrated
+        top probability (``confidence``) below the floor."""
+        return ((np.asarray(scores) > self.threshold_at(pass_rate))
+                | (np.asarray(confidence) < self.confidence_floor_at(pass_rate)))
+
+    @property
+    def threshold(self) -> float:
+        return self.threshold_at()
+
+    def confidence_threshold_at(self, pass_rate: float | None = None) -> float:
+        """The export rule's cut: the calibrated top probability below which a photo is
+        "unknown", letting ``pass_rate`` of held-out in-class photos through."""
+        return float(np.quantile(self.held_out_confidence, 1.0 - (self.pass_rate if pass_rate is None else pass_rate)))
+
+    @property
+    def confidence_threshold(self) -> float:
+        return self.confidence_threshold_at()
+
+    def as_record(self) -> dict:
+        """What ``metrics.json`` and an export's metadata say about the rule."""
+        return {"rule": "nearest-neighbour distance in feature space, or low calibrated confidence", "k": self.k,
+                "bank_rows": len(self.bank), "held_out": self.held_out_count, "pass_rate": self.pass_rate,
+                "threshold": round(self.threshold, 6), "confidence_floor": round(self.confidence_floor_at(), 6),
+                "export_rule": "calibrated top probability below the cut",
+                "confidence_threshold": round(self.confidence_threshold, 6)}
+
+    def save(self, path) -> None:
+        with open(path, "wb") as out:
+            np.savez(out, format=np.array(FORMAT), bank=self.bank.astype(np.float16), held_out=self.held_out,
+                     held_out_confidence=self.held_out_confidence, held_out_count=np.array(self.held_out_count),
+                     k=np.array(self.k), pass_rate=np.array(self.pass_rate))
+
+
+def _each(pass_rate: float) -> float:
+    """The pass rate of each of the app rule's two cuts, so that about ``pass_rate`` pass both."""
+    return 1.0 - (1.0 - pass_rate) / 2
+
+
+def load(path) -> NoveltyRule:
+    """The rule saved in ``path``. Raises ValueError (or OSError) when it cannot be read."""
+    with np.load(path, allow_pickle=False) as saved:
+        if int(saved["format"]) != FORMAT:
+            raise ValueError(f"unknown format {int(saved['format'])}")
+        return NoveltyRule(bank=saved["bank"], held_out=saved["held_out"],
+                           held_out_confidence=saved["held_out_confidence"],
+                           held_out_count=int(saved["held_out_count"]), k=int(saved["k"]),
+                           pass_rate=float(saved["pass_rate"]))
+
+
+def bank_rows(labels, limit: int = BANK_ROWS, seed: int = 0) -> np.ndarray:
+    """Indices into ``labels`` of a stratified sample of at most ``limit`` rows (every class
+    keeps rows in proportion, at least one each), sorted."""
+    labels = np.asarray(labels)
+    if len(labels) <= limit:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    share = limit / len(labels)
+    chosen = []
+    for c in classes:
+        rows = np.flatnonzero(labels == c)
+        take = max(1, int(round(len(rows) * share)))
+        chosen.append(rng.choice(rows, size=min(take, len(rows)), replace=False))
+    return np.sort(np.concatenate(chosen)[:limit])
+
+
+def fit(train_features, held_features, held_confidence, train_confidence=None, *, k: int = K,
+        pass_rate: float = PASS_RATE) -> NoveltyRule:
+    """The rule from a run's banked training features (already sampled, see :func:`bank_rows`)
+    and its held-out in-class photos' features and calibrated top probabilities. With fewer
+    than ``MIN_HELD_OUT`` held-out photos, each banked training photo is also scored against
+    the others (and ``train_confidence``, out-of-fold where known, joins the confidences)."""
+    bank = unit(train_features)
+    if len(bank) < 2:
+        raise ValueError("a novelty rule needs at least two training photos")
+    held = unit(held_features) if len(held_features) else np.zeros((0, bank.shape[1]), np.float32)
+    scores = [_knn_scores(held, bank, k)]
+    confidence = [np.asarray(held_confidence, dtype=np.float64)]
+    if len(held) < MIN_HELD_OUT:
+        scores.append(_knn_scores(bank, bank, k, exclude_self=True))
+        if train_confidence is not None:
+            confidence.append(np.asarray(train_confidence, dtype=np.float64))
+    scores, confidence = np.concatenate(scores), np.concatenate(confidence)
+    levels = np.linspace(0, 1, QUANTILES)
+    return NoveltyRule(bank=bank.astype(np.float16), held_out=np.quantile(scores, levels),
+                       held_out_confidence=np.quantile(confidence, levels) if len(confidence) else np.zeros(QUANTILES),
+                       held_out_count=int(len(scores)), k=k, pass_rate=pass_rate)
