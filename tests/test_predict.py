@@ -217,6 +217,48 @@ def test_grad_cam_weighs_a_spatial_map_and_explains_both_heads(shared, photo):
         assert shared.grad_cam(photo, head).values.shape == photo.shape[:2]
 
 
+def _grad_cam_through_the_input(features, head, image, index=None):
+    """The Grad-CAM the app drew before issue 31: the tape held the whole backbone (and took
+    the input's gradient too). The maps must not change now that only the head is taped."""
+    import tensorflow as tf
+
+    chain = features.layers[1:]
+    x = tf.convert_to_tensor(image[None].astype(np.float32))
+    for layer in chain[:-1]:
+        x = layer(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = chain[-1](x, training=False)
+        fmap = out[index] if index is not None else out
+        probs = head(fmap, training=False)
+        score = probs[0, int(tf.argmax(probs[0]))]
+    grad_map, _ = tape.gradient(score, [fmap, x])
+    cam = np.maximum((fmap.numpy()[0] * grad_map.numpy()[0].mean(axis=(0, 1))).sum(axis=-1), 0.0)
+    return cam
+
+
+def test_grad_cam_through_the_feature_map_draws_the_maps_it_drew_through_the_input(shared, photo):
+    for head in ("transfer", "imagenet"):
+        path = shared.transfer_path if head == "transfer" else shared.imagenet_path
+        before = _grad_cam_through_the_input(path.features, path.head, photo, path.index)
+        now = shared.grad_cams(photo, (head,))[head]
+        peak = np.unravel_index(before.argmax(), before.shape)
+        small = predict_gradcam_resize(now.values, before.shape)
+        assert np.unravel_index(small.argmax(), small.shape) == peak, head
+        assert np.allclose(predict_gradcam_resize(_normalised(before), photo.shape[:2]), now.values, atol=1e-3)
+
+
+def _normalised(values):
+    values = values - values.min()
+    return values / values.max() if values.max() > 0 else values
+
+
+def predict_gradcam_resize(values, shape):
+    from tl.gradcam import resize_map
+
+    return resize_map(values, *shape)
+
+
 @pytest.mark.slow
 def test_cli_predict_json(frozen_run, runs_dir, tmp_path, capsys):
     bad = tmp_path / "notes.jpg"

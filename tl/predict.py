@@ -307,12 +307,25 @@ class Predictor:
     def grad_cam(self, image: np.ndarray, head: str = "transfer", class_index: int | None = None):
         """Heat map of where ``head`` ("transfer" or "imagenet") looks for ``class_index``
         (default: its top class); see :func:`tl.gradcam.grad_cam`."""
+        return self.grad_cams(image, (head,), class_index)[head]
+
+    def grad_cams(self, image: np.ndarray, heads=("transfer", "imagenet"), class_index: int | None = None) -> dict:
+        """``{head: heat map}`` for one image: one backbone pass through the engine per distinct
+        backbone (one for both heads when they share it), then each head's gradient with
+        respect to the feature map it reads (:func:`tl.gradcam.grad_cam`)."""
         from tl.gradcam import grad_cam
 
-        path = self.transfer_path if head == "transfer" else self.imagenet_path
-        if path is None:
-            raise UserError(f"There is no {head} head to explain: {self.imagenet_reason}")
-        return grad_cam(path.features, path.head, image, index=path.index, class_index=class_index)
+        batch = np.asarray(image, dtype=np.float32)[None]
+        maps, passes = {}, {}
+        for head in heads:
+            path = self.transfer_path if head == "transfer" else self.imagenet_path
+            if path is None:
+                raise UserError(f"There is no {head} head to explain: {self.imagenet_reason}")
+            if id(path.runner) not in passes:
+                passes[id(path.runner)] = path.runner(batch)
+            maps[head] = grad_cam(path.features, path.head, image, index=path.index, class_index=class_index,
+                                  feature_map=passes[id(path.runner)])
+        return maps
 
 
 def _run_path(path: _Path, batch):

@@ -19,7 +19,7 @@ import numpy as np
 from tl import calibration, novelty
 from tl.strategies import STRATEGIES
 
-MAX_HELD_OUT = 2000  # validation photos read for the fit (a seeded sample of a larger split)
+MAX_HELD_OUT = 1000  # validation (and test) photos read for the fit: a seeded sample of a larger split
 FOLDS = 5
 
 
@@ -62,12 +62,12 @@ def fit_trust(learner, seed: int = 0) -> Trust:
     labels, splits = data.labels, data.splits
     keeps = STRATEGIES[cfg.strategy].keeps_backbone
     rng = np.random.default_rng([seed, 29])
-    val = np.asarray(splits["val"])
-    if len(val) > MAX_HELD_OUT:
-        val = np.sort(rng.choice(val, MAX_HELD_OUT, replace=False))
+    val = _sample(splits["val"], rng)
     train = np.asarray(splits["train"])
     bank = train[novelty.bank_rows(labels[train], seed=seed)]
     features = learner.cached_features if keeps else learner.model_features
+    learner.emit("log", message=f"Calibrating on {len(val)} validation photos and keeping {len(bank)} training "
+                                "photos' features to tell photos of none of the classes.")
 
     val_probs = learner.probs(val) if len(val) else np.zeros((0, data.num_classes))
     oof, oof_rows = None, None
@@ -103,6 +103,12 @@ def fit_trust(learner, seed: int = 0) -> Trust:
     if len(test):
         trust.test_scores = trust.rule.scores(features(test))
     return trust
+
+
+def _sample(rows, rng) -> np.ndarray:
+    """``rows``, or a seeded sample of ``MAX_HELD_OUT`` of them in order."""
+    rows = np.asarray(rows)
+    return np.sort(rng.choice(rows, MAX_HELD_OUT, replace=False)) if len(rows) > MAX_HELD_OUT else rows
 
 
 def _out_of_fold(features, labels, num_classes, folds, seed):
