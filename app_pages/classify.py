@@ -4,14 +4,15 @@ import streamlit as st
 
 from tl import runs
 from tl.errors import UserError
-from ui.classify_view import inputs, remember_choice, run_label, show_answers
+from ui.classify_view import inputs, remember_choice, run_label, show_answers, strictness
 from ui.state import load_predictor, runs_dir
 
 st.title("Classify")
 st.markdown("Upload photos and compare what the backbone's original **ImageNet classifier** sees "
             "with what **your transferred head** predicts.")
 root = runs_dir()
-finished = {row["run_id"]: row for row in (run.summary() for run in runs.list_runs(root)) if row["status"] == "done"}
+listed = {run.id: run for run in runs.list_runs(root)}
+finished = {row["run_id"]: row for row in (run.summary() for run in listed.values()) if row["status"] == "done"}
 if not finished:
     st.info("No finished run yet: train one on the Train page first.", icon=":material/info:")
     st.page_link("app_pages/train.py", label="Open Train", icon=":material/model_training:")
@@ -29,6 +30,7 @@ run_id = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in ids else 
 left, right = st.columns(2)
 k = left.slider("Classes to show per head (top-k)", 1, 10, 5, key="classify_k")
 heat = right.toggle("Show where each head looks (Grad-CAM)", key="classify_gradcam")
+pass_rate = strictness(listed[run_id])
 items = inputs()
 if not items:
     st.caption("Upload one or more images to classify them.")
@@ -44,10 +46,12 @@ st.caption(f"Backbone on {'OpenVINO' if engine.engine == 'openvino' else 'Tensor
 if predictor.imagenet_weights is None and predictor.imagenet_reason is None:
     st.warning("The ImageNet head has random weights here (TL_IMAGENET_TOP=random, for offline tests): "
                "its labels are noise.", icon=":material/warning:")
+if predictor.trust_note:
+    st.info(predictor.trust_note, icon=":material/info:")
 seen = set()
 for index, (name, data) in enumerate(items):
     if data in seen:
         st.caption(f"{name}: the same image as one above, skipped.")
         continue
     seen.add(data)
-    show_answers(root, run_id, predictor, index, name, data, k, heat)
+    show_answers(root, run_id, predictor, index, name, data, k, heat, pass_rate)

@@ -60,6 +60,8 @@ def test_train_small_cnn_from_the_page_to_results(runs_root):
     assert at.metric[0].value == f"{run.metrics['test_accuracy']:.1%}"
     assert len(at.get("plotly_chart")) >= 5  # counts, loss, accuracy, per-class, confusion
     assert len(at.get("download_button")) == 5  # model, config, metrics, labels.txt, model card
+    # A backbone trained on too few validation photos is not calibrated, and the results say so.
+    assert trust_section(at).markdown[0].value == run.metrics["calibration"]["note"]
     mistakes = run.metrics["misclassified"]
     assert mistakes, "the tiny run should get some test images wrong"
     captions = [c for img in at.get("image") for c in img.captions if "→" in c]
@@ -251,3 +253,48 @@ def test_the_train_and_compare_pages_render_without_tensorflow(tmp_path):
                             env={**os.environ, "TL_RUNS_DIR": str(tmp_path / "runs")})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-2:] == ["False", "False"]
+
+
+def trust_section(at):
+    found = [e for e in at.expander if e.label == "How far to trust its answers"]
+    return found[0] if found else None
+
+
+@pytest.mark.slow
+def test_the_results_say_how_far_to_trust_the_runs_answers(tmp_path, monkeypatch, trained_once):
+    import json
+
+    from conftest import LITE0_RUN, tiny_config
+
+    root = tmp_path / "runs"
+    monkeypatch.setenv("TL_RUNS_DIR", str(root))
+    run = trained_once(tiny_config(**LITE0_RUN), root)
+    record, rule = run.metrics["calibration"], run.metrics["novelty"]
+    at = open_run(run.id)
+    section = trust_section(at)
+    texts = [m.value for m in section.markdown]
+    assert texts[0] == ("Its confidences are calibrated: its scores are divided by a temperature of "
+                        f"{record['temperature']:.2f} before the softmax, so that how sure it says it is matches how "
+                        "often it is right (the chart below); the saved model and every format built from it below "
+                        "include it. " + record["note"])
+    assert record["note"].startswith("Fitted on out-of-fold predictions of ")  # the validation split is too small
+    assert texts[1] == (f"On the {run.metrics['test_size']} test photos (lower is better): expected calibration error "
+                        f"{record['ece_before']:.3f} → {record['ece_after']:.3f}, negative log-likelihood "
+                        f"{record['nll_before']:.3f} → {record['nll_after']:.3f}.")
+    (chart,) = section.get("plotly_chart")
+    spec = json.loads(chart.proto.spec)
+    assert spec["layout"]["title"]["text"].startswith("Reliability on the test photos")
+    assert [t["name"] for t in spec["data"]] == ["perfectly calibrated", "before calibration", "after calibration"]
+    assert f"it flagged {rule['test_unknown_rate']:.0%} of the test photos" in texts[2]
+    assert f"below a top probability of {rule['confidence_threshold']:.0%} as none of the classes" in texts[2]
+
+    # A run trained before calibration: one caption, no section, no error.
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    del metrics["calibration"], metrics["novelty"]
+    (run.path / "metrics.json").write_text(json.dumps(metrics))
+    at = open_run(run.id)
+    assert trust_section(at) is None
+    said = [c.value for c in at.caption if c.value.startswith("How far to trust its answers")]
+    assert said == ["How far to trust its answers: this run was trained before calibration, so its confidences "
+                    "are the model's own and it cannot tell a photo of none of its classes. Train it again to get "
+                    "both."]

@@ -8,6 +8,8 @@
 - A transfer strategy on a backbone without pretrained weights is warned about before Train.
 - At 390 px nothing in the results is cut off with an ellipsis.
 - Compare's "Pick finished runs" step, five times in a row.
+- At 390 px, Classify says "none of my classes" for a noise photo and not for one of the
+  run's own photos (a Lite0 feature-extraction run).
 - A screenshot of every page at both widths (``<TL_TEST_OUTPUT>/screenshots/newcomer-*``).
 """
 
@@ -18,7 +20,7 @@ import pytest
 
 from tl import runs
 
-from conftest import tiny_config, train_run
+from conftest import LITE0_RUN, tiny_config, train_run
 from test_e2e_browser import (OUTPUT, TIMEOUT_MS, _browser_or_skip, browser_test, choose, drawn, pick_option,
                               pick_runs, serve, settle, tall_screenshot)
 
@@ -27,14 +29,16 @@ PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, trained_once):
     root = tmp_path_factory.mktemp("newcomer") / "runs"
     root.mkdir()
     # Three classes, two epochs from scratch: a model that makes mistakes to click on.
     shapes = train_run(root, tiny_config(strategy="scratch", synthetic_classes=3, samples_per_class=30, epochs=2,
                                          image_size=24, seed=3, name="three shapes"))
     frozen = train_run(root, tiny_config(strategy="frozen", image_size=16, name="frozen"))
-    return {"root": root, "shapes": shapes, "frozen": frozen}
+    # Real ImageNet features, so that its rule tells noise from its shapes (for Classify).
+    lite = trained_once(tiny_config(**LITE0_RUN), root)
+    return {"root": root, "shapes": shapes, "frozen": frozen, "lite": lite}
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +262,35 @@ def test_compare_pick_runs_five_times_in_a_row(app):
         if attempt == 0:
             snap(page, "compare-picked")
         page.context.close()
+
+
+@browser_test
+def test_classify_on_a_phone_says_none_of_my_classes_for_an_outsider_only(app, tmp_path):
+    from PIL import Image
+
+    from test_app_classify import noise_png, training_photo
+
+    outsider, own = tmp_path / "noise.png", tmp_path / "shape.png"
+    outsider.write_bytes(noise_png())
+    Image.fromarray(training_photo(app["lite"])).save(own)
+    page = page_at(app, PHONE)
+    page.goto(f"{app['url']}/classify?run={app['lite'].id}")
+    page.get_by_text("Images (JPEG, PNG").wait_for()
+    settle(page)
+    expect(page.get_by_text("Flag photos of none of my classes")).to_be_visible()
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files([str(outsider), str(own)])
+    expect(page.locator(".js-plotly-plot")).to_have_count(4, timeout=120_000)  # two heads for each photo
+    settle(page)
+    photos = page.locator("[class*='st-key-classify_photo_']")
+    flag = "[class*='st-key-classify_unknown_']"
+    warning = photos.filter(has_text="noise.png").locator(flag)
+    expect(warning).to_have_count(1)
+    expect(warning).to_contain_text("This looks like none of the 2 classes this run was trained on")
+    expect(photos.filter(has_text="shape.png").locator(flag)).to_have_count(0)
+    assert page.locator(flag).count() == 1
+    charts = photos.filter(has_text="noise.png").locator(".js-plotly-plot")
+    assert bottom(warning) <= charts.first.bounding_box()["y"]  # read before the guesses
+    drawn(page)
+    assert page.evaluate(TRUNCATED, page.locator("[data-testid=stMain]").element_handle()) == []
+    assert page.get_by_test_id("stException").count() == 0
+    snap(page, "classify-outsider")

@@ -109,6 +109,21 @@ def test_curves_of_an_exact_fit_are_against_its_iterations():
     assert list(traces(plots.curves(old, "accuracy"))["train"].x) == [1, 2, 3, 4, 5]
 
 
+def test_the_loss_of_an_exact_fit_is_the_objective_it_minimises_and_says_so():
+    # A real shape: the cross-entropy rises while the regularised objective falls.
+    fit = [dict(fit_step(n, iteration, loss, 0.3), objective=objective)
+           for n, (iteration, loss, objective) in enumerate([(1, 0.5, 0.6), (2, 1e-5, 0.02), (3, 0.0017, 0.011),
+                                                             (5, 0.001, 0.0105)], 1)]
+    by_name = traces(plots.curves(fit, "loss"))
+    assert list(by_name) == ["training objective (cross-entropy + L2)", "validation cross-entropy"]
+    assert list(by_name["training objective (cross-entropy + L2)"].y) == [0.6, 0.02, 0.011, 0.0105]
+    assert list(by_name["validation cross-entropy"].y) == [0.3] * 4
+    assert list(traces(plots.curves(fit, "accuracy"))) == ["train", "validation"]  # accuracy is accuracy
+    # Fitted before epochs on images: the marker at epoch 0 is the cross-entropy the epochs after report.
+    then = fit + [dict(epoch(5, "fine_tune", loss=0.2), method="steps")]
+    assert list(traces(plots.curves(then, "loss"))["head fitted exactly (5 iterations)"].y) == [0.001, 0.3]
+
+
 def test_curves_after_an_exact_head_fit_count_epochs_on_images():
     fig = plots.curves(THEN_IMAGES, "loss")
     by_name = traces(fig)
@@ -326,3 +341,39 @@ def test_accuracy_vs_cost_names_every_point():
              {"label": "z", "test_accuracy": 0.30, "train_seconds": 90.0}]
     assert list(traces(plots.accuracy_vs_cost(close))["runs"].textposition) == [
         "top center", "bottom center", "top center"]
+
+
+# -- reliability ------------------------------------------------------------------------
+
+def bin_row(low, count, confidence, accuracy):
+    return {"low": low, "high": round(low + 0.1, 1), "count": count, "confidence": confidence, "accuracy": accuracy}
+
+
+def test_reliability_chart_draws_before_and_after_over_the_diagonal():
+    record = {"temperature": 1.8, "applied": True, "source": "validation",
+              # Bins with no photos are left out of the record (0.1-0.5 here); a zero count is skipped too.
+              "reliability_before": [bin_row(0.5, 3, 0.55, 0.3), bin_row(0.9, 40, 0.97, 0.8)],
+              "reliability_after": [bin_row(0.3, 0, 0.35, 0.0), bin_row(0.6, 10, 0.65, 0.6),
+                                    bin_row(0.8, 33, 0.86, 0.85)]}
+    by_name = traces(plots.reliability_chart(record))
+    assert list(by_name) == ["perfectly calibrated", "before calibration", "after calibration"]
+    assert list(by_name["perfectly calibrated"].x) == [0, 1] == list(by_name["perfectly calibrated"].y)
+    assert list(by_name["before calibration"].x) == [0.55, 0.97] and list(by_name["before calibration"].y) == [0.3, 0.8]
+    assert list(by_name["after calibration"].x) == [0.65, 0.86]  # the empty bin has no point
+    assert [row[0] for row in by_name["after calibration"].customdata] == [10, 33]
+    sizes = list(by_name["before calibration"].marker.size)
+    assert sizes[0] < sizes[1]  # a larger bin, a larger point
+    fig = plots.reliability_chart(record)
+    assert list(fig.layout.xaxis.range) == [0, 1] and fig.layout.xaxis.tickformat == ".0%"
+    json.dumps(fig.to_plotly_json(), default=str)  # serialisable, as st.plotly_chart sends it
+
+
+def test_reliability_chart_of_an_uncalibrated_run_and_of_no_test_photos():
+    rows = [bin_row(0.7, 5, 0.75, 0.6)]
+    not_applied = {"temperature": None, "applied": False, "source": "none", "note": "Not calibrated: ...",
+                   "reliability_before": rows, "reliability_after": rows}
+    assert list(traces(plots.reliability_chart(not_applied))) == ["perfectly calibrated",
+                                                                  "the model's own (not calibrated)"]
+    empty = {"applied": True, "reliability_before": [], "reliability_after": []}
+    assert annotation_texts(plots.reliability_chart(empty)) == ["No test photos"]
+    assert annotation_texts(plots.reliability_chart({})) == ["No test photos"]

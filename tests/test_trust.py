@@ -194,3 +194,22 @@ def test_a_fine_tuned_run_with_few_validation_photos_is_not_calibrated_and_says_
     assert record["temperature"] is None and not record["applied"] and record["source"] == "none"
     assert "too few to calibrate" in record["note"]
     assert record["ece_before"] == record["ece_after"]
+
+
+@pytest.mark.slow
+def test_classify_reads_a_training_photo_with_the_features_training_cached(tmp_path, trained_once):
+    """Small photos enlarged to 224 px: the training pipeline once rounded them to uint8 after
+    resizing, the served model does not; a banked training photo then sat 0.016 from itself."""
+    from PIL import Image
+
+    from conftest import write_image_folder
+    from tl import datasets
+
+    root = write_image_folder(tmp_path / "scans", {"a": 8, "b": 8}, size=12)
+    run = trained_once(tiny_config(**{**LITE0_RUN, "dataset": "folder", "data_dir": str(root)}), tmp_path / "runs")
+    data = datasets.load(run.config)
+    predictor = Predictor(run, imagenet_weights=None)
+    first = int(data.splits["train"][0])
+    photo = np.asarray(Image.open(root / data.keys[first]).convert("RGB"))
+    answer = predictor.predict(photo, 1)
+    assert answer.novelty < 0.01 * answer.threshold  # (the rounded pipeline: about 0.3 of it)

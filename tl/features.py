@@ -25,7 +25,7 @@ import numpy as np
 
 from tl.files import atomic_write_json, read_json, sha256_of
 
-FEATURE_FORMAT = 1
+FEATURE_FORMAT = 2  # 2: photos of varied sizes resized in float as the served model does, not rounded
 CHUNK_BATCHES = 32
 
 

@@ -3,9 +3,12 @@
 A softmax head always answers with one of its classes, however foreign the photo. Each run
 therefore keeps a bank of its training photos' pooled features (at most ``BANK_ROWS`` rows in
 float16, a few MB whatever the dataset's size: a stratified sample), unit length, and scores
-a photo by its distance to them: ``1 -`` the mean cosine similarity of its ``K`` nearest
-rows (nearest-neighbour novelty, in the feature space the run's head reads: the backbone's
-for the strategies that keep it, the final model's for the ones that change it).
+a photo by two distances to them, in the feature space the run's head reads (the backbone's
+for the strategies that keep it, the final model's for the ones that change it): ``1 -`` the
+cosine similarity of its nearest banked photo, and that distance over the nearest photo's own
+distance to its nearest neighbour (a density ratio: a photo as far from a tight cluster of
+textures as uniform noise is, is strange there even when it would be ordinary near a loose
+cluster). Each is divided by its held-out median and the larger is the photo's novelty.
 
 The app's rule combines it with the calibrated confidence: a photo is "none of my classes"
 when it is far from every training photo, or when the head is less sure of it than almost
@@ -47,18 +50,28 @@ def unit(features) -> np.ndarray:
     return x / np.maximum(norm, 1e-12)
 
 
-def _knn_scores(queries: np.ndarray, bank: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
-    scores = np.empty(len(queries), dtype=np.float64)
+def _nearest(queries: np.ndarray, bank: np.ndarray, k: int, exclude_self: bool = False) -> tuple:
+    """``(distance, index)`` per query: ``1 -`` the mean cosine similarity of its ``k`` nearest
+    bank rows, and the nearest row (``exclude_self``: query ``i`` is bank row ``i``, left out)."""
+    distance = np.empty(len(queries), dtype=np.float64)
+    nearest = np.empty(len(queries), dtype=np.int64)
     bank = bank.astype(np.float32)
     for start in range(0, len(queries), 1024):
         sims = queries[start:start + 1024] @ bank.T
         if exclude_self:
-            rows = np.arange(start, start + len(sims))
-            sims[np.arange(len(sims)), rows] = -np.inf
-        kk = min(k, sims.shape[1] - (1 if exclude_self else 0))
-        top = -np.sort(-sims, axis=1)[:, :max(kk, 1)]
-        scores[start:start + len(sims)] = 1.0 - top.mean(axis=1)
-    return scores
+            sims[np.arange(len(sims)), np.arange(start, start + len(sims))] = -np.inf
+        kk = max(1, min(k, sims.shape[1] - (1 if exclude_self else 0)))
+        order = np.argsort(-sims, axis=1)[:, :kk]
+        distance[start:start + len(sims)] = 1.0 - np.take_along_axis(sims, order, axis=1).mean(axis=1)
+        nearest[start:start + len(sims)] = order[:, 0]
+    return distance, nearest
+
+
+def _measures(queries: np.ndarray, bank: np.ndarray, local: np.ndarray, k: int, exclude_self: bool = False):
+    """``(distance, density ratio)``: the distance to the nearest training photos, and that
+    distance over the nearest photo's own distance to its nearest neighbour in the bank."""
+    distance, nearest = _nearest(queries, bank, k, exclude_self)
+    return distance, distance / np.maximum(local[nearest], 1e-6)
 
 
 @dataclass
@@ -69,12 +82,25 @@ class NoveltyRule:
     held_out: np.ndarray  # quantiles of held-out in-class novelty scores, ascending
     held_out_confidence: np.ndarray  # quantiles of their calibrated top probabilities, ascending
     held_out_count: int
+    scales: np.ndarray  # (2,) held-out medians of the distance and of the density ratio
     k: int = K
     pass_rate: float = PASS_RATE
+    _local: np.ndarray | None = None
+
+    @property
+    def local(self) -> np.ndarray:
+        """Each banked photo's distance to its nearest other banked photo."""
+        if self._local is None:
+            bank = self.bank.astype(np.float32)
+            self._local = _nearest(bank, bank, 1, exclude_self=True)[0]
+        return self._local
 
     def scores(self, features) -> np.ndarray:
         """Novelty of each row of pooled features (or feature maps): higher is stranger."""
-        return _knn_scores(unit(features), self.bank, self.k)
+        return self._combine(*_measures(unit(features), self.bank, self.local, self.k))
+
+    def _combine(self, distance, ratio) -> np.ndarray:
+        return np.maximum(distance / max(self.scales[0], 1e-9), ratio / max(self.scales[1], 1e-9))
 
     def threshold_at(self, pass_rate: float | None = None) -> float:
         """The app rule's novelty cut: above it a photo is "none of my classes"."""
@@ -115,7 +141,7 @@ class NoveltyRule:
         with open(path, "wb") as out:
             np.savez(out, format=np.array(FORMAT), bank=self.bank.astype(np.float16), held_out=self.held_out,
                      held_out_confidence=self.held_out_confidence, held_out_count=np.array(self.held_out_count),
-                     k=np.array(self.k), pass_rate=np.array(self.pass_rate))
+                     scales=self.scales, k=np.array(self.k), pass_rate=np.array(self.pass_rate))
 
 
 def _each(pass_rate: float) -> float:
@@ -130,7 +156,7 @@ def load(path) -> NoveltyRule:
             raise ValueError(f"unknown format {int(saved['format'])}")
         return NoveltyRule(bank=saved["bank"], held_out=saved["held_out"],
                            held_out_confidence=saved["held_out_confidence"],
-                           held_out_count=int(saved["held_out_count"]), k=int(saved["k"]),
+                           held_out_count=int(saved["held_out_count"]), scales=saved["scales"], k=int(saved["k"]),
                            pass_rate=float(saved["pass_rate"]))
 
 
@@ -160,15 +186,21 @@ def fit(train_features, held_features, held_confidence, train_confidence=None, *
     bank = unit(train_features)
     if len(bank) < 2:
         raise ValueError("a novelty rule needs at least two training photos")
+    local = _nearest(bank, bank, 1, exclude_self=True)[0]
     held = unit(held_features) if len(held_features) else np.zeros((0, bank.shape[1]), np.float32)
-    scores = [_knn_scores(held, bank, k)]
+    measured = [_measures(held, bank, local, k)]
     confidence = [np.asarray(held_confidence, dtype=np.float64)]
     if len(held) < MIN_HELD_OUT:
-        scores.append(_knn_scores(bank, bank, k, exclude_self=True))
+        measured.append(_measures(bank, bank, local, k, exclude_self=True))
         if train_confidence is not None:
             confidence.append(np.asarray(train_confidence, dtype=np.float64))
-    scores, confidence = np.concatenate(scores), np.concatenate(confidence)
+    distance = np.concatenate([d for d, _ in measured])
+    ratio = np.concatenate([r for _, r in measured])
+    confidence = np.concatenate(confidence)
+    scales = np.array([np.median(distance), np.median(ratio)], dtype=np.float64)
     levels = np.linspace(0, 1, QUANTILES)
-    return NoveltyRule(bank=bank.astype(np.float16), held_out=np.quantile(scores, levels),
+    rule = NoveltyRule(bank=bank.astype(np.float16), held_out=np.zeros(QUANTILES),
                        held_out_confidence=np.quantile(confidence, levels) if len(confidence) else np.zeros(QUANTILES),
-                       held_out_count=int(len(scores)), k=k, pass_rate=pass_rate)
+                       held_out_count=int(len(distance)), scales=scales, k=k, pass_rate=pass_rate)
+    rule.held_out = np.quantile(rule._combine(distance, ratio), levels)
+    return rule

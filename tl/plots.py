@@ -12,6 +12,8 @@ import plotly.graph_objects as go
 HEIGHT = 380
 LABELS = {"loss": "loss", "accuracy": "accuracy", "val_loss": "validation loss",
           "val_accuracy": "validation accuracy"}
+# An exact fit's loss traces: the training one is the objective it minimises (see _fit_curves).
+FIT_LOSS_NAMES = ("training objective (cross-entropy + L2)", "validation cross-entropy")
 
 
 def _figure(title: str, height: int = HEIGHT, **layout) -> go.Figure:
@@ -64,9 +66,10 @@ def curves(history: list, metric: str = "loss", batches: list | None = None) -> 
     epochs already in ``history`` are ignored.
 
     A head fitted exactly (entries with ``method: "exact"``) has iterations, not epochs: a
-    history of only that fit is drawn against its L-BFGS iterations; before epochs on
-    images, the fit's final values are one "head fitted exactly" marker at epoch 0 and the
-    epochs on images count from 1.
+    history of only that fit is drawn against its L-BFGS iterations (its training loss as
+    the objective the fit minimises, see :func:`_fit_curves`); before epochs on
+    images, the fit's final values are one "head fitted exactly" marker at epoch 0 (its
+    cross-entropy, as the epochs after it report) and the epochs on images count from 1.
     """
     if metric not in ("loss", "accuracy"):
         raise ValueError(f"metric must be 'loss' or 'accuracy', not {metric!r}")
@@ -106,12 +109,21 @@ def curves(history: list, metric: str = "loss", batches: list | None = None) -> 
 
 def _fit_curves(fit: list, metric: str) -> go.Figure:
     """Train and validation ``metric`` of an exact head fit against its L-BFGS iterations
-    (only some are recorded: markers on the lines)."""
+    (only some are recorded: markers on the lines).
+
+    The training loss drawn is what the fit minimises, the ``objective`` (cross-entropy plus
+    the L2 penalty), which never rises from one iteration to the next; the cross-entropy
+    alone can, as the penalty trades it for smaller weights, and read as a fit going wrong.
+    The traces say which is which. Runs recorded without ``objective`` draw their
+    cross-entropy as "train", as before."""
     title = f"{metric.capitalize()} per L-BFGS iteration<br><sub>the head fitted exactly on cached features</sub>"
     fig = _figure(title, xaxis_title="L-BFGS iteration", yaxis_title=metric, hovermode="x unified")
     iterations = _iterations(fit)
-    fig.add_scatter(x=iterations, y=[h.get(metric) for h in fit], name="train", mode="lines+markers")
-    fig.add_scatter(x=iterations, y=[h.get(f"val_{metric}") for h in fit], name="validation", mode="lines+markers")
+    objective = metric == "loss" and all(h.get("objective") is not None for h in fit)
+    train, validation = FIT_LOSS_NAMES if objective else ("train", "validation")
+    fig.add_scatter(x=iterations, y=[h.get("objective" if objective else metric) for h in fit], name=train,
+                    mode="lines+markers")
+    fig.add_scatter(x=iterations, y=[h.get(f"val_{metric}") for h in fit], name=validation, mode="lines+markers")
     fig.update_xaxes(rangemode="tozero")
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1.02])
@@ -390,4 +402,38 @@ def check_map(images: list, class_names: list, title: str = "Map of the images (
                                    f"{images[i].get('likely')}" for i in rows],
             marker=dict(symbol=symbol, size=14, color=colour, line=dict(width=2, color=colour)),
             hovertemplate="%{text}<br>" + label + "<extra></extra>"))
+    return fig
+
+
+def reliability_chart(calibration: dict) -> go.Figure:
+    """Accuracy against confidence per bin of the test photos, before and after calibration
+    (``metrics.json``'s ``calibration``: ``reliability_before`` / ``reliability_after``, rows of
+    ``low``, ``high``, ``count``, ``confidence``, ``accuracy``), over the diagonal a perfectly
+    calibrated model would follow. Empty bins have no point; a point's size grows with its
+    bin's count. A run that was not calibrated (``applied`` false) has one line, its own."""
+    title = "Reliability on the test photos<br><sub>accuracy per confidence bin; the diagonal is perfect</sub>"
+    lines = [("before calibration", calibration.get("reliability_before"), "#7f7f7f"),
+             ("after calibration", calibration.get("reliability_after"), "#1f77b4")]
+    if not calibration.get("applied"):
+        lines = [("the model's own (not calibrated)", lines[0][1] or lines[1][1], "#7f7f7f")]
+    lines = [(name, [row for row in rows or [] if row.get("count")], colour) for name, rows, colour in lines]
+    if not any(rows for _, rows, _ in lines):
+        return _empty(title, "No test photos")
+    fig = _figure(title, xaxis_title="confidence (top probability)", yaxis_title="accuracy",
+                  legend=dict(orientation="h", y=-0.25))
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated", hoverinfo="skip",
+                    line=dict(dash="dash", color="black", width=1))
+    largest = max(row["count"] for _, rows, _ in lines for row in rows)
+    for name, rows, colour in lines:
+        if not rows:
+            continue
+        fig.add_scatter(
+            x=[row["confidence"] for row in rows], y=[row["accuracy"] for row in rows], mode="lines+markers",
+            name=name, line=dict(color=colour), cliponaxis=False,  # a point at 100% is drawn whole
+            marker=dict(color=colour, size=[6 + 12 * math.sqrt(row["count"] / largest) for row in rows]),
+            customdata=[[row["count"], row["low"], row["high"]] for row in rows],
+            hovertemplate=name + "<br>confidence %{customdata[1]:.0%}-%{customdata[2]:.0%}: mean %{x:.1%}"
+                          "<br>accuracy %{y:.1%} of %{customdata[0]} photos<extra></extra>")
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     return fig

@@ -72,13 +72,13 @@ def fit_trust(learner, seed: int = 0) -> Trust:
     val_probs = learner.probs(val) if len(val) else np.zeros((0, data.num_classes))
     oof, oof_rows = None, None
     if len(val) >= calibration.MIN_HELD_OUT:
-        temperature, source, note = calibration.fit_temperature(val_probs, labels[val]), "validation", None
+        temperature, source, note = calibration.choose_temperature(val_probs, labels[val], seed), "validation", None
     elif keeps:
         oof_rows = np.concatenate([train, val])
         counts = np.bincount(labels[oof_rows], minlength=data.num_classes)
         folds = int(max(2, min(FOLDS, counts[counts > 0].min())))
         oof = _out_of_fold(learner.cached_features(oof_rows), labels[oof_rows], data.num_classes, folds, seed)
-        temperature, source = calibration.fit_temperature(oof, labels[oof_rows]), "out-of-fold"
+        temperature, source = calibration.choose_temperature(oof, labels[oof_rows], seed), "out-of-fold"
         note = (f"Fitted on out-of-fold predictions of {len(oof_rows)} training and validation photos "
                 f"({folds} folds): the validation split alone ({len(val)}) is too small.")
     else:

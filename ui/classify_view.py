@@ -1,5 +1,6 @@
 """The Classify page's pieces: the cached answers of both heads and Grad-CAM for one upload,
-the camera and the uploader, one image's answers, and the run chooser's label and address."""
+the camera and the uploader, how strict "none of my classes" is, one image's answers, and the
+run chooser's label and address."""
 
 import hashlib
 
@@ -9,6 +10,9 @@ import streamlit as st
 from tl import plots
 from tl.images import IMAGE_EXTENSIONS
 from tl.memory import cache_limit_mb
+from tl.novelty import FILE as NOVELTY_FILE
+from tl.novelty import STRICTNESS
+from tl.text import shown
 from ui.state import PLOTLY_CONFIG, compute_lock
 
 UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
@@ -16,6 +20,11 @@ DISPLAY_SIDE = 768
 # Each cached answer holds a display copy of at most 768x768x3 bytes (1.7 MB) and the top-10s:
 # 2% of the app's memory budget for each of the two caches below, at least 8 answers.
 ANSWERS = int(min(64, max(8, cache_limit_mb(0.02, 128) / 2)))
+NAMED_CLASSES = 5  # an "unknown" warning names the run's classes when it has at most this many
+STRICTNESS_HELP = ("How far from this run's training photos (or how much less sure of it than of its own "
+                   "classes' photos) a photo may be before it counts as none of its classes. Relaxed lets 99% "
+                   "of your classes' own photos through, Balanced 95%, Strict 90%: stricter flags more "
+                   "photos, including some of your classes' own. Changing it does not run the model again.")
 
 
 def run_label(row: dict) -> str:
@@ -89,16 +98,49 @@ def inputs() -> list:
     return found + [(f.name, f.getvalue()) for f in files or []]
 
 
-def show_answers(root: str, run_id: str, predictor, index: int, name: str, data: bytes, k: int, heat: bool) -> None:
+def strictness(run) -> float | None:
+    """The share of in-class photos that pass "none of my classes" (:data:`tl.novelty.STRICTNESS`),
+    as the user chose it; ``None``, and no control, when the run keeps no rule."""
+    if not (run.path / NOVELTY_FILE).is_file():
+        return None
+    chosen = st.segmented_control("Flag photos of none of my classes", list(STRICTNESS), default="balanced",
+                                  required=True, format_func=str.capitalize, key="classify_strictness",
+                                  help=STRICTNESS_HELP)
+    return STRICTNESS[chosen or "balanced"]
+
+
+def outsider_warning(class_names: list) -> str:
+    """What a photo judged "none of my classes" says above its answers."""
+    count = len(class_names)
+    which = f"the {count} classes this run was trained on"
+    if count <= NAMED_CLASSES:
+        which += " (" + ", ".join(_literal(shown(name, 40)) for name in class_names) + ")"
+    return (f"This looks like none of {which}. The guesses below are what the model would answer anyway. "
+            "To flag fewer or more photos, change \"Flag photos of none of my classes\" above.")
+
+
+def _literal(text: str) -> str:
+    """``text`` shown literally in markdown."""
+    return "".join("\\" + c if c in "\\`*_{}[]()<>#+-.!|~$" else c for c in text)
+
+
+def show_answers(root: str, run_id: str, predictor, index: int, name: str, data: bytes, k: int, heat: bool,
+                 pass_rate: float | None = None) -> None:
+    """One photo's answers: "none of my classes" above them when the run judges so at
+    ``pass_rate`` (decided again from the cached answer: a new strictness runs no model)."""
     digest = hashlib.sha256(data).hexdigest()
     found, error = classify(root, run_id, digest, name, data, predictor)
     if error:
         st.error(error, icon=":material/broken_image:")
         return
-    shown, (height, width), result = found
-    with st.container(border=True):
+    shown_image, (height, width), result = found
+    result = predictor.judge(result, pass_rate)
+    with st.container(border=True, key=f"classify_photo_{index}"):
+        if result.unknown:
+            with st.container(key=f"classify_unknown_{index}"):
+                st.warning(outsider_warning(predictor.class_names), icon=":material/help:")
         picture, left, right = st.columns([1, 2, 2])
-        picture.image(shown, caption=f"{name} ({width}x{height})", width="stretch")
+        picture.image(shown_image, caption=f"{name} ({width}x{height})", width="stretch")
         if result.shared:
             picture.caption(f"One backbone pass for both heads: {result.backbone_seconds * 1000:.0f} ms.")
         columns = ((left, "imagenet", result.imagenet, f"ImageNet head ({predictor.cfg.backbone})"),

@@ -1,6 +1,7 @@
 """A finished (or failed, or stopped) run on the Train page: its test metrics, convergence,
-curves, per-class accuracy, confusion matrix and mistakes, the map of its test images, and
-its downloads and exports."""
+curves, per-class accuracy, confusion matrix and mistakes, how far to trust its answers
+(calibration and "none of my classes"), the map of its test images, and its downloads and
+exports."""
 
 import json
 
@@ -47,6 +48,7 @@ def results(run) -> None:
     picked = right.plotly_chart(plots.confusion_matrix(metrics), key=f"confusion_{run.id}",
                                 on_select="rerun", selection_mode="points", config=PLOTLY_CONFIG)
     _mistakes(run, metrics, _clicked_cell(picked))
+    _trust(run, metrics)
     with st.expander("Map of the test images"):
         _test_map(run, metrics)
     _downloads(run)
@@ -132,6 +134,55 @@ def _mistakes(run, metrics, clicked) -> None:
                              caption=f"{item['true']} → {item['predicted']} ({item['confidence']:.0%})")
     if len(shown) > 24:
         st.caption(f"Showing 24 of {len(shown)}.")
+
+
+SOURCES = {"validation": "the validation photos", "out-of-fold": "out-of-fold predictions of the training photos"}
+
+
+def _trust(run, metrics) -> None:
+    """The calibration temperature, the test split's ECE and NLL before and after it, their
+    reliability chart, and the "none of my classes" rule; one caption for a run trained
+    before either existed."""
+    record = metrics.get("calibration")
+    if not record:
+        st.caption("How far to trust its answers: this run was trained before calibration, so its confidences "
+                   "are the model's own and it cannot tell a photo of none of its classes. Train it again to "
+                   "get both.")
+        return
+    with st.expander("How far to trust its answers"):
+        if record.get("applied"):
+            source = SOURCES.get(record.get("source"), record.get("source"))
+            st.markdown("Its confidences are calibrated: its scores are divided by a temperature of "
+                        f"{record['temperature']:.2f} before the softmax, so that how sure it says it is matches how "
+                        "often it is right (the chart below); the saved model and every format built from it below "
+                        "include it. " + (record.get("note") or f"Fitted on {source}."))
+        else:
+            st.markdown(record.get("note") or "Not calibrated: its confidences are the model's own.")
+        st.markdown(f"On the {metrics.get('test_size', 0):,} test photos (lower is better): expected calibration "
+                    f"error {_pair(record, 'ece')}, negative log-likelihood {_pair(record, 'nll')}.")
+        st.plotly_chart(plots.reliability_chart(record), key=f"reliability_{run.id}", config=PLOTLY_CONFIG)
+        st.markdown(_novelty_text(metrics.get("novelty") or {}))
+
+
+def _pair(record, name: str) -> str:
+    """``before → after`` of one of the calibration record's figures ("n/a" where missing)."""
+    values = [record.get(f"{name}_{when}") for when in ("before", "after")]
+    before, after = ("n/a" if v is None else f"{v:.3f}" for v in values)
+    return f"{before} → {after}" if record.get("applied") else before
+
+
+def _novelty_text(record) -> str:
+    """The "none of my classes" rule in two sentences, or why the run has none."""
+    if not record.get("rule"):
+        return record.get("note") or "This run cannot tell a photo of none of its classes."
+    text = ("**None of its classes:** Classify flags a photo that is far from every training photo, or that the "
+            "model is less sure of than almost any held-out photo of its classes; at Balanced, "
+            f"{record['pass_rate']:.0%} of its classes' own photos pass")
+    if record.get("test_unknown_rate") is not None:
+        text += f" (it flagged {record['test_unknown_rate']:.0%} of the test photos, all of them of its classes)"
+    return text + (". A model file built below gives probabilities only: its model card says to treat an answer "
+                   f"below a top probability of {record['confidence_threshold']:.0%} as none of the classes (a "
+                   "simpler rule that catches fewer outsiders).")
 
 
 def _test_map(run, metrics) -> None:
