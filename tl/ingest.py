@@ -11,6 +11,8 @@ so one left by a killed process is removed by the next ingest. Each upload is st
 per content hash under the data root, so the same zip uploaded twice is stored once. Junk
 (``__MACOSX``, ``.DS_Store``, ``Thumbs.db``, hidden and non-image files) is skipped and
 counted. Every refusal, and every file-system failure, is a :class:`DataError` of one sentence.
+A zip of photos to classify (no class folders asked for) passes the same checks and is
+extracted into the caller's temporary folder instead (:func:`extract_images`).
 
 Plain Python: no TensorFlow, no Streamlit.
 """
@@ -118,14 +120,43 @@ def ingest_zip(source, root=None, limits: UploadLimits = LIMITS, name: str = "Th
         if found:
             return found
         with _open_zip(handle, name) as archive:
-            infos = archive.infolist()
-            _check_placement(archive, infos, name)
-            folders = [_safe_parts(info.filename, name) for info in infos if info.is_dir()]
-            entries = [_zip_entry(archive, info) for info in infos if not info.is_dir()]
-            compressed = sum(info.compress_size for info in infos)
-            _check_entries(entries, limits, name, compressed=compressed, folders=folders)
+            entries, folders = _checked_zip(archive, limits, name)
             quota.make_room(root, sum(e.size for e in entries), runs_dir, what=name)
             return _store(root, digest, entries, limits, name, folders)
+    finally:
+        if close:
+            handle.close()
+
+
+def extract_images(source, target, limits: UploadLimits = LIMITS, name: str = "The zip") -> dict:
+    """Extract the images of a zip that need not be class folders (a pool of photos to
+    classify, :mod:`tl.batch`) into ``target``, an existing empty folder the caller owns (a
+    temporary one), keeping their paths inside the zip. Every entry passes the same checks as
+    :func:`ingest_zip`'s before a byte is written, and the bytes are counted as they stream;
+    junk and non-image files are skipped. Nothing is written outside ``target``, and nothing is
+    stored under the data root.
+
+    Returns:
+        reason -> number of entries skipped.
+
+    Raises:
+        DataError: not a zip, an unsafe entry, over a limit, no images, or ``target`` cannot
+            be written; what was extracted so far is left in ``target`` for its owner to remove.
+    """
+    name = shown(name)
+    handle, close = _binary(source)
+    try:
+        with _open_zip(handle, name, "a .zip of photos") as archive:
+            entries, _ = _checked_zip(archive, limits, name)
+            if not any(entry.skip is None for entry in entries):
+                raise DataError(f"{name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); zip the photos "
+                                "and try again.")
+            try:
+                _extract(entries, Path(target), 0, limits, name)
+            except OSError as exc:
+                raise DataError(f"{name} could not be unpacked in '{shown(target)}' "
+                                f"({shown(exc.strerror or exc)}); free some space there and try again.") from None
+            return dict(Counter(entry.skip for entry in entries if entry.skip))
     finally:
         if close:
             handle.close()
@@ -187,8 +218,9 @@ class _Entry:
     skip: str | None = None
 
 
-def _open_zip(handle, name: str) -> zipfile.ZipFile:
-    """The zip's table of contents, or one sentence saying why it cannot be read."""
+def _open_zip(handle, name: str, wanted: str = f"a .zip of class folders ({LAYOUT})") -> zipfile.ZipFile:
+    """The zip's table of contents, or one sentence saying why it cannot be read (``wanted``:
+    what to upload instead of a file that is no zip at all)."""
     try:
         return zipfile.ZipFile(handle)
     except UnicodeDecodeError:
@@ -199,8 +231,7 @@ def _open_zip(handle, name: str) -> zipfile.ZipFile:
         looks_like_zip = handle.read(2) == b"PK"
         handle.seek(0)
         if not looks_like_zip and str(exc) == "File is not a zip file":
-            raise DataError(f"{name} is not a zip file; upload a .zip of class folders ({LAYOUT})."
-                            ) from None
+            raise DataError(f"{name} is not a zip file; upload {wanted}.") from None
         raise DataError(f"{name} is not a readable zip (its table of contents is damaged or the "
                         f"file was cut short); {REZIP}.") from None
 
@@ -234,6 +265,18 @@ def _check_placement(archive: zipfile.ZipFile, infos, name: str) -> None:
         if start < end:
             raise DataError(f"{name} looks like a zip bomb ('{shown(first, 60)}' and "
                             f"'{shown(second, 60)}' share the same bytes); it was not extracted.")
+
+
+def _checked_zip(archive: zipfile.ZipFile, limits: UploadLimits, name: str) -> tuple:
+    """``(file entries, folder entries' parts)`` of an open zip, after every check that
+    needs no writing (placement, names, links, sizes, ratios, the tree)."""
+    infos = archive.infolist()
+    _check_placement(archive, infos, name)
+    folders = [_safe_parts(info.filename, name) for info in infos if info.is_dir()]
+    entries = [_zip_entry(archive, info) for info in infos if not info.is_dir()]
+    compressed = sum(info.compress_size for info in infos)
+    _check_entries(entries, limits, name, compressed=compressed, folders=folders)
+    return entries, folders
 
 
 def _zip_entry(archive, info) -> _Entry:

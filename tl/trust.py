@@ -4,8 +4,8 @@ on photos it did not train on: the temperature that calibrates its probabilities
 (:mod:`tl.novelty`).
 
 Where the temperature is fitted: the validation split when it holds at least
-``calibration.MIN_HELD_OUT`` photos; else, for strategies that keep the pretrained backbone
-as it is, out-of-fold predictions of the head refitted on the cached features of the
+``calibration.MIN_HELD_OUT`` photos and a mistake among them; else, for strategies that keep
+the pretrained backbone as it is, out-of-fold predictions of the head refitted on the cached features of the
 training and validation photos (:func:`tl.findings.out_of_fold`); else (a fine-tuned
 backbone with too few validation photos) nowhere: no temperature, and the run says so.
 The features the novelty rule reads are the cached ones for those strategies, and the final
@@ -21,6 +21,7 @@ from tl.strategies import STRATEGIES
 
 MAX_HELD_OUT = 1000  # validation (and test) photos read for the fit: a seeded sample of a larger split
 FOLDS = 5
+MAX_OUT_OF_FOLD = 4000  # training photos the out-of-fold fits read at most (a seeded sample)
 
 
 @dataclass
@@ -71,16 +72,18 @@ def fit_trust(learner, seed: int = 0) -> Trust:
 
     val_probs = learner.probs(val) if len(val) else np.zeros((0, data.num_classes))
     oof, oof_rows = None, None
-    if len(val) >= calibration.MIN_HELD_OUT:
+    val_mistakes = int(np.sum(val_probs.argmax(axis=1) != labels[val])) if len(val) else 0
+    if len(val) >= calibration.MIN_HELD_OUT and (val_mistakes or not keeps):
         temperature, source, note = calibration.choose_temperature(val_probs, labels[val], seed), "validation", None
-    elif keeps:
-        oof_rows = np.concatenate([train, val])
+    elif keeps:  # too few validation photos, or not one mistake among them to say how sure to be
+        oof_rows = np.sort(np.concatenate([train[_sample(np.arange(len(train)), rng, MAX_OUT_OF_FOLD)], val]))
         counts = np.bincount(labels[oof_rows], minlength=data.num_classes)
         folds = int(max(2, min(FOLDS, counts[counts > 0].min())))
         oof = _out_of_fold(learner.cached_features(oof_rows), labels[oof_rows], data.num_classes, folds, seed)
         temperature, source = calibration.choose_temperature(oof, labels[oof_rows], seed), "out-of-fold"
+        why = "is too small" if len(val) < calibration.MIN_HELD_OUT else "holds no mistake to learn from"
         note = (f"Fitted on out-of-fold predictions of {len(oof_rows)} training and validation photos "
-                f"({folds} folds): the validation split alone ({len(val)}) is too small.")
+                f"({folds} folds): the validation split alone ({len(val)}) {why}.")
     else:
         temperature, source = None, "none"
         note = (f"Not calibrated: {len(val)} validation photos are too few to calibrate a model whose backbone "
@@ -105,10 +108,10 @@ def fit_trust(learner, seed: int = 0) -> Trust:
     return trust
 
 
-def _sample(rows, rng) -> np.ndarray:
-    """``rows``, or a seeded sample of ``MAX_HELD_OUT`` of them in order."""
-    rows = np.asarray(rows)
-    return np.sort(rng.choice(rows, MAX_HELD_OUT, replace=False)) if len(rows) > MAX_HELD_OUT else rows
+def _sample(rows, rng, limit: int = None) -> np.ndarray:
+    """``rows``, or a seeded sample of ``limit`` (``MAX_HELD_OUT``) of them in order."""
+    rows, limit = np.asarray(rows), limit or MAX_HELD_OUT
+    return np.sort(rng.choice(rows, limit, replace=False)) if len(rows) > limit else rows
 
 
 def _out_of_fold(features, labels, num_classes, folds, seed):

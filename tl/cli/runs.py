@@ -1,14 +1,17 @@
 """The commands about runs and what they are made from: ``runs`` (list the runs), ``list``
 (the registries: datasets, backbones, heads, strategies, optimizers; :func:`registries`),
-``predict`` (classify images with a finished run), ``export`` (write a finished run in one
+``predict`` (classify images with a finished run: files one by one, or a folder or zip
+batched through :mod:`tl.batch` into a CSV and a zip sorted by class), ``export`` (write a finished run in one
 format) and ``download`` (fetch a dataset archive, a progress line per 10%;
 :func:`fetch_with_progress`, which ``train`` calls too)."""
 
 import json
 import sys
 
+from tl.batch import UNKNOWN_FOLDER
 from tl.cli.common import EXIT_USAGE, RUNS_DIR_HELP
 from tl.engine import ENGINE_DESCRIPTIONS, ENGINES, PRECISION_DESCRIPTIONS, PRECISIONS
+from tl.errors import UserError
 from tl.novelty import STRICTNESS
 from tl.paths import runs_root
 
@@ -25,7 +28,23 @@ def add_predict_parser(sub) -> None:
     """The ``predict`` command."""
     predict = sub.add_parser("predict", help="classify images with a finished run (ImageNet head and transferred head)")
     predict.add_argument("run_id")
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("images", nargs="*", metavar="IMAGE")
+    source = predict.add_mutually_exclusive_group()
+    source.add_argument("--folder", metavar="DIR", help=(
+        "Classify every image under DIR (sub-folders too), batched, instead of IMAGE files: a CSV "
+        "(see --csv) and a progress line per 10%% on stderr. A photo that cannot be read is a row "
+        "with its reason in `error` and the others are still classified; the exit status is 0 "
+        "when the outputs are written, 2 when nothing is (a missing folder, no images, none readable)."))
+    source.add_argument("--zip", metavar="FILE", help=(
+        "As --folder, for the images in a zip (any layout), checked as uploads are (odd paths, links, "
+        "zip bombs refused) and unpacked into a temporary folder that is removed afterwards."))
+    predict.add_argument("--csv", metavar="OUT", help=(
+        "Write the CSV (file, class, confidence, unknown, novelty, class_1, prob_1, ..., error) to OUT. "
+        "Without it the CSV goes to stdout (unless --json). Written when every photo is done, "
+        "all at once: never half a file."))
+    predict.add_argument("--sorted-zip", metavar="OUT", help=(
+        f"Also write a zip of the photos sorted into one folder per class, those that look like none "
+        f"of the classes in {UNKNOWN_FOLDER}/ (unreadable ones left out)."))
     predict.add_argument("--top", type=int, default=5, help="Classes to show per head, 1 to 10. Default: 5.")
     predict.add_argument("--runs-dir", help=RUNS_DIR_HELP)
     predict.add_argument("--json", action="store_true", help=(
@@ -135,16 +154,15 @@ def cmd_predict(args) -> int:
     """Both heads' top-k for each image; a bad file gets its own line and the rest go on."""
     from pathlib import Path
 
-    from tl import runs
     from tl.images import ImageError, decode_image
-    from tl.predict import DRAFT_SIZE, Predictor, check_top_k
+    from tl.predict import DRAFT_SIZE, check_top_k
 
     k = check_top_k(args.top)
-    predictor = Predictor(runs.get(args.run_id, args.runs_dir), engine=args.engine, precision=args.engine_precision)
-    if predictor.engine_note:
-        print(f"note: {predictor.engine_note}", file=sys.stderr)
-    if predictor.trust_note:
-        print(f"note: {predictor.trust_note}", file=sys.stderr)
+    if args.folder or args.zip or args.csv or args.sorted_zip:
+        return _predict_batch(args, k)
+    if not args.images:
+        raise UserError("Give the images to classify: IMAGE files, --folder DIR or --zip FILE.")
+    predictor = _predictor(args)
     failed = 0
     for path in args.images:
         name = Path(path).name
@@ -173,6 +191,85 @@ def cmd_predict(args) -> int:
         for label, score in zip(result.transfer.labels, result.transfer.scores):
             print(f"    {score:7.2%}  {label}")
     return EXIT_USAGE if failed else 0
+
+
+def _predictor(args):
+    """The run's Predictor, its notes printed on stderr."""
+    from tl import runs
+    from tl.predict import Predictor
+
+    predictor = Predictor(runs.get(args.run_id, args.runs_dir), engine=args.engine, precision=args.engine_precision)
+    for note in (predictor.engine_note, predictor.trust_note):
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+    return predictor
+
+
+def _predict_batch(args, k: int) -> int:
+    """``predict --folder`` / ``--zip`` (or IMAGE files with ``--csv`` / ``--sorted-zip``):
+    batched through :mod:`tl.batch`, outputs written only once every photo is done."""
+    import contextlib
+    from pathlib import Path
+
+    from tl import batch
+
+    if args.images and (args.folder or args.zip):
+        raise UserError("Give either IMAGE files or --folder / --zip, not both.")
+    for out in (args.csv, args.sorted_zip):
+        if out and not Path(out).parent.is_dir():
+            raise UserError(f"Cannot write '{out}': its folder does not exist; create it or choose another path.")
+    with contextlib.ExitStack() as stack:
+        if args.zip:
+            photos = stack.enter_context(batch.zip_photos(args.zip, name=f"The zip '{Path(args.zip).name}'"))
+        elif args.folder:
+            photos = batch.folder_photos(args.folder)
+        else:
+            photos = [(path, Path(path)) for path in args.images]
+        if not photos:
+            raise UserError("Give the images to classify: IMAGE files, --folder DIR or --zip FILE.")
+        predictor = _predictor(args)
+        rows, total = [], len(photos)
+        for chunk in batch.iter_batches(predictor, photos, k=k, pass_rate=STRICTNESS[args.strictness],
+                                        imagenet=args.json):
+            rows += chunk
+            for row in chunk:
+                if row.error:
+                    print(f"error: {row.error}", file=sys.stderr)
+                if args.json:
+                    print(json.dumps(row.as_json()), flush=True)
+            _progress(len(rows) - len(chunk), len(rows), total)
+        classified = sum(row.error is None for row in rows)
+        if not classified:
+            raise UserError(f"None of the {total} photos could be read, so nothing was written.")
+        written = _write_outputs(args, rows, dict(photos))
+    print(f"Classified {classified} of {total} photos ({total - classified} unreadable)"
+          + (f"; wrote {', '.join(written)}." if written else "."), file=sys.stderr)
+    return 0
+
+
+def _progress(before: int, done: int, total: int) -> None:
+    """A line on stderr each time another tenth of the photos is done."""
+    if done * 10 // total > before * 10 // total or done == total:
+        print(f"classified {done:,} of {total:,} photos ({done / total:.0%})", file=sys.stderr, flush=True)
+
+
+def _write_outputs(args, rows, sources: dict) -> list:
+    """Write the CSV (to ``--csv`` or stdout) and the sorted zip; return what was written."""
+    from tl import batch
+    from tl.files import os_error_sentence
+
+    written = []
+    try:
+        if args.csv:
+            written.append(str(batch.write_csv(rows, args.csv)))
+        elif not args.json:
+            sys.stdout.write(batch.csv_text(rows))
+        if args.sorted_zip:
+            batch.sorted_zip(rows, sources.__getitem__, args.sorted_zip)
+            written.append(args.sorted_zip)
+    except OSError as exc:
+        raise UserError(os_error_sentence(exc, exc.filename or args.csv or args.sorted_zip)) from None
+    return written
 
 
 def fetch_with_progress(dataset: str) -> None:
