@@ -8,7 +8,10 @@ for the strategies that keep it, the final model's for the ones that change it):
 cosine similarity of its nearest banked photo, and that distance over the nearest photo's own
 distance to its nearest neighbour (a density ratio: a photo as far from a tight cluster of
 textures as uniform noise is, is strange there even when it would be ordinary near a loose
-cluster). Each is divided by its held-out median and the larger is the photo's novelty.
+cluster). Each is divided by its held-out median and their sum is the photo's novelty (a
+photo a little strange on both counts is stranger than one odd on one: measured against
+the larger of the two, the sum caught more look-alike outsiders and more noise at the same
+in-class rate).
 
 The app's rule combines it with the calibrated confidence: a photo is "none of my classes"
 when it is far from every training photo, or when the head is less sure of it than almost
@@ -100,7 +103,7 @@ class NoveltyRule:
         return self._combine(*_measures(unit(features), self.bank, self.local, self.k))
 
     def _combine(self, distance, ratio) -> np.ndarray:
-        return np.maximum(distance / max(self.scales[0], 1e-9), ratio / max(self.scales[1], 1e-9))
+        return distance / max(self.scales[0], 1e-9) + ratio / max(self.scales[1], 1e-9)
 
     def threshold_at(self, pass_rate: float | None = None) -> float:
         """The app rule's novelty cut: above it a photo is "none of my classes"."""
