@@ -4,8 +4,11 @@ import streamlit as st
 
 from tl import runs
 from tl.errors import UserError
+from ui.batch_view import batch_section
 from ui.classify_view import inputs, remember_choice, run_label, show_answers, strictness
 from ui.state import load_predictor, runs_dir
+
+MODES = {"photos": "Photos one by one", "batch": "A zip or a folder of photos"}
 
 st.title("Classify")
 st.markdown("Upload photos and compare what the backbone's original **ImageNet classifier** sees "
@@ -27,10 +30,14 @@ if wanted and wanted not in ids:
 run_id = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in ids else 0,
                       format_func=lambda rid: run_label(finished[rid]), key="classify_run",
                       on_change=remember_choice)
+pass_rate = strictness(listed[run_id])
+if st.segmented_control("Classify", list(MODES), default="photos", required=True, format_func=MODES.get,
+                        key="classify_mode", label_visibility="collapsed") == "batch":
+    batch_section(root, listed[run_id], pass_rate)
+    st.stop()
 left, right = st.columns(2)
 k = left.slider("Classes to show per head (top-k)", 1, 10, 5, key="classify_k")
 heat = right.toggle("Show where each head looks (Grad-CAM)", key="classify_gradcam")
-pass_rate = strictness(listed[run_id])
 items = inputs()
 if not items:
     st.caption("Upload one or more images to classify them.")

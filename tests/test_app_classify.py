@@ -249,7 +249,7 @@ def test_a_run_trained_before_calibration_classifies_and_says_so_once(lite_app):
     (run.path / "metrics.json").write_text(json.dumps(metrics))
     (run.path / novelty.FILE).unlink()
     at = open_classify()
-    assert not at.get("button_group")  # no strictness: there is no rule to apply it to
+    assert [g.key for g in at.get("button_group")] == ["classify_mode"]  # no strictness: there is no rule to apply it to
     upload(at, [("noise.png", noise_png()), ("shape.png", png(Image.fromarray(training_photo(run))))])
     assert [i.value for i in at.info] == [
         "This run was trained before calibration: its confidences are the model's own, and it cannot tell a "

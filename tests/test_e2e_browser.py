@@ -35,7 +35,7 @@ import skimage.data
 from tl import runs
 
 import suite_plan
-from conftest import LITE0_RUN, REPO, tiny_config, train_run
+from conftest import LITE0_RUN, REPO, photos, tiny_config, train_run
 
 # Every real-browser test drives a streamlit server and chromium on a 2-core machine while
 # the other test worker trains models; on a loaded CI machine a step has, now and then,
@@ -434,3 +434,53 @@ def _end_to_end(server, a, b, c):
             keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
     assert [r.status()["status"] for r in (runs.get(i, root) for i in (long_id, b_id, c_id))] == \
         ["failed", "done", "done"]
+
+
+@browser_test
+def test_a_zip_of_photos_is_classified_in_the_background_filtered_and_downloaded(server, tmp_path):
+    """At 390 px and at 1400 px: a zip of 32 photos and one unreadable file fills the table
+    from the background job; a class filter, then the CSV and the sorted zip, checked."""
+    import csv
+    import io
+    import zipfile
+
+    url, lite = server["url"], server["lite"]
+    for n, width in enumerate((390, 1400)):
+        upload = tmp_path / f"photos-{width}.zip"
+        with zipfile.ZipFile(upload, "w") as archive:
+            for name, data in photos(32, start=40 * n):
+                archive.writestr(f"trip/{name}", data)
+            archive.writestr("trip/broken.jpg", b"not a jpeg")
+        page = server["browser"].new_context(viewport={"width": width, "height": 900}, accept_downloads=True).new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{url}/classify?run={lite.id}")
+        page.get_by_text("Flag photos of none of my classes").wait_for()
+        settle(page)
+        page.get_by_test_id("stButtonGroup").get_by_text("A zip or a folder of photos", exact=True).click()
+        page.get_by_text("more run in the background").wait_for()
+        page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(upload))
+        page.get_by_text("Classifying in the background").first.wait_for()
+        page.get_by_text("Showing 32 of 32 photos.").wait_for()
+        page.get_by_text("trip/broken.jpg: ").wait_for()
+        page.get_by_test_id("stDataFrame").wait_for()
+        with page.expect_download() as info:
+            page.get_by_role("button", name="Download the answers (CSV)").click()
+        answers = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text())))
+        assert len(answers) == 33 and [a["file"] for a in answers if a["error"]] == ["trip/broken.jpg"]
+        assert {a["class"] for a in answers if not a["error"]} <= set(lite.labels)
+        with page.expect_download() as info:
+            page.get_by_role("button", name="Download the photos sorted into class folders (zip)").click()
+        with zipfile.ZipFile(info.value.path()) as archive:
+            names = set(archive.namelist())
+        assert names == {f"{'_unknown' if a['unknown'] == 'true' else a['class']}/{a['file'][5:]}"
+                         for a in answers if not a["error"]}
+        first = next(a["class"] for a in answers if not a["error"])
+        choose(page, "Classes shown", first)
+        page.get_by_text(f"Showing {sum(a['class'] == first for a in answers)} of 32 photos.").wait_for()
+        page.get_by_text('Only "none of my classes"').click()
+        settle(page)
+        strange = sum(a["class"] == first and a["unknown"] == "true" for a in answers)
+        page.get_by_text(f"Showing {strange} of 32 photos.").wait_for()
+        assert page.get_by_test_id("stException").count() == 0
+        shot(page, f"classify-batch-{width}")
+        page.context.close()

@@ -1,0 +1,327 @@
+"""Classify a zip or a folder of photos for the app: a few dozen at once in the page, more in
+a process of their own (``python -m tl.batch_jobs DIR``), never the page's own thread.
+
+One upload classified by one run at one strictness lives in ``<run>/classified/<key>/``, the
+key naming the upload's bytes and the strictness, so a finished result is shown again at once
+after a reload or in another session::
+
+    photos/        the uploaded photos (an extracted zip or the files), removed once classified
+    request.json   the run, its runs folder, the strictness
+    status.json    queued | running | done | failed | cancelled, pid, times, reason
+    events.jsonl   progress: ``{"done", "total"}`` after each batch
+    rows.json      one plain record per photo (file, class, confidence, unknown, top-k,
+                   error, a small thumbnail as a data URI)
+    answers.csv    :func:`tl.batch.csv_text`
+    sorted.zip     :func:`tl.batch.sorted_zip`
+
+Stop is a SIGTERM, which the process turns into :func:`tl.batch.classify`'s ``should_stop``.
+A process that died without a final status reads as failed. Plain Python: no TensorFlow here
+(it comes with the :class:`tl.predict.Predictor` in the process).
+"""
+
+import base64
+import hashlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tl.errors import UserError
+from tl.files import append_jsonl, atomic_write_json, os_error_sentence, read_json, read_jsonl
+from tl.processes import own_record, same_process
+
+REPO = Path(__file__).resolve().parents[1]
+ACTIVE = ("queued", "running")
+INLINE_MAX = 24  # photos classified in the page; more go to a process of their own
+THUMB_SIDE = 64
+DIED = "Classifying stopped unexpectedly (its process was killed or ran out of memory); start it again."
+DAMAGED = "The classification's status file is damaged; start it again."
+
+
+def upload_key(digest: str, pass_rate: float | None) -> str:
+    """Names one upload (the sha256 of its bytes) classified at one strictness."""
+    return f"{digest[:20]}-{'none' if pass_rate is None else f'{pass_rate:g}'}"
+
+
+class BatchJob:
+    """One classification's folder, read fresh on every call (another session may run it)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    @property
+    def photos(self) -> Path:
+        return self.path / "photos"
+
+    def status(self) -> dict:
+        """The status record; a running job whose process is gone reads as failed."""
+        try:
+            record = read_json(self.path / "status.json", {"status": None})
+        except (OSError, ValueError):
+            return {"status": "failed", "reason": DAMAGED}
+        if not isinstance(record, dict):
+            return {"status": "failed", "reason": DAMAGED}
+        if record.get("status") in ACTIVE and record.get("pid") and not same_process(
+                record.get("pid"), record.get("pid_start"), running_since=record.get("started")):
+            record = dict(record, status="failed", reason=DIED)
+        return record
+
+    def progress(self) -> tuple:
+        """``(share done 0..1, one line saying what is happening)``."""
+        try:
+            events = read_jsonl(self.path / "events.jsonl")[0]
+        except OSError:
+            events = []
+        if not events:
+            return 0.0, "Starting (loading TensorFlow and the run's model)..."
+        done, total = events[-1]["done"], max(events[-1]["total"], 1)
+        return min(done / total, 1.0), f"{done} of {total} photos classified."
+
+    def rows(self) -> list | None:
+        """The finished rows (plain records), or ``None``."""
+        try:
+            rows = read_json(self.path / "rows.json")
+        except (OSError, ValueError):
+            return None
+        return rows if isinstance(rows, list) else None
+
+    def stop(self) -> None:
+        """Ask the process to stop (SIGTERM; it stops after its current batch)."""
+        record = self.status()
+        if record.get("status") in ACTIVE and record.get("pid") and same_process(
+                record["pid"], record.get("pid_start"), running_since=record.get("started")):
+            try:
+                os.kill(int(record["pid"]), signal.SIGTERM)
+            except (ProcessLookupError, PermissionError, ValueError):
+                pass
+        if record.get("status") in ACTIVE:
+            _write_status(self.path, "cancelled", reason="Stopped by the user.", finished=time.time())
+            shutil.rmtree(self.photos, ignore_errors=True)
+
+
+def find(run, key: str) -> BatchJob:
+    """The classification ``key`` of ``run`` (a :class:`tl.runs.Run`), started or not."""
+    return BatchJob(Path(run.path) / "classified" / key)
+
+
+def prepare(run, key: str, source) -> tuple:
+    """``(job, number of photos)``: a fresh folder for ``key`` holding the photos; ``source``
+    is a zip's bytes (checked and extracted by :func:`tl.ingest.extract_images`) or
+    ``(name, bytes)`` pairs. On any error nothing is left behind.
+
+    Raises:
+        UserError: the run is not finished, the zip is refused (no images, odd paths, a bomb,
+            over a limit; the ingest's sentence), or the folder cannot be written.
+    """
+    from tl.batch import folder_photos
+    from tl.ingest import extract_images
+
+    if run.status().get("status") != "done":
+        raise UserError(f"Run {run.id} has not finished training; classify with it once it is done.")
+    job = find(run, key)
+    try:
+        shutil.rmtree(job.path, ignore_errors=True)
+        job.photos.mkdir(parents=True)
+        if isinstance(source, (bytes, bytearray)):
+            extract_images(bytes(source), job.photos)
+        else:
+            _write_files(source, job.photos)
+        total = len(folder_photos(job.photos))
+        atomic_write_json(job.path / "request.json", {"run_id": run.id, "runs_dir": str(Path(run.path).parent)})
+    except OSError as exc:
+        shutil.rmtree(job.path, ignore_errors=True)
+        raise UserError(f"The photos could not be stored: {os_error_sentence(exc, job.path)}") from None
+    except BaseException:
+        discard(job)
+        raise
+    return job, total
+
+
+def discard(job: BatchJob) -> None:
+    """Remove the job's folder (photos and all)."""
+    shutil.rmtree(job.path, ignore_errors=True)
+
+
+def _write_files(files, folder: Path) -> None:
+    from tl.images import IMAGE_EXTENSIONS, is_junk
+
+    used = set()
+    for name, data in files:
+        base = Path(str(name).replace("\\", "/")).name
+        if not base or is_junk(base) or Path(base).suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        stem, suffix, n = Path(base).stem, Path(base).suffix, 1
+        while base.lower() in used:
+            n += 1
+            base = f"{stem} ({n}){suffix}"
+        used.add(base.lower())
+        (folder / base).write_bytes(data)
+    if not used:
+        raise UserError("None of the uploaded files is an image; upload photos or a zip of them.")
+
+
+def start(job: BatchJob, pass_rate: float | None, total: int, estimate_mb: float | None = None) -> BatchJob:
+    """Classify the job's photos in a process of their own.
+
+    Args:
+        estimate_mb: the process's memory, when the app starts it: it must fit the app's
+            budget now (:func:`tl.memory.need`) and is reserved while the process lives.
+
+    Raises:
+        UserError: the process cannot start; a :class:`tl.run_cost.BudgetError` when it
+            would not fit the budget now (the photos are removed).
+    """
+    from tl import memory
+
+    try:
+        if estimate_mb is not None:
+            memory.need(estimate_mb, "Classifying these photos")
+        request = read_json(job.path / "request.json")
+        atomic_write_json(job.path / "request.json", {**request, "pass_rate": pass_rate, "total": total})
+        _write_status(job.path, "queued", created=time.time())
+        log = open(job.path / "batch.log", "ab")
+    except OSError as exc:
+        shutil.rmtree(job.path, ignore_errors=True)
+        raise UserError(f"Classifying could not start: {os_error_sentence(exc, job.path)}") from None
+    except BaseException:
+        shutil.rmtree(job.path, ignore_errors=True)
+        raise
+    try:
+        with log:
+            process = subprocess.Popen([sys.executable, "-m", "tl.batch_jobs", str(job.path)], cwd=REPO, stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        shutil.rmtree(job.path, ignore_errors=True)
+        raise UserError(f"Classifying could not start ({exc.strerror or exc}); try again.") from None
+    _write_status(job.path, "running", pid=process.pid, started=time.time())
+    if estimate_mb is not None:
+        memory.reserve(process.pid, estimate_mb, "classifying photos", time.time() + 30 + 0.2 * total)
+    return job
+
+
+def classify_job(job: BatchJob, predictor, pass_rate, on_progress=None, should_stop=None) -> bool:
+    """Classify the job's photos with ``predictor`` and write its rows, CSV and sorted zip
+    (in the page for a few photos, in the process for more). Returns false when stopped
+    (nothing written). The photos are removed either way."""
+    from tl import batch
+
+    try:
+        photos = batch.folder_photos(job.photos)
+        result = batch.classify(predictor, photos, pass_rate=pass_rate, on_progress=on_progress,
+                                should_stop=should_stop)
+        if result.stopped:
+            return False
+        paths = dict(photos)
+        batch.sorted_zip(result.rows, lambda file: paths[file], job.path / "sorted.zip")
+        batch.write_csv(result.rows, job.path / "answers.csv")
+        atomic_write_json(job.path / "rows.json", [_record(row, paths[row.file]) for row in result.rows])
+        return True
+    finally:
+        shutil.rmtree(job.photos, ignore_errors=True)
+
+
+def classify_here(job: BatchJob, predictor, pass_rate, on_progress=None) -> None:
+    """Classify a few photos in the caller's thread (the page's), recorded as a finished
+    job; on any error the job's folder is removed."""
+    try:
+        classify_job(job, predictor, pass_rate, on_progress=on_progress)
+        _write_status(job.path, "done", finished=time.time())
+    except BaseException:
+        shutil.rmtree(job.path, ignore_errors=True)
+        raise
+
+
+def _record(row, path) -> dict:
+    return {"file": row.file, "class": row.label, "confidence": row.confidence, "unknown": row.unknown,
+            "top_k": [[label, float(p)] for label, p in row.top_k], "error": row.error,
+            "thumb": None if row.error else _thumb(path)}
+
+
+def _thumb(path) -> str | None:
+    """A small JPEG of the photo as a data URI, for the table."""
+    from PIL import Image
+
+    from tl.images import ImageError, decode_image
+
+    try:
+        picture = Image.fromarray(decode_image(path, draft_size=THUMB_SIDE))
+    except ImageError:
+        return None
+    picture.thumbnail((THUMB_SIDE, THUMB_SIDE))
+    buffer = io.BytesIO()
+    picture.convert("RGB").save(buffer, "JPEG", quality=70)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def digest_of(source) -> str:
+    """The sha256 of a zip's bytes or of ``(name, bytes)`` pairs (names and bytes, in order)."""
+    sha = hashlib.sha256()
+    if isinstance(source, (bytes, bytearray)):
+        sha.update(source)
+    else:
+        for name, data in source:
+            sha.update(hashlib.sha256(str(name).encode()).digest() + hashlib.sha256(data).digest())
+    return sha.hexdigest()
+
+
+def _write_status(path: Path, status: str, **fields) -> None:
+    try:
+        record = read_json(path / "status.json", {})
+        record = record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        record = {}
+    try:
+        atomic_write_json(path / "status.json", {**record, **fields, "status": status})
+    except OSError:
+        pass  # a folder that went away: nothing to record
+
+
+def work(path) -> int:
+    """The process: classify the photos of the job in ``path`` and record how it ended."""
+    from tl import runs
+    from tl.predict import Predictor
+
+    job = BatchJob(path)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    try:
+        os.nice(10)  # below the app's server, like the training workers (tl/jobs.py)
+    except (OSError, AttributeError):
+        pass
+    request = read_json(job.path / "request.json")
+    _write_status(job.path, "running", started=time.time(), **own_record())
+    try:
+        run = runs.get(request["run_id"], request.get("runs_dir"))
+        if run.status().get("status") != "done":
+            raise UserError(f"Run {run.id} has not finished training; classify with it once it is done.")
+        predictor = Predictor(run)
+        done = classify_job(job, predictor, request.get("pass_rate"),
+                            on_progress=lambda n, total: append_jsonl(job.path / "events.jsonl",
+                                                                      {"done": n, "total": total}),
+                            should_stop=lambda: bool(stopping))
+    except UserError as exc:
+        shutil.rmtree(job.photos, ignore_errors=True)
+        _write_status(job.path, "failed", reason=str(exc), finished=time.time())
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the page shows the reason; the log keeps the traceback
+        import traceback
+
+        traceback.print_exc()
+        shutil.rmtree(job.photos, ignore_errors=True)
+        _write_status(job.path, "failed", finished=time.time(),
+                      reason=f"Classifying failed unexpectedly ({type(exc).__name__}: {str(exc)[:160]}); "
+                             f"its log is {job.path / 'batch.log'}.")
+        return 1
+    if not done:
+        _write_status(job.path, "cancelled", reason="Stopped by the user.", finished=time.time())
+        return 0
+    _write_status(job.path, "done", finished=time.time())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(work(sys.argv[1]))
