@@ -10,7 +10,7 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from tl import batch_jobs
+from tl import background, batch_jobs
 
 from conftest import LITE0_RUN, REPO, photos, tiny_config, wait_for
 
@@ -118,7 +118,7 @@ def test_many_photos_run_in_the_background_and_are_found_again_after_a_reload(li
     upload(at, files)
     (job,) = classified(run)
     folder = run.path / "classified" / job
-    assert batch_jobs.BatchJob(folder).status()["status"] in batch_jobs.ACTIVE
+    assert batch_jobs.BatchJob(folder).status()["status"] in background.ACTIVE
     assert at.get("progress") and "Classifying in the background" in at.get("progress")[0].proto.text
     assert at.button(key="classify_batch_stop")
     wait_for(lambda: batch_jobs.BatchJob(folder).status()["status"] == "done", "the background job", 240)

@@ -22,20 +22,15 @@ A process that died without a final status reads as failed. Plain Python: no Ten
 import base64
 import hashlib
 import io
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from tl.background import Job, serve, spawn, write_status
 from tl.errors import UserError
-from tl.files import append_jsonl, atomic_write_json, os_error_sentence, read_json, read_jsonl
-from tl.processes import own_record, same_process
+from tl.files import append_jsonl, atomic_write_json, os_error_sentence, read_json
 
-REPO = Path(__file__).resolve().parents[1]
-ACTIVE = ("queued", "running")
 INLINE_MAX = 24  # photos classified in the page; more go to a process of their own
 THUMB_SIDE = 64
 DIED = "Classifying stopped unexpectedly (its process was killed or ran out of memory); start it again."
@@ -47,35 +42,20 @@ def upload_key(digest: str, pass_rate: float | None) -> str:
     return f"{digest[:20]}-{'none' if pass_rate is None else f'{pass_rate:g}'}"
 
 
-class BatchJob:
+class BatchJob(Job):
     """One classification's folder, read fresh on every call (another session may run it)."""
 
-    def __init__(self, path):
-        self.path = Path(path)
+    died = DIED
+    damaged = DAMAGED
+    unknown_status = None
 
     @property
     def photos(self) -> Path:
         return self.path / "photos"
 
-    def status(self) -> dict:
-        """The status record; a running job whose process is gone reads as failed."""
-        try:
-            record = read_json(self.path / "status.json", {"status": None})
-        except (OSError, ValueError):
-            return {"status": "failed", "reason": DAMAGED}
-        if not isinstance(record, dict):
-            return {"status": "failed", "reason": DAMAGED}
-        if record.get("status") in ACTIVE and record.get("pid") and not same_process(
-                record.get("pid"), record.get("pid_start"), running_since=record.get("started")):
-            record = dict(record, status="failed", reason=DIED)
-        return record
-
     def progress(self) -> tuple:
         """``(share done 0..1, one line saying what is happening)``."""
-        try:
-            events = read_jsonl(self.path / "events.jsonl")[0]
-        except OSError:
-            events = []
+        events = self.events()
         if not events:
             return 0.0, "Starting (loading TensorFlow and the run's model)..."
         done, total = events[-1]["done"], max(events[-1]["total"], 1)
@@ -89,18 +69,8 @@ class BatchJob:
             return None
         return rows if isinstance(rows, list) else None
 
-    def stop(self) -> None:
-        """Ask the process to stop (SIGTERM; it stops after its current batch)."""
-        record = self.status()
-        if record.get("status") in ACTIVE and record.get("pid") and same_process(
-                record["pid"], record.get("pid_start"), running_since=record.get("started")):
-            try:
-                os.kill(int(record["pid"]), signal.SIGTERM)
-            except (ProcessLookupError, PermissionError, ValueError):
-                pass
-        if record.get("status") in ACTIVE:
-            _write_status(self.path, "cancelled", reason="Stopped by the user.", finished=time.time())
-            shutil.rmtree(self.photos, ignore_errors=True)
+    def stopped(self) -> None:
+        shutil.rmtree(self.photos, ignore_errors=True)
 
 
 def find(run, key: str) -> BatchJob:
@@ -182,7 +152,7 @@ def start(job: BatchJob, pass_rate: float | None, total: int, estimate_mb: float
             memory.need(estimate_mb, "Classifying these photos")
         request = read_json(job.path / "request.json")
         atomic_write_json(job.path / "request.json", {**request, "pass_rate": pass_rate, "total": total})
-        _write_status(job.path, "queued", created=time.time())
+        write_status(job.path, "queued", created=time.time())
         log = open(job.path / "batch.log", "ab")
     except OSError as exc:
         shutil.rmtree(job.path, ignore_errors=True)
@@ -191,15 +161,12 @@ def start(job: BatchJob, pass_rate: float | None, total: int, estimate_mb: float
         shutil.rmtree(job.path, ignore_errors=True)
         raise
     try:
-        with log:
-            process = subprocess.Popen([sys.executable, "-m", "tl.batch_jobs", str(job.path)], cwd=REPO, stdout=log,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        pid = spawn(job.path, "tl.batch_jobs", log)
     except OSError as exc:
         shutil.rmtree(job.path, ignore_errors=True)
         raise UserError(f"Classifying could not start ({exc.strerror or exc}); try again.") from None
-    _write_status(job.path, "running", pid=process.pid, started=time.time())
     if estimate_mb is not None:
-        memory.reserve(process.pid, estimate_mb, "classifying photos", time.time() + 30 + 0.2 * total)
+        memory.reserve(pid, estimate_mb, "classifying photos", time.time() + 30 + 0.2 * total)
     return job
 
 
@@ -229,7 +196,7 @@ def classify_here(job: BatchJob, predictor, pass_rate, on_progress=None) -> None
     job; on any error the job's folder is removed."""
     try:
         classify_job(job, predictor, pass_rate, on_progress=on_progress)
-        _write_status(job.path, "done", finished=time.time())
+        write_status(job.path, "done", finished=time.time())
     except BaseException:
         shutil.rmtree(job.path, ignore_errors=True)
         raise
@@ -268,59 +235,23 @@ def digest_of(source) -> str:
     return sha.hexdigest()
 
 
-def _write_status(path: Path, status: str, **fields) -> None:
-    try:
-        record = read_json(path / "status.json", {})
-        record = record if isinstance(record, dict) else {}
-    except (OSError, ValueError):
-        record = {}
-    try:
-        atomic_write_json(path / "status.json", {**record, **fields, "status": status})
-    except OSError:
-        pass  # a folder that went away: nothing to record
-
-
 def work(path) -> int:
     """The process: classify the photos of the job in ``path`` and record how it ended."""
-    from tl import runs
-    from tl.predict import Predictor
-
     job = BatchJob(path)
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
-    try:
-        os.nice(10)  # below the app's server, like the training workers (tl/jobs.py)
-    except (OSError, AttributeError):
-        pass
-    request = read_json(job.path / "request.json")
-    _write_status(job.path, "running", started=time.time(), **own_record())
-    try:
+
+    def classify(request, should_stop) -> bool:
+        from tl import runs
+        from tl.predict import Predictor
+
         run = runs.get(request["run_id"], request.get("runs_dir"))
         if run.status().get("status") != "done":
             raise UserError(f"Run {run.id} has not finished training; classify with it once it is done.")
-        predictor = Predictor(run)
-        done = classify_job(job, predictor, request.get("pass_rate"),
+        return classify_job(job, Predictor(run), request.get("pass_rate"), should_stop=should_stop,
                             on_progress=lambda n, total: append_jsonl(job.path / "events.jsonl",
-                                                                      {"done": n, "total": total}),
-                            should_stop=lambda: bool(stopping))
-    except UserError as exc:
-        shutil.rmtree(job.photos, ignore_errors=True)
-        _write_status(job.path, "failed", reason=str(exc), finished=time.time())
-        return 2
-    except Exception as exc:  # noqa: BLE001 - the page shows the reason; the log keeps the traceback
-        import traceback
+                                                                      {"done": n, "total": total}))
 
-        traceback.print_exc()
-        shutil.rmtree(job.photos, ignore_errors=True)
-        _write_status(job.path, "failed", finished=time.time(),
-                      reason=f"Classifying failed unexpectedly ({type(exc).__name__}: {str(exc)[:160]}); "
-                             f"its log is {job.path / 'batch.log'}.")
-        return 1
-    if not done:
-        _write_status(job.path, "cancelled", reason="Stopped by the user.", finished=time.time())
-        return 0
-    _write_status(job.path, "done", finished=time.time())
-    return 0
+    return serve(job.path, classify, "Classifying", "batch.log",
+                 on_failure=lambda: shutil.rmtree(job.photos, ignore_errors=True))
 
 
 if __name__ == "__main__":

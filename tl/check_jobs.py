@@ -11,25 +11,21 @@ finished check is shown again at once after a reload or in another session::
     result.json    the :class:`tl.check.CheckResult`
 
 Stop is a SIGTERM, which the process turns into the check's ``should_stop``. A process
-that died without a final status reads as failed. Plain Python: no TensorFlow here.
+that died without a final status reads as failed (:mod:`tl.background` holds what the
+check and the other background work share). Plain Python: no TensorFlow here.
 """
 
 import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from tl.background import ACTIVE, Job, serve, spawn, write_status
 from tl.errors import UserError
-from tl.files import append_jsonl, atomic_write_json, os_error_sentence, read_json, read_jsonl
-from tl.processes import own_record, same_process
+from tl.files import append_jsonl, atomic_write_json, os_error_sentence, read_json
 
-REPO = Path(__file__).resolve().parents[1]
-ACTIVE = ("queued", "running")
 DIED = "The check's process stopped unexpectedly (it was killed or ran out of memory); start it again."
 
 
@@ -39,34 +35,15 @@ def check_key(cfg, fingerprint: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-class CheckJob:
+class CheckJob(Job):
     """One check's folder, read fresh on every call (another session may run it)."""
 
-    def __init__(self, path):
-        self.path = Path(path)
+    died = DIED
+    damaged = "The check's status file is damaged; start it again."
 
     @property
     def key(self) -> str:
         return self.path.name
-
-    def status(self) -> dict:
-        """The status record; a running check whose process is gone reads as failed."""
-        try:
-            record = read_json(self.path / "status.json", {"status": "queued"})
-        except (OSError, ValueError):
-            return {"status": "failed", "reason": "The check's status file is damaged; start it again."}
-        if not isinstance(record, dict):
-            return {"status": "failed", "reason": "The check's status file is damaged; start it again."}
-        if record.get("status") in ACTIVE and record.get("pid") and not same_process(
-                record.get("pid"), record.get("pid_start"), running_since=record.get("started")):
-            record = dict(record, status="failed", reason=DIED)
-        return record
-
-    def events(self) -> list:
-        try:
-            return read_jsonl(self.path / "events.jsonl")[0]
-        except OSError:
-            return []
 
     def progress(self) -> tuple:
         """``(share done 0..1, one line saying what is happening)`` from the events."""
@@ -97,18 +74,6 @@ class CheckJob:
         except (OSError, ValueError):
             return None
         return CheckResult.from_dict(record) if isinstance(record, dict) else None
-
-    def stop(self) -> None:
-        """Ask the check to stop (SIGTERM; it stops at its next poll)."""
-        record = self.status()
-        if record.get("status") in ACTIVE and record.get("pid"):
-            if same_process(record["pid"], record.get("pid_start"), running_since=record.get("started")):
-                try:
-                    os.kill(int(record["pid"]), signal.SIGTERM)
-                except (ProcessLookupError, PermissionError, ValueError):
-                    pass
-        if record.get("status") in ACTIVE:
-            _write_status(self.path, "cancelled", reason="Stopped by the user.", finished=time.time())
 
 
 def checks_root(runs_dir=None) -> Path:
@@ -169,74 +134,34 @@ def start(cfg, fingerprint: str, runs_dir=None, about: str | None = None, estima
         path.mkdir(parents=True)
         atomic_write_json(path / "request.json", {"config": cfg.to_dict(), "about": about,
                                                   "runs_dir": str(Path(runs_dir).resolve()) if runs_dir else None})
-        _write_status(path, "queued", created=time.time())
+        write_status(path, "queued", created=time.time())
         log = open(path / "check.log", "ab")
     except OSError as exc:
         raise UserError(f"The check could not start: {os_error_sentence(exc, path)}") from None
     try:
-        with log:
-            process = subprocess.Popen([sys.executable, "-m", "tl.check_jobs", str(path)], cwd=REPO, stdout=log,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        pid = spawn(path, "tl.check_jobs", log)
     except OSError as exc:
-        _write_status(path, "failed", reason=f"The check's process could not start ({exc.strerror or exc}).")
+        write_status(path, "failed", reason=f"The check's process could not start ({exc.strerror or exc}).")
         raise UserError(f"The check's process could not start ({exc.strerror or exc}); try again.") from None
-    _write_status(path, "running", pid=process.pid, started=time.time())
     if estimate is not None:
-        memory.reserve(process.pid, estimate.memory_mb, "a data check", time.time() + estimate.seconds)
+        memory.reserve(pid, estimate.memory_mb, "a data check", time.time() + estimate.seconds)
     return CheckJob(path)
-
-
-def _write_status(path: Path, status: str, **fields) -> None:
-    try:
-        record = read_json(path / "status.json", {})
-        record = record if isinstance(record, dict) else {}
-    except (OSError, ValueError):
-        record = {}
-    try:
-        atomic_write_json(path / "status.json", {**record, **fields, "status": status})
-    except OSError:
-        pass  # a folder that went away: the check is gone, nothing to record
 
 
 def work(path) -> int:
     """The check process: run the request in ``path`` and record how it ended."""
-    from tl.check import run_check
-    from tl.config import RunConfig
-    from tl.errors import Cancelled
-
     path = Path(path)
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
-    try:
-        os.nice(10)  # below the app's server, like the training workers (tl/jobs.py)
-    except (OSError, AttributeError):
-        pass
-    request = read_json(path / "request.json")
-    _write_status(path, "running", started=time.time(), **own_record())
 
-    def on_event(event):
-        append_jsonl(path / "events.jsonl", event)
+    def check(request, should_stop) -> bool:
+        from tl.check import run_check
+        from tl.config import RunConfig
 
-    try:
-        result = run_check(RunConfig.from_dict(request["config"]), request.get("runs_dir"), on_event=on_event,
-                           should_stop=lambda: bool(stopping))
-    except Cancelled:
-        _write_status(path, "cancelled", reason="Stopped by the user.", finished=time.time())
-        return 0
-    except UserError as exc:
-        _write_status(path, "failed", reason=str(exc), finished=time.time())
-        return 2
-    except Exception as exc:  # noqa: BLE001 - the page shows the reason; the log keeps the traceback
-        import traceback
+        result = run_check(RunConfig.from_dict(request["config"]), request.get("runs_dir"),
+                           on_event=lambda event: append_jsonl(path / "events.jsonl", event), should_stop=should_stop)
+        atomic_write_json(path / "result.json", result.to_dict())
+        return True
 
-        traceback.print_exc()
-        _write_status(path, "failed", finished=time.time(),
-                      reason=f"The check failed unexpectedly ({type(exc).__name__}: {str(exc)[:160]}); "
-                             f"its log is {path / 'check.log'}.")
-        return 1
-    atomic_write_json(path / "result.json", result.to_dict())
-    _write_status(path, "done", finished=time.time())
-    return 0
+    return serve(path, check, "The check", "check.log")
 
 
 if __name__ == "__main__":

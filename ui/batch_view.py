@@ -9,7 +9,7 @@ run's folder under the upload's digest, so a reload (or another session) finds i
 
 import streamlit as st
 
-from tl import batch_jobs
+from tl import background, batch_jobs
 from tl.errors import UserError
 from tl.images import IMAGE_EXTENSIONS
 from tl.text import shown
@@ -47,7 +47,7 @@ def batch_section(root: str, run, pass_rate: float | None) -> None:
         return
     job = batch_jobs.find(run, batch_jobs.upload_key(batch_jobs.digest_of(source), pass_rate))
     status = job.status()
-    if status["status"] in batch_jobs.ACTIVE:
+    if status["status"] in background.ACTIVE:
         _progress(job)
         return
     if status["status"] == "done" and job.rows() is not None:
@@ -91,7 +91,7 @@ def _classify(root: str, run, job, source, pass_rate) -> None:
 def _progress(job) -> None:
     @st.fragment(run_every=LIVE_SECONDS)
     def live():
-        if job.status()["status"] not in batch_jobs.ACTIVE:
+        if job.status()["status"] not in background.ACTIVE:
             st.rerun()  # done, failed or stopped: the whole section shows what came of it
         share, text = job.progress()
         st.progress(share, text=f"Classifying in the background: {text}")
