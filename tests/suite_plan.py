@@ -36,11 +36,11 @@ MODULE_GROUP = {module: group for group, modules in GROUPS.items() for module in
 # Seconds per module in a full run (junit, 2-core AMD EPYC with AVX-512, 2026-12-06). They only
 # order the work: a stale figure costs balance at the end of the run, never a wrong result.
 SECONDS = {
-    "test_training": 136, "test_predict": 68, "test_hostile_inputs": 47, "test_cli_data": 47,
-    "test_lite_run": 38, "test_convergence": 38, "test_jobs": 35, "test_efficientnet_lite": 33,
-    "test_engine": 30, "test_app_classify": 27, "test_check": 26, "test_distributed": 24,
-    "test_export": 23, "test_backbones": 22, "test_app_train": 21, "test_app_compare": 18,
-    "test_cli": 18, "test_check_jobs": 15, "test_memory": 15, "test_hostile_made": 11,
+    "test_training": 229, "test_predict": 129, "test_app_classify": 70, "test_hostile_inputs": 49,
+    "test_jobs": 45, "test_lite_run": 43, "test_cli_data": 39, "test_convergence": 38, "test_backbones": 33,
+    "test_app_train": 32, "test_distributed": 31, "test_trust": 30, "test_efficientnet_lite": 29,
+    "test_export": 24, "test_app_compare": 22, "test_engine": 22, "test_check": 19, "test_memory": 19,
+    "test_cli": 19, "test_app_batch": 16, "test_hostile_made": 15, "test_batch": 14, "test_sweep": 12,
 }
 SECONDS_PER_TEST = 0.3  # a module not in the table
 

@@ -52,6 +52,7 @@ class Learner:
         self.class_weights = None
         self.temperature = None  # set by tl.trust after training; folded into the saved model
         self.raw_test_probs = None
+        self._feature_model = None  # the model's pooled-feature part, once asked for (tl.trust)
         if cfg.class_weight == "balanced":
             self.class_weights = datasets.balanced_class_weights(
                 data.labels[data.splits["train"]], data.num_classes)
@@ -374,7 +375,9 @@ class Learner:
         from tl.models import feature_extractor
 
         cfg = self.cfg
-        pooled = feature_extractor(self.model).predict(
+        if self._feature_model is None:  # built (and traced) once for the bank, validation and test passes
+            self._feature_model = feature_extractor(self.model)
+        pooled = self._feature_model.predict(
             datasets.image_pipeline(self.data, rows, cfg.batch_size, image_size=cfg.image_size), verbose=0)
         return np.asarray(pooled).reshape(len(rows), -1)
 
