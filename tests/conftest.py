@@ -247,3 +247,19 @@ def photo(i: int = 0, picture: str = "chelsea", fmt: str = "JPEG") -> bytes:
 def photos(n: int, picture: str = "chelsea", start: int = 0) -> list:
     """``(name, bytes)`` of ``n`` crops, as an upload gives them."""
     return [(f"{picture}-{i}.jpg", photo(i, picture)) for i in range(start, start + n)]
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """The bytes each download button of an AppTest page was given, by file name."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    saved = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def record(self, path_or_data, mimetype, kind, filename=None):
+        saved[filename] = path_or_data
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    return saved

@@ -7,7 +7,6 @@ import io
 import zipfile
 
 import pytest
-from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 from tl import background, batch_jobs
@@ -24,19 +23,6 @@ def zip_of(files) -> bytes:
             archive.writestr(name, data)
     return out.getvalue()
 
-
-@pytest.fixture
-def saved(monkeypatch):
-    """The bytes of each download the page offers, by file name."""
-    found = {}
-    original = MemoryMediaFileStorage.load_and_get_id
-
-    def record(self, path_or_data, mimetype, kind, filename=None):
-        found[filename] = path_or_data
-        return original(self, path_or_data, mimetype, kind, filename)
-
-    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
-    return found
 
 
 @pytest.fixture
@@ -66,7 +52,7 @@ def classified(run) -> list:
 
 
 @pytest.mark.slow
-def test_a_small_zip_is_classified_here_into_a_table_filters_and_downloads(lite_app, saved):
+def test_a_small_zip_is_classified_here_into_a_table_filters_and_downloads(lite_app, downloads):
     run = lite_app
     at = open_batch()
     pictures = photos(4) + photos(2, picture="astronaut")
@@ -82,7 +68,7 @@ def test_a_small_zip_is_classified_here_into_a_table_filters_and_downloads(lite_
     assert at.success[0].value.startswith("6 photos classified")
     assert any(c.value.startswith("in/broken\\.jpg: ") for c in at.caption)
 
-    answers = list(csv.DictReader(io.StringIO(saved[f"answers-{run.id}.csv"].decode())))
+    answers = list(csv.DictReader(io.StringIO(downloads[f"answers-{run.id}.csv"].decode())))
     assert [a["file"] for a in answers if not a["error"]] == sorted(f"in/{n}" for n, _ in pictures)
     assert [a["file"] for a in answers if a["error"]] == ["in/broken.jpg"]
     (job,) = classified(run)

@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 from tl import run_cost, runs
@@ -22,19 +21,6 @@ from conftest import REPO, tiny_config
 APP = str(REPO / "streamlit_app.py")
 WAIT_SECONDS = 240
 
-
-@pytest.fixture
-def downloads(monkeypatch):
-    """The bytes each download button was given, by file name."""
-    saved = {}
-    original = MemoryMediaFileStorage.load_and_get_id
-
-    def record(self, path_or_data, mimetype, kind, filename=None):
-        saved[filename] = path_or_data
-        return original(self, path_or_data, mimetype, kind, filename)
-
-    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
-    return saved
 
 
 def open_compare(**query):

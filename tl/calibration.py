@@ -39,10 +39,7 @@ def scale(probs, temperature: float) -> np.ndarray:
     probs = np.asarray(probs, dtype=np.float64)
     if temperature == 1.0 or probs.size == 0:
         return probs
-    logits = np.log(np.clip(probs, EPS, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    out = np.exp(logits)
-    return out / out.sum(axis=1, keepdims=True)
+    return scale_logits(np.log(np.clip(probs, EPS, 1.0)), temperature)
 
 
 def nll(probs, labels) -> float:

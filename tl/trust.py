@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tl import calibration, novelty
+from tl.findings import out_of_fold
 from tl.strategies import STRATEGIES
 
 MAX_HELD_OUT = 1000  # validation (and test) photos read for the fit: a seeded sample of a larger split
@@ -79,7 +80,8 @@ def fit_trust(learner, seed: int = 0) -> Trust:
         oof_rows = np.sort(np.concatenate([train[_sample(np.arange(len(train)), rng, MAX_OUT_OF_FOLD)], val]))
         counts = np.bincount(labels[oof_rows], minlength=data.num_classes)
         folds = int(max(2, min(FOLDS, counts[counts > 0].min())))
-        oof = _out_of_fold(learner.cached_features(oof_rows), labels[oof_rows], data.num_classes, folds, seed)
+        oof = out_of_fold(learner.cached_features(oof_rows), labels[oof_rows], data.num_classes, folds=folds,
+                          seed=seed)
         temperature, source = calibration.choose_temperature(oof, labels[oof_rows], seed), "out-of-fold"
         why = "is too small" if len(val) < calibration.MIN_HELD_OUT else "holds no mistake to learn from"
         note = (f"Fitted on out-of-fold predictions of {len(oof_rows)} training and validation photos "
@@ -112,9 +114,3 @@ def _sample(rows, rng, limit: int = None) -> np.ndarray:
     """``rows``, or a seeded sample of ``limit`` (``MAX_HELD_OUT``) of them in order."""
     rows, limit = np.asarray(rows), limit or MAX_HELD_OUT
     return np.sort(rng.choice(rows, limit, replace=False)) if len(rows) > limit else rows
-
-
-def _out_of_fold(features, labels, num_classes, folds, seed):
-    from tl.findings import out_of_fold
-
-    return out_of_fold(features, labels, num_classes, folds=folds, seed=seed)
