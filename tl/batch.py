@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from tl.errors import DownloadError, UserError
-from tl.images import IMAGE_EXTENSIONS, ImageError, decode_image, is_junk
+from tl.images import IMAGE_EXTENSIONS, ImageError, decode_image, is_junk, resize_bilinear
 from tl.predict import DEFAULT_TOP_K, DRAFT_SIZE, HeadResult, Prediction, check_top_k
 from tl.text import shown
 
@@ -174,9 +174,19 @@ def _prepared(source, name: str, stages) -> list | str:
         image = decode_image(source, name=shown(name), draft_size=DRAFT_SIZE)
     except ImageError as exc:
         return str(exc)
+    return [_resized(image, stage.resize) for stage in stages]
+
+
+def _resized(image, layer) -> np.ndarray:
+    """``image`` as the model's ``resize`` layer would make it: Pillow's anti-aliased bilinear
+    (:func:`tl.images.resize_bilinear`, the same pixels to about 0.003 of 255, a third of the
+    time, outside the GIL) for the layer every model here starts with, else the layer's own
+    function."""
+    if (layer.interpolation == "bilinear" and layer.antialias and not layer.crop_to_aspect_ratio
+            and not layer.pad_to_aspect_ratio and layer.height == layer.width):
+        return resize_bilinear(image, layer.height)
     batch = np.asarray(image, dtype=np.float32)[None]
-    # The layer's own function, without the layer call around it (half the time here).
-    return [np.asarray(stage.resize.transform_images(batch, training=False))[0] for stage in stages]
+    return np.asarray(layer.transform_images(batch, training=False))[0]
 
 
 def iter_batches(predictor, photos, *, k: int = DEFAULT_TOP_K, pass_rate: float | None = None,

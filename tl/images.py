@@ -134,3 +134,19 @@ def _first_line(exc) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:120] if text else type(exc).__name__
 
+
+
+def resize_bilinear(image, size: int) -> np.ndarray:
+    """``image`` (H, W, 3, 0-255) as float32 ``(size, size, 3)``: bilinear with the kernel
+    widened when shrinking (anti-aliased), half-pixel centres, aspect ratio not kept. This is
+    what the models' ``resize`` layer computes (Keras ``Resizing(antialias=True)``), to about
+    0.003 of 255 on photos, in Pillow's C code per channel: about a third of the layer's time
+    called eagerly, and without the GIL, so threads overlap it with a model's pass."""
+    from PIL import Image
+
+    pixels = np.asarray(image, dtype=np.float32)
+    if pixels.shape[:2] == (size, size):
+        return pixels.copy()
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c]), mode="F")
+                           .resize((size, size), Image.Resampling.BILINEAR)) for c in range(pixels.shape[2])]
+    return np.stack(channels, axis=-1)
