@@ -7,6 +7,7 @@ from tl.errors import UserError
 from ui.batch_view import batch_section
 from ui.classify_view import inputs, remember_choice, run_label, show_answers, strictness
 from ui.state import load_predictor, runs_dir
+from ui.teach_view import adder, made_dataset, show_flash, update_button
 
 MODES = {"photos": "Photos one by one", "batch": "A zip or a folder of photos"}
 
@@ -31,6 +32,7 @@ run_id = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in ids else 
                       format_func=lambda rid: run_label(finished[rid]), key="classify_run",
                       on_change=remember_choice)
 pass_rate = strictness(listed[run_id])
+dataset = made_dataset(listed[run_id], root)  # a made dataset: answers can go back into it
 if st.segmented_control("Classify", list(MODES), default="photos", required=True, format_func=MODES.get,
                         key="classify_mode", label_visibility="collapsed") == "batch":
     batch_section(root, listed[run_id], pass_rate)
@@ -41,6 +43,8 @@ heat = right.toggle("Show where each head looks (Grad-CAM)", key="classify_gradc
 items = inputs()
 if not items:
     st.caption("Upload one or more images to classify them.")
+    if dataset is not None:
+        update_button(listed[run_id], root, dataset, "teach_update_classify")
     st.stop()
 try:
     predictor = load_predictor(root, run_id)
@@ -55,10 +59,14 @@ if predictor.imagenet_weights is None and predictor.imagenet_reason is None:
                "its labels are noise.", icon=":material/warning:")
 if predictor.trust_note:
     st.info(predictor.trust_note, icon=":material/info:")
+show_flash()
 seen = set()
 for index, (name, data) in enumerate(items):
     if data in seen:
         st.caption(f"{name}: the same image as one above, skipped.")
         continue
     seen.add(data)
-    show_answers(root, run_id, predictor, index, name, data, k, heat, pass_rate)
+    show_answers(root, run_id, predictor, index, name, data, k, heat, pass_rate,
+                 below=adder(dataset, index, name, data))
+if dataset is not None:
+    update_button(listed[run_id], root, dataset, "teach_update_classify")

@@ -385,8 +385,26 @@ def worker_gaps(samples, start: float, end: float) -> dict:
             last_seen = t
         else:
             longest = max(longest, t - last_seen)
+    steps = [b[0] - a[0] for a, b in zip(window, window[1:])]
     return {"samples": len(window), "with_worker": len(seen), "longest_gap_s": round(longest, 2),
-            "first_worker_after_s": round(seen[0] - start, 1) if seen else None}
+            "first_worker_after_s": round(seen[0] - start, 1) if seen else None,
+            "longest_sample_step_s": round(max(steps), 2) if steps else None}
+
+
+def handovers(root: Path, run_ids) -> list:
+    """Seconds from one queued run's end (its status.json ``finished``) to the next one's
+    start (``started``, written by the job manager as it spawns the worker), in start order:
+    the job manager's own share of any gap the samples show."""
+    times = []
+    for run_id in run_ids:
+        try:
+            status = json.loads((root / run_id / "status.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if status.get("started") and status.get("finished"):
+            times.append((status["started"], status["finished"]))
+    times.sort()
+    return [round(nxt[0] - prev[1], 2) for prev, nxt in zip(times, times[1:])]
 
 
 def machine() -> dict:
@@ -442,7 +460,9 @@ def print_report(report: dict) -> None:
     training = report["training"]
     print(f"training: {training['runs_finished']} runs finished; first worker after "
           f"{training['first_worker_after_s']} s; samples with a worker alive {training['with_worker']} of "
-          f"{training['samples']}, longest gap {training['longest_gap_s']} s")
+          f"{training['samples']}, longest gap {training['longest_gap_s']} s; longest step between samples "
+          f"{training['longest_sample_step_s']} s; from one run's end to the next one's start (status.json): "
+          f"{training['handovers_s']} s")
     print(f"server log 'tl cache' lines: {report['cache_lines'] or 'none'}")
     own = report["load_generator"]
     print(f"photos classified (both heads drawn): {report['photos_classified']}, "
@@ -560,6 +580,7 @@ def _drive(args, url, root, setup, process, sampler, seconds, ttl, log) -> dict:
     finished = sum(1 for run_id in setup["queued"]
                    if json.loads((root / run_id / "status.json").read_text()).get("status") == "done")
     gaps = worker_gaps(sampler.samples, start, closed)
+    gaps["handovers_s"] = handovers(root, setup["queued"])
     return {
         "machine": machine(),
         "config": {"sessions": args.sessions, "minutes": args.minutes, "budget_mb": args.budget_mb,

@@ -125,9 +125,10 @@ def _literal(text: str) -> str:
 
 
 def show_answers(root: str, run_id: str, predictor, index: int, name: str, data: bytes, k: int, heat: bool,
-                 pass_rate: float | None = None) -> None:
+                 pass_rate: float | None = None, below=None) -> None:
     """One photo's answers: "none of my classes" above them when the run judges so at
-    ``pass_rate`` (decided again from the cached answer: a new strictness runs no model)."""
+    ``pass_rate`` (decided again from the cached answer: a new strictness runs no model);
+    ``below(result)`` draws more in the photo's box (e.g. "Add to class")."""
     digest = hashlib.sha256(data).hexdigest()
     found, error = classify(root, run_id, digest, name, data, predictor)
     if error:
@@ -158,6 +159,8 @@ def show_answers(root: str, run_id: str, predictor, index: int, name: str, data:
                     how = ("Grad-CAM" if method == "grad-cam" else "Saliency (the feature map is a single "
                            "cell at this input size, so Grad-CAM has nothing to weigh)")
                     st.image(blended, caption=f"{how}: where it looks for '{answer.labels[0]}'", width="stretch")
+        if below is not None:
+            below(result)
 
 
 def remember_choice() -> None:

@@ -13,6 +13,7 @@ from tl.errors import UserError
 from tl.owners import dataset_owner
 from tl.text import shown
 from ui import owner
+from ui.teach_view import update_from_data
 from ui.state import remember
 
 NEW = "\u0000new"  # the picker's "make a new one" entry; no name can hold a NUL
@@ -370,6 +371,7 @@ def next_steps(dataset, root: str) -> None:
         st.switch_page("app_pages/train.py")
     if problem:
         st.caption(problem)
+    update_from_data(dataset, root)
     st.download_button("Download as a zip of class folders", data=lambda: made.export_zip(dataset),
                        file_name=f"{dataset.id}.zip", mime="application/zip", key="data_zip_out",
                        icon=":material/download:", on_click="ignore")

@@ -1,0 +1,115 @@
+"""Teach the model what it got wrong (AppTest): a photo tried on Classify goes into the run's
+made dataset with the model's guess chosen first (a new version, the run unchanged), "Update
+the model" queues the same settings on the new version and opens Train on it, and a visitor
+who does not own the dataset sees the controls disabled with the reason. The real-browser
+version with the camera is in tests/test_browser_teach.py."""
+
+import io
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tl import predict, runs
+from tl.data import made
+
+from conftest import REPO, tiny_config, train_run
+
+APP = str(REPO / "streamlit_app.py")
+
+
+def photo(seed: int) -> bytes:
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished run on a made dataset of two classes, 6 photos each (version 3)."""
+    root = tmp_path_factory.mktemp("runs")
+    made.create_dataset("Pets", root)
+    made.add_photos("Pets", "cat", [(f"c{i}.png", photo(i)) for i in range(6)], root)
+    made.add_photos("Pets", "dog", [(f"d{i}.png", photo(100 + i)) for i in range(6)], root)
+    run = train_run(root, tiny_config(dataset="data:Pets", synthetic_classes=2, strategy="feature_extraction"))
+    assert run.status()["status"] == "done", run.status()
+    return root, run
+
+
+@pytest.fixture
+def root(trained, tmp_path, monkeypatch):
+    """A copy of the trained runs folder (its dataset included) for each test to change."""
+    import shutil
+
+    source, _ = trained
+    copy = tmp_path / "runs"
+    shutil.copytree(source, copy)
+    monkeypatch.setenv("TL_RUNS_DIR", str(copy))
+    monkeypatch.delenv("TL_DATA_DIR", raising=False)
+    monkeypatch.setattr(predict, "IMAGENET_WEIGHTS", None)
+    return copy
+
+
+def classify(new_photo: bytes):
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("app_pages/classify.py").run()
+    at.file_uploader(key="classify_files").set_value([("new.png", new_photo, "image/png")]).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def messages(at) -> str:
+    return " ".join(e.value for kind in (at.success, at.warning, at.error, at.caption) for e in kind)
+
+
+def test_an_answer_goes_into_the_dataset_and_the_update_opens_train(root, trained):
+    _, run = trained
+    before = made.find("Pets", root)
+    at = classify(photo(555))
+    update = at.button(key="teach_update_classify")
+    assert update.disabled  # nothing added yet
+    assert "has not changed since this run trained on it" in messages(at)
+    choice = at.selectbox(key="teach_class_0")
+    guess = choice.value
+    assert guess in ("cat", "dog") and choice.options == ["cat", "dog", "A new class..."]
+    other = "dog" if guess == "cat" else "cat"
+    choice.set_value(other).run()
+    at.button(key="teach_go_0").click().run()
+    assert not at.exception, at.exception
+    after = made.find("Pets", root)
+    assert after.version == before.version + 1
+    assert after.counts()[other] == before.counts()[other] + 1
+    assert f"Added to '{other}'" in messages(at) and f"version {after.version}" in messages(at)
+    assert runs.get(run.id, root).data_origin["version"] == before.version  # the run is unchanged
+
+    at.button(key="teach_go_0").click().run()  # the same photo again: said, nothing added
+    assert made.find("Pets", root).version == after.version
+    assert "already" in messages(at)
+
+    at.button(key="teach_update_classify").click().run()
+    assert not at.exception, at.exception
+    newer = [r for r in runs.list_runs(root) if r.id != run.id]
+    assert len(newer) == 1 and f"updates:{run.id}" in newer[0].config.tags
+    assert newer[0].config.dataset == after.ref
+    assert at.query_params.get("run") in (newer[0].id, [newer[0].id])
+
+
+def test_a_new_class_from_an_answer(root):
+    at = classify(photo(777))
+    at.selectbox(key="teach_class_0").set_value("A new class...").run()
+    at.button(key="teach_go_0").click().run()
+    assert "Type a name for the new class first." in messages(at)
+    at.text_input(key="teach_new_0").input("bird").run()
+    at.button(key="teach_go_0").click().run()
+    assert made.find("Pets", root).counts().get("bird") == 1
+
+
+def test_on_a_shared_app_a_dataset_not_ones_own_shows_the_controls_disabled_with_why(root, monkeypatch):
+    monkeypatch.setenv("TL_SHARED", "1")  # the dataset records no owner: only the secret may change it
+    at = classify(photo(888))
+    go = at.button(key="teach_go_0")
+    assert go.disabled and "only someone with the owner secret can change it" in go.help
+    assert at.selectbox(key="teach_class_0").disabled
