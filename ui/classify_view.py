@@ -71,16 +71,19 @@ def classify(root: str, run_id: str, digest: str, name: str, _data: bytes, _pred
     return (_shrink(image), image.shape[:2], result), None
 
 
-@st.cache_data(show_spinner="Computing where the head looks...", max_entries=ANSWERS)
-def explain(root: str, run_id: str, digest: str, name: str, head: str, _data: bytes, _predictor):
-    """Grad-CAM of ``head``'s top class, blended over the display-sized copy, and its method."""
+@st.cache_data(show_spinner="Computing where the heads look...", max_entries=ANSWERS)
+def explain(root: str, run_id: str, digest: str, name: str, heads: tuple, _data: bytes, _predictor):
+    """``{head: (Grad-CAM of its top class blended over the display-sized copy, method)}`` for
+    each of ``heads``, from one backbone pass where they share it (both maps of a photo in
+    one call: a toggle answers when every map is drawn)."""
     from tl.gradcam import overlay, resize_map
 
     image = _decode(name, _data)
     with compute_lock("explain"):
-        heat = _predictor.grad_cam(image, head)
+        maps = _predictor.grad_cams(image, heads)
     shown = _shrink(image)
-    return overlay(shown, resize_map(heat.values, *shown.shape[:2])), heat.method
+    return {head: (overlay(shown, resize_map(heat.values, *shown.shape[:2])), heat.method)
+            for head, heat in maps.items()}
 
 
 def inputs() -> list:
@@ -146,6 +149,8 @@ def show_answers(root: str, run_id: str, predictor, index: int, name: str, data:
             picture.caption(f"One backbone pass for both heads: {result.backbone_seconds * 1000:.0f} ms.")
         columns = ((left, "imagenet", result.imagenet, f"ImageNet head ({predictor.cfg.backbone})"),
                    (right, "transfer", result.transfer, "Transferred head (your classes)"))
+        drawn = tuple(head for _, head, answer, _ in columns if answer is not None)
+        maps = explain(root, run_id, digest, name, drawn, data, predictor) if heat and drawn else {}
         for column, head, answer, title in columns:
             with column:
                 if answer is None:
@@ -155,7 +160,7 @@ def show_answers(root: str, run_id: str, predictor, index: int, name: str, data:
                 st.plotly_chart(plots.top_k(answer.labels[:k], answer.scores[:k], title, answer.seconds),
                                 key=f"cls_{head}_{index}", config=PLOTLY_CONFIG)
                 if heat:
-                    blended, method = explain(root, run_id, digest, name, head, data, predictor)
+                    blended, method = maps[head]
                     how = ("Grad-CAM" if method == "grad-cam" else "Saliency (the feature map is a single "
                            "cell at this input size, so Grad-CAM has nothing to weigh)")
                     st.image(blended, caption=f"{how}: where it looks for '{answer.labels[0]}'", width="stretch")
