@@ -7,9 +7,9 @@ from tl.errors import UserError
 from ui.batch_view import batch_section
 from ui.classify_view import inputs, remember_choice, run_label, show_answers, strictness
 from ui.state import load_predictor, runs_dir
-from ui.teach_view import adder, made_dataset, show_flash, update_button
+from ui.teach_view import adder, made_dataset, pool_section, show_flash, update_button
 
-MODES = {"photos": "Photos one by one", "batch": "A zip or a folder of photos"}
+MODES = {"photos": "Photos one by one", "batch": "A zip or a folder of photos", "suggest": "Photos to add next"}
 
 st.title("Classify")
 st.markdown("Upload photos and compare what the backbone's original **ImageNet classifier** sees "
@@ -33,9 +33,17 @@ run_id = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in ids else 
                       on_change=remember_choice)
 pass_rate = strictness(listed[run_id])
 dataset = made_dataset(listed[run_id], root)  # a made dataset: answers can go back into it
-if st.segmented_control("Classify", list(MODES), default="photos", required=True, format_func=MODES.get,
-                        key="classify_mode", label_visibility="collapsed") == "batch":
+modes = [m for m in MODES if m != "suggest" or dataset is not None]  # adding needs a made dataset
+mode = st.segmented_control("Classify", modes, default="photos", required=True, format_func=MODES.get,
+                            key="classify_mode", label_visibility="collapsed")
+if mode == "batch":
     batch_section(root, listed[run_id], pass_rate)
+    st.stop()
+if mode == "suggest":
+    try:
+        pool_section(listed[run_id], root, dataset, load_predictor(root, run_id), pass_rate)
+    except UserError as exc:
+        st.error(str(exc))
     st.stop()
 left, right = st.columns(2)
 k = left.slider("Classes to show per head (top-k)", 1, 10, 5, key="classify_k")

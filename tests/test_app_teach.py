@@ -113,3 +113,33 @@ def test_on_a_shared_app_a_dataset_not_ones_own_shows_the_controls_disabled_with
     go = at.button(key="teach_go_0")
     assert go.disabled and "only someone with the owner secret can change it" in go.help
     assert at.selectbox(key="teach_class_0").disabled
+
+
+def test_a_pool_is_ranked_and_one_tap_adds_a_suggested_photo(root, trained):
+    _, run = trained
+    before = made.find("Pets", root)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("app_pages/classify.py").run()
+    at.segmented_control(key="classify_mode").set_value("suggest").run()
+    pool = [(f"pool{i}.png", photo(1000 + i), "image/png") for i in range(5)] + [("bad.png", b"not a photo", "image/png")]
+    at.file_uploader(key="teach_pool_files").set_value(pool).run()
+    assert not at.exception, at.exception
+    assert "5 photo(s) ranked" in messages(at) and "Not ranked:" in messages(at)
+    first = at.markdown[[i for i, m in enumerate(at.markdown) if m.value.startswith("**1. ")][0]].value
+    at.button(key="teach_pool_add_0_1").click().run()  # the second class: dog
+    assert not at.exception, at.exception
+    after = made.find("Pets", root)
+    assert after.version == before.version + 1 and after.counts()["dog"] == before.counts()["dog"] + 1
+    assert "1 added, 4 left" in messages(at)
+    assert not any(m.value == first for m in at.markdown)  # the added photo left the list
+    assert not at.button(key="teach_update_pool").disabled
+
+
+def test_the_pool_mode_is_offered_only_for_a_run_on_a_made_dataset(tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    monkeypatch.setenv("TL_RUNS_DIR", str(other))
+    monkeypatch.setattr(predict, "IMAGENET_WEIGHTS", None)
+    train_run(other, tiny_config(strategy="feature_extraction"))
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("app_pages/classify.py").run()
+    assert at.segmented_control(key="classify_mode").options == ["Photos one by one", "A zip or a folder of photos"]
