@@ -29,7 +29,7 @@ from pathlib import Path
 # (one at a time on a 2-core machine beside the other worker's training).
 GROUPS = {
     "browser": ("test_e2e_browser", "test_browser_newcomer", "test_browser_data", "test_browser_check",
-                "test_browser_owners", "test_server_sessions"),
+                "test_browser_owners", "test_server_sessions", "test_browser_export_web"),
 }
 MODULE_GROUP = {module: group for group, modules in GROUPS.items() for module in modules}
 

@@ -5,6 +5,7 @@ who does not own the dataset sees the controls disabled with the reason. The rea
 version with the camera is in tests/test_browser_teach.py."""
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from tl import predict, runs
 from tl.data import made
 
 from conftest import REPO, tiny_config, train_run
+from test_app_export import open_run
 
 APP = str(REPO / "streamlit_app.py")
 
@@ -95,6 +97,21 @@ def test_an_answer_goes_into_the_dataset_and_the_update_opens_train(root, traine
     assert len(newer) == 1 and f"updates:{run.id}" in newer[0].config.tags
     assert newer[0].config.dataset == after.ref
     assert at.query_params.get("run") in (newer[0].id, [newer[0].id])
+
+    # The update trains in a worker process; its results say what changed.
+    deadline = time.time() + 180
+    while runs.get(newer[0].id, root).status()["status"] not in ("done", "failed", "cancelled"):
+        assert time.time() < deadline, "the update did not finish in 3 minutes"
+        time.sleep(0.5)
+    updated = runs.get(newer[0].id, root)
+    assert updated.status()["status"] == "done", updated.status()
+    record = updated.metrics["update"]
+    assert record["updates"] == run.id and record["added"] == {other: 1}
+    assert (record["version_before"], record["version_after"]) == (before.version, after.version)
+    page = open_run(updated.id)
+    shown = " ".join(m.value for m in page.markdown)
+    assert f"What changed since run `{run.id}`" in shown
+    assert f"the dataset went from version {before.version} to {after.version}; added 1 to '{other}'." in shown
 
 
 def test_a_new_class_from_an_answer(root):

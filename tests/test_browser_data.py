@@ -1,5 +1,6 @@
 """The Data page in headless Chromium: a dataset made on a phone (uploads and the camera),
-trained on and classified live; and a dataset's photos surviving a reload and a new tab.
+trained on and classified live, a photo's answer added back to the dataset, the model
+updated, and a pool of new photos ranked with one added in a tap (issue 32); and a dataset's photos surviving a reload and a new tab.
 
 Chromium runs with a fake camera (``--use-fake-device-for-media-stream``: a green test
 pattern with a running clock, so each photo differs) and the camera permission granted.
@@ -29,6 +30,12 @@ Screenshots (``<TL_TEST_OUTPUT>/screenshots/``, the whole page drawn in a tall v
   the defaults (efficientnet_lite0, ImageNet weights, feature_extraction): its results.
 - ``data-phone-7-classify-camera.png``: Classify with that run, "Test it live with the
   camera" on and a photo taken: both heads' charts.
+- ``data-phone-8-added.png``: the camera photo added to the class the model guessed, from
+  its answer ("Add to class"): the dataset at a new version.
+- ``data-phone-9-updated.png``: "Update the model" trained the same settings on that
+  version: the new run's results with "What changed since run ...".
+- ``data-phone-10-pool.png``: Classify's "Photos to add next" with three coffee photos
+  ranked, each with a button per class.
 - ``data-wide-1-first-class.png``: 1400x900, a new dataset with its first class
   ("Chelsea", 6 photos) uploaded.
 - ``data-wide-2-reloaded.png``: the same page after a reload: every photo still there.
@@ -377,6 +384,47 @@ def _phone(app, page, photos):
     assert page.get_by_test_id("stException").count() == 0
     shot(page, "phone-7-classify-camera")
     assert made.find(run.config.dataset, root).id == dataset_id  # the dataset in the page's address
+
+    # 7. Teach it: the camera photo goes into a class (the guess chosen first), a new version.
+    version = made.find(run.config.dataset, root).version
+    adding = page.locator(".st-key-teach_add_0")
+    expect(adding.get_by_role("combobox")).to_have_value(re.compile("^(Chelsea|camera)$"))
+    in_view = adding.get_by_role("button", name="Add to class")
+    in_view.scroll_into_view_if_needed()
+    no_overflow(page, "add to class")
+    in_view.click()
+    expect(page.get_by_text(f"is at version {version + 1} now")).to_be_visible(timeout=60_000)
+    assert made.find(run.config.dataset, root).version == version + 1
+    shot(page, "phone-8-added")
+
+    # 8. Update the model: the same settings on the new version; its results say what changed.
+    settle(page)
+    update = page.get_by_role("button", name="Update the model")
+    expect(update).to_have_count(1, timeout=30_000)  # a rerun's stale copy gone
+    update.click()
+    page.wait_for_url(re.compile(r"/train"), timeout=60_000)
+    (update_id,) = {r.id for r in runs.list_runs(root)} - before - {run_id}
+    expect(page.get_by_text(f"What changed since run {run_id}")).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.get_by_text(f"the dataset went from version {version} to {version + 1}")).to_be_visible()
+    settle(page)
+    no_overflow(page, "updated")
+    shot(page, "phone-9-updated")
+    assert runs.get(update_id, root).metrics["update"]["updates"] == run_id
+
+    # 9. Which photos to add next: a pool of three coffee photos ranked, one added with one tap.
+    page.goto(f"{url}/classify?run={update_id}")
+    page.get_by_test_id("stButtonGroup").get_by_text("Photos to add next", exact=True).click()
+    settle(page)
+    page.get_by_text("Unlabeled photos").wait_for()
+    page.locator('.st-key-teach_pool_files input[type="file"]').set_input_files(photos["coffee"][:3])
+    expect(page.get_by_text("3 photo(s) ranked")).to_be_visible(timeout=TIMEOUT_MS)
+    settle(page)
+    no_overflow(page, "pool ranked")
+    shot(page, "phone-10-pool")
+    page.locator(".st-key-teach_pool_0").get_by_role("button", name="camera", exact=True).click()
+    expect(page.get_by_text("1 added, 2 left")).to_be_visible(timeout=60_000)
+    assert made.find(run.config.dataset, root).version == version + 2
+    assert page.get_by_test_id("stException").count() == 0
 
 
 @browser_test

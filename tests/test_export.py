@@ -1,14 +1,17 @@
 """Exports of one trained run: TFLite (float, quantised) and SavedModel agree with Keras."""
 
+import json
+import re
 import shutil
 import subprocess
 import sys
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
 
-from tl import cli, datasets, export, runs
+from tl import cli, datasets, export, export_web, runs
 
 from conftest import REPO, tiny_config, train_run
 
@@ -102,6 +105,37 @@ def test_tflite_quantized_is_smaller_and_agrees_on_top1(trained, tmp_path):
     assert not np.array_equal(lite, tflite_probs(float_path, images))  # really a different model
 
 
+def test_float16_and_full_integer_variants_agree_and_unknown_ones_are_refused(trained, tmp_path, capsys):
+    """float16 halves the file; int8 (full integer, calibrated on training photos) takes plain
+    uint8 pixels (scale 1, zero point 0); both keep top-1 on the test images."""
+    run, _, images, probs = trained
+    root = str(run.path.parent)
+    sizes = {}
+    for variant in ("float16", "int8"):
+        assert cli.main(["export", run.id, "--format", "tflite", "--quantize", variant, "--out", str(tmp_path),
+                         "--runs-dir", root]) == 0
+        path = tmp_path / export.filename(run, "tflite", variant)
+        sizes[variant] = path.stat().st_size
+        lite = tflite_probs(path, images)
+        agreement = (lite.argmax(axis=1) == probs.argmax(axis=1)).mean()
+        assert agreement >= 0.9, (variant, agreement)
+    assert export.filename(run, "tflite", "int8") == f"{run.id}-int8-full.tflite"
+    assert export.filename(run, "tflite", True) == export.filename(run, "tflite", "dynamic") == f"{run.id}-int8.tflite"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import tensorflow as tf
+
+        given = tf.lite.Interpreter(model_path=str(tmp_path / f"{run.id}-int8-full.tflite")).get_input_details()[0]
+    scale, zero_point = given["quantization"]
+    assert abs(scale - 1) < 1e-5 and zero_point == 0 and given["dtype"] == np.uint8
+    assert sizes["int8"] < sizes["float16"]
+    capsys.readouterr()
+    assert cli.main(["export", run.id, "--format", "tflite", "--quantize", "int4", "--out", str(tmp_path),
+                     "--runs-dir", root]) == 2
+    assert capsys.readouterr().err.strip() == ("error: Expected `quantize` to be one of ['float16', 'dynamic', "
+                                               "'int8']. Received: quantize='int4'.")
+
+
 def test_savedmodel_zip_loads_and_agrees(trained, tmp_path):
     import tensorflow as tf
 
@@ -163,6 +197,15 @@ def test_an_unloadable_model_is_one_sentence_and_leaves_nothing(trained, tmp_pat
     assert list(out.iterdir()) == []
 
 
+def test_a_backbone_that_does_not_convert_is_one_sentence_naming_the_operation(trained):
+    run, _, _, _ = trained
+    lacking = RuntimeError("<unknown>:0: error: loc(callsite(\"backbone\")): 'tf.ImageProjectiveTransformV3' op is "
+                           "neither a custom op nor a flex op\n<unknown>:0: note: see current operation: ...")
+    assert str(export._failed(run, "TFLite", lacking)) == (
+        f"Could not convert run '{run.id}' to TFLite (its backbone uses the operation tf.ImageProjectiveTransformV3, "
+        "which TFLite does not have); the .keras model still works, download that instead.")
+
+
 def test_cli_export_and_refusals(trained, tmp_path, capsys):
     run, _, _, _ = trained
     root = str(run.path.parent)
@@ -178,14 +221,96 @@ def test_cli_export_and_refusals(trained, tmp_path, capsys):
     assert "There is no run 'nope'" in capsys.readouterr().err
     assert cli.main(["export", run.id, "--format", "keras", "--quantize", "--out", str(tmp_path),
                      "--runs-dir", root]) == 2
-    assert "--quantize applies to the tflite format only" in capsys.readouterr().err
+    assert "--quantize applies to the tflite and web formats only" in capsys.readouterr().err
+    assert cli.main(["export", queued.id, "--format", "web", "--out", str(tmp_path), "--runs-dir", root]) == 2
+    assert f"error: Run '{queued.id}' is queued; only a finished run" in capsys.readouterr().err
     assert cli.main(["export", run.id, "--format", "labels", "--out", str(tmp_path / "no" / "x.txt"),
                      "--runs-dir", root]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not any(p.name.endswith(".keras") for p in tmp_path.iterdir())
 
 
+def test_web_bundle_holds_the_page_a_fixed_input_model_metadata_and_readme(trained, tmp_path, capsys):
+    """The bundle's model takes the run's size, float32 0-255, no resize inside, and gives the
+    Keras model's probabilities; metadata carries the labels, the export rule and versions."""
+    run, _, images, probs = trained
+    assert cli.main(["export", run.id, "--format", "web", "--out", str(tmp_path),
+                     "--runs-dir", str(run.path.parent)]) == 0
+    path = tmp_path / f"{run.id}-web.zip"
+    assert f"Wrote {path}" in capsys.readouterr().out
+    root = f"{run.id}-web"
+    with zipfile.ZipFile(path) as archive:
+        assert sorted(archive.namelist()) == [f"{root}/{name}" for name in
+                                              ("README.md", "index.html", "metadata.json", "model.tflite")]
+        archive.extractall(tmp_path / "site")
+    folder = tmp_path / "site" / root
+    meta = json.loads((folder / "metadata.json").read_text())
+    model = (folder / "model.tflite").read_bytes()
+    assert meta["labels"] == run.labels and meta["run_id"] == run.id
+    assert meta["model"]["input"] == {"shape": [1, SIZE, SIZE, 3], "dtype": "float32", "range": [0, 255]}
+    assert meta["model"]["bytes"] == len(model)
+    assert meta["none_of_my_classes"]["threshold"] == run.metrics["novelty"]["confidence_threshold"]
+    assert meta["calibration"]["temperature"] == run.metrics["calibration"]["temperature"]
+    assert meta["versions"]["litertjs"] == export_web.LITERT_VERSION
+    assert meta["top_k"] == len(run.labels)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import tensorflow as tf
+
+        interpreter = tf.lite.Interpreter(model_content=model)
+    given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert list(given["shape_signature"]) == [1, SIZE, SIZE, 3] and given["dtype"] == np.float32  # static
+    interpreter.allocate_tensors()
+    lite = []
+    for image in images[:40]:
+        interpreter.set_tensor(given["index"], image[None].astype(np.float32))
+        interpreter.invoke()
+        lite.append(interpreter.get_tensor(taken["index"])[0])
+    np.testing.assert_allclose(np.array(lite), probs[:40], atol=1e-4)
+
+    page = (folder / "index.html").read_text()
+    import_map = re.search(r'<script type="importmap">(.*?)</script>', page, re.S).group(1)
+    assert json.loads(import_map) == {"imports": export_web.library_urls()}
+    assert all(f"@{export_web.LITERT_VERSION}/" in url for url in export_web.library_urls().values())
+    assert export_web.wasm_url() in page and "{{" not in page
+    for hook in ('data-testid="photos"', '"top-1"', '"unknown"', 'type="file"', "getUserMedia"):
+        assert hook in page, hook
+    readme = (folder / "README.md").read_text()
+    for text in ("## Host it", "## Offline use: vendor the library", f"npm pack @litertjs/core@{export_web.LITERT_VERSION}"):
+        assert text in readme, text
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_the_page_resizes_as_the_model_does():
+    """The page's own resize (JavaScript, run here by node) is TensorFlow's anti-aliased
+    bilinear: shrinking, enlarging, and a mix of both."""
+    import tensorflow as tf
+
+    page = export_web.PAGE.read_text()
+    code = page[page.index("function taps("):page.index("function pixelsOf(")]
+    rng = np.random.default_rng(0)
+    for (height, width), size in (((53, 37), 16), ((5, 7), 16), ((40, 9), 16)):
+        rgb = rng.integers(0, 256, (height, width, 3))
+        rgba = np.concatenate([rgb, np.full((height, width, 1), 255)], axis=2)
+        script = (code + f"const out = resize({json.dumps(rgba.ravel().tolist())}, {width}, {height}, {size}, "
+                  "'float32'); console.log(JSON.stringify(Array.from(out)));")
+        result = subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True)
+        page_pixels = np.array(json.loads(result.stdout)).reshape(size, size, 3)
+        expected = tf.image.resize(rgb[None].astype("float32"), (size, size), antialias=True).numpy()[0]
+        np.testing.assert_allclose(page_pixels, expected, atol=1e-3)
+
+
+def test_the_pinned_library_matches_the_lockfile():
+    """The page's exact versions are the ones `npm ci` installs for the browser tests."""
+    package = json.loads((REPO / "package.json").read_text())
+    lock = json.loads((REPO / "package-lock.json").read_text())["packages"]
+    assert package["dependencies"] == {"@litertjs/core": export_web.LITERT_VERSION}
+    assert lock["node_modules/@litertjs/core"]["version"] == export_web.LITERT_VERSION
+    assert lock["node_modules/@litertjs/wasm-utils"]["version"] == export_web.WASM_UTILS_VERSION
+
+
 def test_export_module_imports_without_tensorflow():
-    code = "import sys, tl.export, tl.cli; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    code = "import sys, tl.export, tl.export_web, tl.cli; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

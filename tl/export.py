@@ -1,4 +1,5 @@
-"""Export a finished run: .keras, SavedModel (zip), TFLite (float or quantised), labels, model card.
+"""Export a finished run: .keras, SavedModel (zip), TFLite (float or quantised), labels, model card,
+and a web page that runs the model in a browser (a zip: :mod:`tl.export_web`).
 
 Every format takes plain RGB images with pixel values 0-255; the backbone's preprocessing
 is inside, and so is resizing: every format accepts any image size. The ``.keras`` model
@@ -6,19 +7,29 @@ and the SavedModel resize exactly as in training (bilinear, anti-aliased). TFLit
 anti-aliased resize, so the TFLite models resize with plain bilinear interpolation: the
 same result when enlarging or at the run's ``image_size`` ``S``, slightly different when
 shrinking a much larger photo (shrink it to about ``2S x 2S`` first for the closest match;
-see :func:`tflite_usage`).
+see :func:`tflite_usage`). The web bundle's TFLite model is the exception: a fixed
+float32 ``(1, S, S, 3)`` input (RGB 0-255) with no resize inside (LiteRT.js needs static
+shapes), so the page resizes.
 
 Importing this module does not import TensorFlow.
 """
 
+import re
 import tempfile
 import zipfile
 from pathlib import Path
 
+from tl import export_web
 from tl.errors import UserError
 from tl.files import atomic_write_bytes, os_error_sentence, read_json
 
-FORMATS = ("keras", "savedmodel", "tflite", "labels", "card")
+FORMATS = ("keras", "savedmodel", "tflite", "labels", "card", "web")
+QUANTIZED = ("tflite", "web")  # the formats that take ``quantize``
+# Quantisation variants: float16 weights; dynamic-range 8-bit weights (float in and out);
+# full integer (int8 ops, calibrated on up to CALIBRATION_PHOTOS training photos, uint8 in).
+VARIANTS = ("float16", "dynamic", "int8")
+SUFFIX = {None: "", "float16": "-float16", "dynamic": "-int8", "int8": "-int8-full"}  # -int8: dynamic, as before
+CALIBRATION_PHOTOS = 100
 EXPORTS_DIR = "exports"
 
 
@@ -28,22 +39,23 @@ class ExportError(UserError):
 
 # -- entry point -----------------------------------------------------------------------
 
-def export(run, fmt: str, out, quantize: bool = False) -> Path:
+def export(run, fmt: str, out, quantize: bool | str | None = None) -> Path:
     """Write ``run`` in format ``fmt`` to ``out`` and return the file written.
 
     Args:
         run: a finished :class:`tl.runs.Run`.
         fmt: one of :data:`FORMATS`.
         out: a file path, or an existing folder (the file then gets :func:`filename`).
-        quantize: for ``tflite``, dynamic-range quantise the weights to 8 bits.
+        quantize: for ``tflite`` and ``web``, one of :data:`VARIANTS` (``True``: ``dynamic``).
 
     Raises:
         ExportError: the run is not done, the format is unknown, or conversion failed.
     """
     if fmt not in FORMATS:
         raise ExportError(f"Expected `format` to be one of {list(FORMATS)}. Received: format={fmt!r}.")
-    if quantize and fmt != "tflite":
-        raise ExportError("--quantize applies to the tflite format only; leave it out for "
+    quantize = variant(quantize)
+    if quantize and fmt not in QUANTIZED:
+        raise ExportError(f"--quantize applies to the {' and '.join(QUANTIZED)} formats only; leave it out for "
                           f"format {fmt!r}.")
     check_exportable(run)
     out = Path(out).expanduser()
@@ -52,8 +64,9 @@ def export(run, fmt: str, out, quantize: bool = False) -> Path:
     if not out.parent.is_dir():
         raise ExportError(f"Folder '{out.parent}' does not exist; create it or choose another --out path.")
     try:
-        if fmt == "tflite":
-            return export_tflite(run, out, quantize=quantize)
+        if fmt in QUANTIZED:
+            writer = export_tflite if fmt == "tflite" else export_web_bundle
+            return writer(run, out, quantize=quantize)
         writer = {"keras": export_keras, "savedmodel": export_savedmodel,
                   "labels": export_labels, "card": export_model_card}[fmt]
         return writer(run, out)
@@ -75,20 +88,38 @@ def check_exportable(run) -> None:
         raise ExportError(problem)
 
 
-def filename(run, fmt: str, quantize: bool = False) -> str:
+def variant(quantize) -> str | None:
+    """``quantize`` as one of :data:`VARIANTS` or ``None`` (float); ``True`` means ``dynamic``.
+
+    Raises:
+        ExportError: an unknown variant name.
+    """
+    if quantize is True:
+        return "dynamic"
+    if quantize in (None, False, "", "float", "float32"):
+        return None
+    if quantize not in VARIANTS:
+        raise ExportError(f"Expected `quantize` to be one of {list(VARIANTS)}. Received: quantize={quantize!r}.")
+    return quantize
+
+
+def filename(run, fmt: str, quantize=None) -> str:
     """The default file name of an export, e.g. ``<run id>-int8.tflite``."""
+    suffix = SUFFIX[variant(quantize)]
     if fmt == "tflite":
-        return f"{run.id}{'-int8' if quantize else ''}.tflite"
+        return f"{run.id}{suffix}.tflite"
+    if fmt == "web":
+        return f"{run.id}-web{suffix}.zip"
     return {"keras": f"{run.id}.keras", "savedmodel": f"{run.id}-savedmodel.zip",
             "labels": "labels.txt", "card": "MODEL_CARD.md"}[fmt]
 
 
-def cached_path(run, fmt: str, quantize: bool = False) -> Path:
+def cached_path(run, fmt: str, quantize=None) -> Path:
     """Where :func:`cached` keeps an export: ``<run>/exports/<file name>``."""
     return run.path / EXPORTS_DIR / filename(run, fmt, quantize)
 
 
-def cached(run, fmt: str, quantize: bool = False) -> Path:
+def cached(run, fmt: str, quantize=None) -> Path:
     """The export in ``<run>/exports/``, built the first time it is asked for.
 
     The app calls this so a page rerun (or another session) never converts twice.
@@ -136,47 +167,118 @@ def export_savedmodel(run, out) -> Path:
         return zipped.replace(out)
 
 
-def export_tflite(run, out, quantize: bool = False) -> Path:
+def export_tflite(run, out, quantize=None) -> Path:
     """A TFLite model: one uint8 RGB image ``(1, height, width, 3)`` of any size in, float32
     ``(1, classes)`` probabilities out.
 
     Resizing (plain bilinear, see the module docstring) and preprocessing are inside. With
-    ``quantize``, dynamic-range quantisation stores weights in 8 bits (about 4x smaller) and
-    keeps float inputs and outputs.
+    ``quantize`` (see :func:`tflite_bytes`) the weights are stored smaller.
+    """
+    out = Path(out)
+    atomic_write_bytes(out, tflite_bytes(run, quantize=quantize))
+    return out
+
+
+def export_web_bundle(run, out, quantize=None) -> Path:
+    """The web page zip (:mod:`tl.export_web`) around a fixed-input TFLite model."""
+    out = Path(out)
+    model = tflite_bytes(run, quantize=quantize, fixed=True)
+    atomic_write_bytes(out, export_web.bundle(run, model, quantize=variant(quantize)))
+    return out
+
+
+def tflite_bytes(run, quantize=None, fixed: bool = False) -> bytes:
+    """The run's model converted to TFLite: RGB 0-255 in, float32 ``(1, classes)`` out.
+
+    Args:
+        quantize: ``None`` (float32), ``float16`` (weights in 16 bits, about 2x smaller),
+            ``dynamic`` (``True`` too: weights in 8 bits, about 4x smaller, float computation)
+            or ``int8`` (full integer: 8-bit weights and activations calibrated on up to
+            :data:`CALIBRATION_PHOTOS` training photos, a uint8 input, float32 probabilities).
+        fixed: a static float32 ``(1, S, S, 3)`` input at the run's ``image_size`` ``S`` and no
+            resize inside (the caller resizes), for runtimes that need static shapes (LiteRT.js).
+            Float, not uint8: the caller's anti-aliased resize gives fractional pixel values, and
+            rounding them moved a borderline photo's probabilities by 0.04. Else a uint8
+            ``(1, height, width, 3)`` input of any size, resized inside with plain bilinear.
+
+    Raises:
+        ExportError: the model cannot be loaded or converted (one sentence naming why).
     """
     import keras
     import tensorflow as tf
 
+    quantize = variant(quantize)
     model = load_model(run)
     size = run.config.image_size
     layers = inference_layers(model)
+    calibration = _calibration_images(run) if quantize == "int8" else None
 
     def serve(image):
         x = tf.cast(image, tf.float32)
-        # RESIZE_BILINEAR is a TFLite builtin; the anti-aliased kernel is not.
-        x = tf.image.resize(x, (size, size), method="bilinear", antialias=False)
+        if not fixed:  # RESIZE_BILINEAR is a TFLite builtin; the anti-aliased kernel is not.
+            x = tf.image.resize(x, (size, size), method="bilinear", antialias=False)
         for layer in layers:
             x = layer(x, training=False)
         return x
 
+    # int8 takes float images here: the converter quantises the input to uint8 itself.
+    dtype = tf.float32 if fixed or quantize == "int8" else tf.uint8
+    spec = tf.TensorSpec((1, size, size, 3) if fixed else (1, None, None, 3), dtype, name="image")
     # Converted from a SavedModel written by Keras's ExportArchive, which tracks every
     # variable explicitly (from_concrete_functions lost weights of some loaded models).
-    with tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".tflite-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tl-tflite-") as tmp:
         try:
             archive = keras.export.ExportArchive()
             archive.track(model)
-            archive.add_endpoint("serve", serve, input_signature=[
-                tf.TensorSpec((1, None, None, 3), tf.uint8, name="image")])
+            archive.add_endpoint("serve", serve, input_signature=[spec])
             archive.write_out(tmp, verbose=False)
             converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serve"])
-            if quantize:
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            content = converter.convert()
+            _set_variant(converter, quantize, calibration)
+            return converter.convert()
         except Exception as exc:
             raise _failed(run, "TFLite", exc) from None
-    out = Path(out)
-    atomic_write_bytes(out, content)
-    return out
+
+
+def _set_variant(converter, quantize, calibration) -> None:
+    import tensorflow as tf
+
+    if quantize is None:
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+
+
+def _calibration_images(run):
+    """Up to :data:`CALIBRATION_PHOTOS` training photos at the run's size (float32 0-255),
+    spread over the classes, for full-integer quantisation.
+
+    Raises:
+        ExportError: the run's dataset cannot be read any more.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from tl import datasets
+
+    size = run.config.image_size
+    try:
+        data = datasets.load(run.config)
+        train = np.asarray(data.splits["train"])
+        keep = train[np.linspace(0, len(train) - 1, min(CALIBRATION_PHOTOS, len(train))).astype(int)]
+        images = [data.reader(int(i)) for i in keep]  # a folder's photos differ in size
+    except (UserError, OSError) as exc:
+        raise ExportError(f"int8 calibrates on the run's training photos, which cannot be read ({exc}); "
+                          "choose float16 or dynamic instead.") from None
+    resized = [tf.image.resize(image, (size, size), antialias=True).numpy() for image in images]
+    # One grey ramp from 0 to 255: the input's calibrated range is then exactly 0-255, so its
+    # uint8 quantisation is scale 1, zero point 0 and the model takes plain pixel values.
+    ramp = np.broadcast_to(np.linspace(0, 255, size, dtype="float32")[None, :, None], (size, size, 3))
+    return np.stack([*resized, ramp]).astype("float32")
 
 
 def export_labels(run, out) -> Path:
@@ -215,7 +317,11 @@ def inference_layers(model) -> list:
 
 
 def _failed(run, what: str, exc: Exception) -> ExportError:
-    return ExportError(f"Could not convert run '{run.id}' to {what} ({_first_line(exc)}); the .keras "
+    # The converter's message starts with MLIR locations; the operation it lacks is what helps.
+    missing = re.search(r"'(tf\.\w+)' op is neither a custom op nor a flex op", str(exc))
+    why = (f"its backbone uses the operation {missing.group(1)}, which {what} does not have" if missing
+           else _first_line(exc))
+    return ExportError(f"Could not convert run '{run.id}' to {what} ({why}); the .keras "
                        "model still works, download that instead.")
 
 
@@ -246,9 +352,9 @@ def tflite_usage(size: int) -> str:
     return f"""```python
 import numpy as np
 from PIL import Image
-import tensorflow as tf  # or: from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter  # pip install ai-edge-litert (tf.lite.Interpreter is deprecated)
 
-interpreter = tf.lite.Interpreter(model_path="model.tflite")
+interpreter = Interpreter(model_path="model.tflite")
 image = Image.open("photo.jpg").convert("RGB")
 image.thumbnail(({size} * 2, {size} * 2))                # optional: closest to the Keras model
 x = np.asarray(image, dtype=np.uint8)[None]          # (1, height, width, 3), RGB 0-255

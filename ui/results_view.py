@@ -12,6 +12,8 @@ from tl.data.catalogue import is_made
 from tl.errors import UserError
 from ui.run_view import ENGINE_NAMES
 from ui.state import PLOTLY_CONFIG, data_key, load_data, runs_dir
+from ui.teach_view import what_changed
+from ui.variants_view import variants_section
 
 
 def results(run) -> None:
@@ -41,6 +43,7 @@ def results(run) -> None:
     st.caption(f"{metrics['test_size']:,} test images · {metrics['trainable_params']:,} of "
                f"{metrics['total_params']:,} parameters trained.")
     _engine_caption(metrics)
+    what_changed(metrics)
     _convergence(metrics)
     _curves(run)
     left, right = st.columns(2)
@@ -53,6 +56,7 @@ def results(run) -> None:
         _test_map(run, metrics)
     _downloads(run)
     _export_downloads(run)
+    variants_section(run)
 
 
 def _engine_caption(metrics) -> None:
@@ -265,8 +269,9 @@ def _downloads(run) -> None:
 
 # (format, quantize, label); labels and the card are instant, the rest take seconds to build.
 EXPORTS = (("savedmodel", False, "SavedModel (.zip)"), ("tflite", False, "TFLite, float"),
-           ("tflite", True, "TFLite, 8-bit"), ("labels", False, "labels.txt"),
-           ("card", False, "Model card (.md)"))
+           ("tflite", "float16", "TFLite, float16"), ("tflite", True, "TFLite, 8-bit"),
+           ("tflite", "int8", "TFLite, int8 (full integer)"), ("web", False, "Web page (zip)"),
+           ("labels", False, "labels.txt"), ("card", False, "Model card (.md)"))
 
 
 def _export_downloads(run) -> None:
@@ -275,12 +280,14 @@ def _export_downloads(run) -> None:
     from tl import export
 
     st.markdown("**Export** (the TFLite models take a uint8 RGB image of any size and resize it to "
-                f"{run.config.image_size}x{run.config.image_size} inside; 8-bit: weights quantised, about "
-                "4x smaller; see the model card)")
+                f"{run.config.image_size}x{run.config.image_size} inside; float16 about 2x smaller, 8-bit "
+                "weights about 4x; int8 is full integer; measure them below before choosing; see the model card. "
+                "Web page: a static page that runs the model in any browser, a phone's included, with no server; "
+                "its README says how to host it)")
     columns = st.columns(3)
     for n, (fmt, quantize, label) in enumerate(EXPORTS):
         column = columns[n % 3]
-        key = f"{fmt}{'_int8' if quantize else ''}_{run.id}"
+        key = f"{fmt}{export.SUFFIX[export.variant(quantize)].replace('-', '_')}_{run.id}"
         path = export.cached_path(run, fmt, quantize)
         slot = column.empty()  # the Build button, replaced by the download once built
         instant = fmt in ("labels", "card")

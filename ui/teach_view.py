@@ -136,7 +136,7 @@ def what_changed(metrics: dict) -> None:
             return
         added = {c: n for c, n in (record.get("added") or {}).items() if n}
         removed = {c: n for c, n in (record.get("removed") or {}).items() if n}
-        parts = [f"dataset version {record.get('version_before')} -> {record.get('version_after')}"]
+        parts = [f"the dataset went from version {record.get('version_before')} to {record.get('version_after')}"]
         if added:
             parts.append("added " + ", ".join(f"{n} to '{shown(c, 40)}'" for c, n in added.items()))
         if removed:

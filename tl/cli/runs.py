@@ -84,14 +84,18 @@ def add_download_parser(sub) -> None:
 
 def add_export_parser(sub) -> None:
     """The ``export`` command."""
-    export = sub.add_parser("export", help="export a finished run (keras, savedmodel zip, tflite, labels, card)")
+    export = sub.add_parser("export", help="export a finished run (keras, savedmodel zip, tflite, labels, card, "
+                                           "web page zip)")
     export.add_argument("run_id")
     from tl.export import FORMATS
 
     export.add_argument("--format", required=True, choices=FORMATS,
                         help="keras: the .keras model; savedmodel: a zipped TF SavedModel; tflite: TFLite "
-                             "(a uint8 RGB image of any size in, resized inside); labels: labels.txt; card: a model card")
-    export.add_argument("--quantize", action="store_true", help="tflite only: dynamic-range 8-bit weights")
+                             "(a uint8 RGB image of any size in, resized inside); labels: labels.txt; card: a model card; "
+                             "web: a zip of a static web page that runs the model in a browser (LiteRT.js)")
+    export.add_argument("--quantize", nargs="?", const="dynamic", default=None, metavar="{float16,dynamic,int8}",
+                        help="tflite and web only: float16 weights; dynamic (the default when no variant is named): "
+                             "8-bit weights; int8: full integer, calibrated on up to 100 training photos, uint8 in")
     export.add_argument("--out", required=True, help="file to write, or an existing folder")
     export.add_argument("--runs-dir", help=RUNS_DIR_HELP)
     export.set_defaults(handler=cmd_export)
