@@ -1,6 +1,6 @@
 """What each TFLite variant of a run costs, measured on the run's own test photos.
 
-    python bench/export_variants.py                                  # Lite0 and Lite2 on the synthetic shapes
+    python bench/export_variants.py                                  # Lite0, Lite2 and ResNet-50 (from scratch) on the shapes
     python bench/export_variants.py --backbones efficientnet_lite0,resnet50 --dataset tf_flowers
     python bench/export_variants.py --run RUN_ID [--run RUN_ID ...] [--runs-dir runs]
 
@@ -94,7 +94,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", default=[], help="a finished run to measure (repeatable)")
     parser.add_argument("--runs-dir", default=None)
-    parser.add_argument("--backbones", default="efficientnet_lite0,efficientnet_lite2")
+    parser.add_argument("--backbones", default="efficientnet_lite0,efficientnet_lite2,resnet50:scratch",
+                        help="backbones to train with feature extraction from their ImageNet weights; NAME:scratch "
+                             "trains NAME from random weights at 64 px instead (ResNet-50's ImageNet weights "
+                             "download on first use: offline, it is trained here from scratch, and labelled so)")
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--samples-per-class", type=int, default=60)
@@ -109,16 +112,24 @@ def main() -> None:
     else:
         root = tempfile.mkdtemp(prefix="export-variants-")
         chosen = []
-        for backbone in args.backbones.split(","):
-            cfg = RunConfig(dataset=args.dataset, data_dir=args.data_dir, backbone=backbone, weights="imagenet",
-                            strategy="feature_extraction", image_size=224,
-                            samples_per_class=args.samples_per_class, name=f"export variants: {backbone}")
+        for spec in args.backbones.split(","):
+            backbone, _, how = spec.partition(":")
+            if how == "scratch":
+                cfg = RunConfig(dataset=args.dataset, data_dir=args.data_dir, backbone=backbone, weights="none",
+                                strategy="scratch", image_size=64, epochs=4,
+                                samples_per_class=args.samples_per_class, name=f"export variants: {backbone} from scratch")
+            else:
+                cfg = RunConfig(dataset=args.dataset, data_dir=args.data_dir, backbone=backbone, weights="imagenet",
+                                strategy="feature_extraction", image_size=224,
+                                samples_per_class=args.samples_per_class, name=f"export variants: {backbone}")
             run = training.prepare(cfg, root)
             training.execute(run, root)
             chosen.append(run)
     for run in chosen:
         cfg = run.config
-        title = (f"{cfg.backbone} ({cfg.strategy}, {cfg.image_size} px) on {cfg.dataset}, run {run.id}, trained here; "
+        weights = "random weights, trained here from scratch" if cfg.weights == "none" else f"{cfg.weights} weights"
+        title = (f"{cfg.backbone} ({weights}; {cfg.strategy}, {cfg.image_size} px) on {cfg.dataset}, run {run.id}, "
+                 "trained here; "
                  f"{os.cpu_count()} CPU cores")
         print_table(title, variants.measure(run))
         if args.browser:

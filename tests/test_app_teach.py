@@ -4,10 +4,8 @@ the model" queues the same settings on the new version and opens Train on it, an
 who does not own the dataset sees the controls disabled with the reason. The real-browser
 version with the camera is in tests/test_browser_teach.py."""
 
-import io
 import time
 
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -15,18 +13,10 @@ from tl import predict, runs
 from tl.data import made
 
 from conftest import REPO, tiny_config, train_run
+from test_app_data import photo
 from test_app_export import open_run
 
 APP = str(REPO / "streamlit_app.py")
-
-
-def photo(seed: int) -> bytes:
-    from PIL import Image
-
-    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "PNG")
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")

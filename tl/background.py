@@ -105,6 +105,42 @@ def spawn(path: Path, module: str, log) -> int:
     return process.pid
 
 
+def start(path: Path, module: str, request: dict, *, what: str, log_name: str, memory_mb=None,
+          seconds=None, reserve_as: str = "", fresh: bool = True) -> int:
+    """The app's side: write the job folder (``request.json``, status queued; emptied first
+    when ``fresh``), start ``python -m <module>`` on it (:func:`spawn`) and reserve
+    ``memory_mb`` for it in the app's budget (``reserve_as`` says for what, ``seconds`` how
+    long it should take). Returns the pid.
+
+    Raises:
+        UserError: one sentence beginning with ``what`` ("Measuring", "The check") when the
+            folder cannot be written or the process cannot start.
+    """
+    import shutil
+
+    from tl import memory
+    from tl.files import os_error_sentence
+
+    path = Path(path)
+    try:
+        if fresh:
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+        atomic_write_json(path / "request.json", request)
+        write_status(path, "queued", created=time.time())
+        log = open(path / log_name, "ab")
+    except OSError as exc:
+        raise UserError(f"{what} could not start: {os_error_sentence(exc, path)}") from None
+    try:
+        pid = spawn(path, module, log)
+    except OSError as exc:
+        write_status(path, "failed", reason=f"{what} could not start ({exc.strerror or exc}).")
+        raise UserError(f"{what} could not start ({exc.strerror or exc}); try again.") from None
+    if memory_mb is not None:
+        memory.reserve(pid, memory_mb, reserve_as or what, time.time() + seconds if seconds else None)
+    return pid
+
+
 def serve(path, body, what: str, log_name: str, on_failure=None) -> int:
     """The process's side: SIGTERM sets the stop flag, the process runs at a lower priority,
     then ``body(request, should_stop)`` does the work and returns true when done, false when

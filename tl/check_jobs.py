@@ -17,14 +17,12 @@ check and the other background work share). Plain Python: no TensorFlow here.
 
 import hashlib
 import json
-import shutil
 import sys
-import time
 from pathlib import Path
 
-from tl.background import ACTIVE, Job, serve, spawn, write_status
-from tl.errors import UserError
-from tl.files import append_jsonl, atomic_write_json, os_error_sentence, read_json
+from tl import background
+from tl.background import ACTIVE, Job, serve
+from tl.files import append_jsonl, atomic_write_json, read_json
 
 DIED = "The check's process stopped unexpectedly (it was killed or ran out of memory); start it again."
 
@@ -129,22 +127,10 @@ def start(cfg, fingerprint: str, runs_dir=None, about: str | None = None, estima
     if estimate is not None:
         memory.need(estimate.memory_mb, "Checking this dataset")
     path = checks_root(runs_dir) / check_key(cfg, fingerprint)
-    try:
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
-        atomic_write_json(path / "request.json", {"config": cfg.to_dict(), "about": about,
-                                                  "runs_dir": str(Path(runs_dir).resolve()) if runs_dir else None})
-        write_status(path, "queued", created=time.time())
-        log = open(path / "check.log", "ab")
-    except OSError as exc:
-        raise UserError(f"The check could not start: {os_error_sentence(exc, path)}") from None
-    try:
-        pid = spawn(path, "tl.check_jobs", log)
-    except OSError as exc:
-        write_status(path, "failed", reason=f"The check's process could not start ({exc.strerror or exc}).")
-        raise UserError(f"The check's process could not start ({exc.strerror or exc}); try again.") from None
-    if estimate is not None:
-        memory.reserve(pid, estimate.memory_mb, "a data check", time.time() + estimate.seconds)
+    background.start(path, "tl.check_jobs", {"config": cfg.to_dict(), "about": about,
+                                  "runs_dir": str(Path(runs_dir).resolve()) if runs_dir else None},
+          what="The check", log_name="check.log", memory_mb=estimate and estimate.memory_mb,
+          seconds=estimate and estimate.seconds, reserve_as="a data check")
     return CheckJob(path)
 
 

@@ -22,16 +22,16 @@ TensorFlow only inside the measuring.
 """
 
 import os
-import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from tl import export
-from tl.background import ACTIVE, Job, serve, spawn, write_status
-from tl.errors import Cancelled, UserError
-from tl.files import append_jsonl, atomic_write_json, os_error_sentence, read_json
+from tl import background
+from tl.background import ACTIVE, Job, serve
+from tl.errors import Cancelled
+from tl.files import append_jsonl, atomic_write_json, read_json
 
 VARIANTS = (None, *export.VARIANTS)  # None: float32
 MAX_DROP = 0.02  # of test accuracy against the Keras model: more is warned about
@@ -212,20 +212,9 @@ def start(run, runs_dir=None) -> VariantsJob:
     found = estimate(run)
     memory.need(found.memory_mb, "Measuring the smaller models")
     path = job_path(run)
-    try:
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
-        atomic_write_json(path / "request.json", {"run_id": run.id, "runs_dir": str(run.path.parent.resolve())})
-        write_status(path, "queued", created=time.time())
-        log = open(path / "variants.log", "ab")
-    except OSError as exc:
-        raise UserError(f"Measuring could not start: {os_error_sentence(exc, path)}") from None
-    try:
-        pid = spawn(path, "tl.variants", log)
-    except OSError as exc:
-        write_status(path, "failed", reason=f"The measuring process could not start ({exc.strerror or exc}).")
-        raise UserError(f"The measuring process could not start ({exc.strerror or exc}); try again.") from None
-    memory.reserve(pid, found.memory_mb, "measuring smaller models", time.time() + found.seconds)
+    background.start(path, "tl.variants", {"run_id": run.id, "runs_dir": str(run.path.parent.resolve())}, what="Measuring",
+          log_name="variants.log", memory_mb=found.memory_mb, seconds=found.seconds,
+          reserve_as="measuring smaller models")
     return VariantsJob(path)
 
 

@@ -13,7 +13,7 @@ from tl import background, batch_jobs
 from tl.errors import UserError
 from tl.images import IMAGE_EXTENSIONS
 from tl.text import shown
-from ui.state import LIVE_SECONDS, compute_lock, load_predictor
+from ui.state import compute_lock, live_progress, load_predictor
 
 BATCH_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS] + ["zip"]
 ALL_CLASSES = "All classes"
@@ -89,16 +89,7 @@ def _classify(root: str, run, job, source, pass_rate) -> None:
 
 
 def _progress(job) -> None:
-    @st.fragment(run_every=LIVE_SECONDS)
-    def live():
-        if job.status()["status"] not in background.ACTIVE:
-            st.rerun()  # done, failed or stopped: the whole section shows what came of it
-        share, text = job.progress()
-        st.progress(share, text=f"Classifying in the background: {text}")
-        if st.button("Stop", key="classify_batch_stop", icon=":material/stop_circle:"):
-            job.stop()
-            st.rerun()
-    live()
+    live_progress(job, background.ACTIVE, "Classifying in the background", "classify_batch_stop")
 
 
 # -- the result ----------------------------------------------------------------------------

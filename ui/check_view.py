@@ -16,7 +16,7 @@ from tl import check_jobs
 from tl.data import made
 from tl.data.catalogue import is_made
 from tl.errors import UserError
-from ui.state import LIVE_SECONDS, PLOTLY_CONFIG, data_key, load_data
+from ui.state import PLOTLY_CONFIG, data_key, live_progress, load_data
 
 SHOWN = 24  # suspects drawn at once
 CUTS = {"last": "Last layer (everyday photos)", "earlier": "Earlier layer (scans, drawings, unusual images)"}
@@ -120,17 +120,7 @@ def _earlier(dataset, cfg, root: str, key: str) -> None:
 
 
 def _progress(job, key: str) -> None:
-    @st.fragment(run_every=LIVE_SECONDS)
-    def live():
-        status = job.status()
-        if status["status"] not in check_jobs.ACTIVE:
-            st.rerun()  # done, failed or stopped: the whole section shows what came of it
-        share, text = job.progress()
-        st.progress(share, text=f"Checking: {text}")
-        if st.button("Stop", key=f"{key}_check_stop", icon=":material/stop_circle:"):
-            job.stop()
-            st.rerun()
-    live()
+    live_progress(job, check_jobs.ACTIVE, "Checking", f"{key}_check_stop")
 
 
 # -- results -------------------------------------------------------------------------------

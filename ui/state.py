@@ -245,3 +245,19 @@ def image_size_default(key: str, default: int, min_size: int) -> None:
     widget_default(key, max(default, min_size))
     if st.session_state[key] < min_size:
         st.session_state[key] = max(default, min_size)
+
+
+def live_progress(job, active, label: str, stop_key: str) -> None:
+    """A background job's progress bar (``label: what it says``) and its Stop button, redrawn
+    every ``LIVE_SECONDS``; once its status leaves ``active`` the whole page reruns, to show
+    what came of it. ``job``: a :class:`tl.background.Job`."""
+    @st.fragment(run_every=LIVE_SECONDS)
+    def live():
+        if job.status()["status"] not in active:
+            st.rerun()
+        share, text = job.progress()
+        st.progress(share, text=f"{label}: {text}")
+        if st.button("Stop", key=stop_key, icon=":material/stop_circle:"):
+            job.stop()
+            st.rerun()
+    live()

@@ -9,7 +9,7 @@ per photo), a warning per variant that loses more than 2 points, and the recomme
 import streamlit as st
 
 from tl.errors import UserError
-from ui.state import LIVE_SECONDS
+from ui.state import live_progress
 
 LABELS = {"keras": "Keras (.keras)", "float32": "TFLite float32", "float16": "TFLite float16",
           "dynamic": "TFLite 8-bit weights (dynamic)", "int8": "TFLite int8 (full integer)"}
@@ -56,15 +56,6 @@ def _table(result: dict) -> None:
 
 
 def _progress(job, run_id: str) -> None:
-    @st.fragment(run_every=LIVE_SECONDS)
-    def live():
-        from tl import variants
+    from tl import variants
 
-        if job.status()["status"] not in variants.ACTIVE:
-            st.rerun()  # done, failed or stopped: the whole section shows what came of it
-        share, text = job.progress()
-        st.progress(share, text=f"Measuring: {text}")
-        if st.button("Stop", key=f"variants_stop_{run_id}", icon=":material/stop_circle:"):
-            job.stop()
-            st.rerun()
-    live()
+    live_progress(job, variants.ACTIVE, "Measuring", f"variants_stop_{run_id}")
