@@ -225,7 +225,7 @@ def test_an_unknown_command_lists_only_the_public_ones(capsys):
     assert exited.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == ("python -m tl: error: unknown command 'nonsense'; choose from train, runs, predict, list, "
-                   "compare, download, export, data, check")
+                   "compare, download, export, data, check, suggest")
     assert "worker" not in err
 
 

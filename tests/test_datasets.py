@@ -126,3 +126,40 @@ def test_augmenter_keeps_shape():
     augment = datasets.make_augmenter(0)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     assert tuple(augment(x, training=True).shape) == (2, 32, 32, 3)
+
+
+def test_a_made_datasets_split_stays_put_as_photos_are_added(tmp_path, monkeypatch):
+    from tl.data import made
+    from conftest import photos
+
+    monkeypatch.setenv("TL_DATA_DIR", str(tmp_path / "data"))
+    made.create_dataset("Pets")
+    made.add_photos("Pets", "cat", photos(3, "chelsea"))
+    made.add_photos("Pets", "coffee", photos(5, "coffee"))
+    cfg = tiny_config(dataset="data:Pets", samples_per_class=0)  # every photo, no cap
+
+    def assignment():
+        data = datasets.load(cfg)
+        return {data.keys[i]: name for name, rows in data.splits.items() for i in rows}
+
+    before = assignment()
+    for name in ("cat", "coffee"):  # three or more photos: at least one in each split
+        assert {s for key, s in before.items() if key.startswith(name)} == {"train", "val", "test"}
+    made.add_photos("Pets", "cat", photos(12, "chelsea", start=3))
+    made.add_photos("Pets", "coffee", photos(12, "coffee", start=5))
+    made.add_photos("Pets", "rocket", photos(3, "rocket"))
+    after = assignment()
+    assert {key: after[key] for key in before} == before
+    assert len(after) == made.find("Pets").photos > len(before) and {"train", "val", "test"} <= set(after.values())
+    # The same photos in the same order place the same way whatever else is stored; another seed moves them.
+    other = datasets.load(tiny_config(dataset="data:Pets", samples_per_class=0, seed=1))
+    assert {other.keys[i]: name for name, rows in other.splits.items() for i in rows} != after
+
+
+def test_photos_placed_by_hash_follow_the_fractions():
+    hashes = [f"{i:016x}" for i in range(4000)]
+    chosen = datasets.stratified_split(np.zeros(4000, dtype=int), ["a"], 0.15, 0.2, seed=0, hashes=hashes)
+    shares = {name: len(rows) / 4000 for name, rows in chosen.items()}
+    assert abs(shares["test"] - 0.2) < 0.02 and abs(shares["val"] - 0.15) < 0.02
+    again = datasets.stratified_split(np.zeros(4000, dtype=int), ["a"], 0.15, 0.2, seed=0, hashes=hashes)
+    assert all(np.array_equal(chosen[k], again[k]) for k in chosen)

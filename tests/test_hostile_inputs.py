@@ -756,7 +756,7 @@ def test_export_into_a_missing_folder_or_of_an_unfinished_run_is_one_sentence(tw
 # -- the feature cache ----------------------------------------------------------------------
 
 def _damage_features(folder: Path, how: str) -> None:
-    path = folder / "features.npy"
+    [path] = folder.glob("part-*.npy")  # the one part the first run wrote
     data = bytearray(path.read_bytes())
     if how == "flipped bytes":
         data[-16:] = bytes(b ^ 0xFF for b in data[-16:])
@@ -766,7 +766,7 @@ def _damage_features(folder: Path, how: str) -> None:
     elif how == "bad header":
         path.write_bytes(b"\x93NUMPY garbage" + bytes(data[14:]))
     elif how == "meta not json":
-        (folder / "meta.json").write_text("{")
+        path.with_suffix(".json").write_text("{")
 
 
 @pytest.mark.parametrize("how", ["flipped bytes", "truncated", "bad header", "meta not json"])
@@ -783,7 +783,8 @@ def test_a_corrupt_feature_cache_entry_is_extracted_again(runs_dir, how):
                for e in events if e["type"] == "log")
     assert [e["cache"] for e in events if e["type"] == "features"][0] == "miss"
     assert second.metrics["test_accuracy"] == first.metrics["test_accuracy"]
-    assert features.lookup(cache_root(runs_dir), entry.name) is not None
+    key = next(e["key"] for e in events if e["type"] == "features")
+    assert features.lookup(cache_root(runs_dir), key) is not None
 
 
 def test_a_dead_extractions_temporary_file_is_removed(runs_dir):
@@ -794,7 +795,8 @@ def test_a_dead_extractions_temporary_file_is_removed(runs_dir):
     dead.wait()
     leftover = entry / f".features.{dead.pid}.tmp"
     leftover.write_bytes(b"\0" * 4096)
-    (entry / "features.npy").unlink()  # so the second run extracts again, past the leftover
+    for part in entry.glob("part-*"):  # so the second run extracts again, past the leftover
+        part.unlink()
     second = train_run(runs_dir, cfg)
     assert second.status()["status"] == "done" and first.status()["status"] == "done"
     assert not leftover.exists()

@@ -21,8 +21,23 @@ def load(run):
     return keras.saving.load_model(run.model_path, safe_mode=True)
 
 
-@pytest.mark.parametrize("head", sorted(HEADS))
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+# Every head on both strategies that fit it on cached features (where a head's build and fit
+# differ most: exact L-BFGS, Adam steps, a flattened feature map), and each image-trained
+# strategy with the linear head plus one other head each, so that every head also trains on
+# images once (warm start on features for the pooled heads, on images for Flatten). The full
+# 6 x 4 matrix cost 24 runs; these 16 reach the same code paths.
+IMAGE_STRATEGY_HEADS = {"frozen": "dense_stack", "fine_tune": "flatten_dense",
+                        "full_fine_tune": "gap_dropout_dense", "scratch": "flatten_dense"}
+COMBINATIONS = sorted({(s, h) for s in ("feature_extraction", "earlier_layer") for h in HEADS}
+                      | {(s, h) for s, other in IMAGE_STRATEGY_HEADS.items() for h in ("linear", other)})
+
+
+def test_the_combinations_cover_every_strategy_and_head():
+    assert {s for s, _ in COMBINATIONS} == set(STRATEGIES)
+    assert {h for s, h in COMBINATIONS if s in IMAGE_STRATEGY_HEADS} == set(HEADS)
+
+
+@pytest.mark.parametrize("strategy,head", COMBINATIONS)
 def test_every_strategy_and_head_trains_one_epoch(runs_dir, strategy, head):
     run = train_run(runs_dir, tiny_config(strategy=strategy, head=head))
     status = run.status()
@@ -140,10 +155,13 @@ def test_feature_store_reads_rows_in_any_order(tmp_path):
     extractor = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(keepdims=True)(inputs))
     images = np.random.default_rng(0).uniform(0, 255, (10, 4, 4, 3)).astype("float32")
     batches = [images[i:i + 3] for i in range(0, 10, 3)]
-    store = features.extract(tmp_path, "k", extractor, batches, 10, meta={})
+    folder = tmp_path / "features" / "setting"
+    store = features.extract(folder, extractor, batches, [f"photo {i}" for i in range(10)], meta={})
     expected = images.mean(axis=(1, 2))
     np.testing.assert_allclose(store.read([9, 0, 0, 4]), expected[[9, 0, 0, 4]], rtol=1e-6)
-    assert features.lookup(tmp_path, "k").shape == (10, 3)
+    features.write_view(folder, "k", [f"photo {i}" for i in (3, 1, 4, 1, 5)])
+    np.testing.assert_allclose(features.lookup(tmp_path, "k").read([4, 0, 3]), expected[[5, 3, 1]], rtol=1e-6)
+    assert features.lookup(tmp_path, "k").shape == (5, 3)
     assert features.lookup(tmp_path, "other") is None
 
 

@@ -51,6 +51,7 @@ class Row:
     file: str
     prediction: Prediction | None = None
     error: str | None = None
+    features: np.ndarray | None = field(default=None, repr=False)  # pooled, where asked for (keep_features)
 
     @property
     def label(self) -> str | None:
@@ -190,7 +191,8 @@ def _resized(image, layer) -> np.ndarray:
 
 
 def iter_batches(predictor, photos, *, k: int = DEFAULT_TOP_K, pass_rate: float | None = None,
-                 imagenet: bool = False, batch_size: int = BATCH_SIZE, workers: int | None = None):
+                 imagenet: bool = False, batch_size: int = BATCH_SIZE, workers: int | None = None,
+                 keep_features: bool = False):
     """Yield the :class:`Row` of each batch of ``photos`` in turn (input order).
 
     Args:
@@ -203,6 +205,8 @@ def iter_batches(predictor, photos, *, k: int = DEFAULT_TOP_K, pass_rate: float 
             ``None``.
         batch_size: photos per engine pass.
         workers: decoding threads (default: the CPU count, at most 4).
+        keep_features: also keep each row's pooled features (the transferred head's input,
+            as the run's novelty rule reads them) in ``Row.features``.
 
     Leaving the loop early stops the decoding too.
     """
@@ -222,7 +226,7 @@ def iter_batches(predictor, photos, *, k: int = DEFAULT_TOP_K, pass_rate: float 
                 chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
                 fill()
                 yield _rows(predictor, stages, [(name, future.result()) for name, future in chunk],
-                            k, pass_rate, imagenet)
+                            k, pass_rate, imagenet, keep_features)
         finally:
             for _, future in pending:
                 future.cancel()
@@ -257,7 +261,7 @@ def classify(predictor, photos, *, k: int = DEFAULT_TOP_K, pass_rate: float | No
     return result
 
 
-def _rows(predictor, stages, prepared, k: int, pass_rate, imagenet: bool) -> list:
+def _rows(predictor, stages, prepared, k: int, pass_rate, imagenet: bool, keep_features: bool = False) -> list:
     """The rows of one batch: every readable photo through each stage once."""
     good = [i for i, (_, item) in enumerate(prepared) if not isinstance(item, str)]
     rows = [Row(name, error=item if isinstance(item, str) else None) for name, item in prepared]
@@ -275,7 +279,13 @@ def _rows(predictor, stages, prepared, k: int, pass_rate, imagenet: bool) -> lis
             probs[kind] = np.asarray(head.predict_on_batch(read), dtype=np.float64)
             seconds[kind] = (time.perf_counter() - started) / len(good)
     novelty = None if predictor.rule is None else predictor.rule.scores(np.asarray(features))
+    pooled = None
+    if keep_features:
+        pooled = np.asarray(features, dtype=np.float32)
+        pooled = (pooled.mean(axis=(1, 2)) if pooled.ndim == 4 else pooled).reshape(len(good), -1)
     for j, i in enumerate(good):
+        if pooled is not None:
+            rows[i].features = pooled[j]
         transfer = _top(probs["transfer"][j], predictor.class_names, k, seconds["transfer"])
         answer, reason = None, predictor.imagenet_reason
         if "imagenet" in probs:

@@ -185,6 +185,11 @@ def _sum(values: np.ndarray) -> np.ndarray:
     return np.asarray(_joined().reduce(tf.distribute.ReduceOp.SUM, tf.constant(values), axis=None))
 
 
+def joined() -> bool:
+    """Whether this process trains in a cluster of several workers."""
+    return _joined() is not None
+
+
 def every_worker(flag: bool) -> bool:
     """Whether ``flag`` is true on every worker of the cluster (``flag`` itself outside
     one). Every worker must call it at the same point."""

@@ -371,6 +371,8 @@ print(labels[int(probs.argmax())], float(probs.max()))
 
 def model_card(run) -> str:
     """A markdown model card: data, config, metrics, intended use, limits, how to use."""
+    from tl.update import card_line
+
     cfg, metrics, labels = run.config, run.metrics, run.labels
     info = read_json(run.path / "labels.json", {})
     counts = info.get("counts", {})
@@ -388,6 +390,7 @@ def model_card(run) -> str:
         f"- Dataset: `{info.get('dataset', cfg.dataset)}`"
         + (f" (folder `{cfg.data_dir}`)" if cfg.data_dir else "")
         + (f" (made in the app, version {run.data_origin['version']})" if run.data_origin else ""),
+        *([f"- {update_line}"] if (update_line := card_line(metrics)) else []),
         f"- Classes ({len(labels)}), in output order: {', '.join(labels)}",
         f"- Images used: {total if total is not None else 'unknown'} "
         f"(at most {cfg.samples_per_class or 'all'} per class)",

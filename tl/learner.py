@@ -44,6 +44,7 @@ class Learner:
         self.train_seconds = 0.0
         self.extract_seconds = 0.0
         self.feature_cache = None
+        self.features_reused = None  # items whose features came from the cache
         self.engine_choice = None  # tl.engine.Choice of the frozen-backbone pass, once features are needed
         self._store = None
         self.best = None  # the lowest validation loss so far
@@ -277,7 +278,7 @@ class Learner:
                 batch_size=cfg.batch_size, emit=self.emit, engine=cfg.engine, precision=cfg.engine_precision,
                 should_stop=self.run.cancel_requested)
             self._store, self.feature_cache, self.engine_choice = found.store, found.cache, found.choice
-            self.extract_seconds = found.seconds
+            self.extract_seconds, self.features_reused = found.seconds, found.reused
         return self._store
 
     # best checkpoint
@@ -340,6 +341,7 @@ class Learner:
             train_seconds=round(self.train_seconds, 3),
             extract_seconds=round(self.extract_seconds, 3),
             feature_cache=self.feature_cache,
+            features_reused=self.features_reused,
             images_per_second=round(self.images_seen / self.train_seconds, 2) if self.train_seconds else None,
             epochs_run=epochs_run,
             best_val_accuracy=max(val_accs) if val_accs else None,

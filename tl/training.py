@@ -10,7 +10,7 @@ records, the notes before it trains); the model and its phases are the
 import time
 import traceback
 
-from tl import calibration, cluster, datasets, run_cost, runs
+from tl import calibration, cluster, datasets, run_cost, runs, update
 from tl.backbones import check_installed_weights
 from tl.config import RunConfig
 from tl.data import made
@@ -168,8 +168,11 @@ def _train(run, cfg, runs_dir, emit) -> dict:
         learner.temperature = trust.temperature
         metrics = learner.evaluate()
         metrics["calibration"] = trust.calibration_record(learner.raw_test_probs, data.labels[data.splits["test"]])
-        metrics["novelty"] = trust.novelty_record(
-            calibration.scale(learner.raw_test_probs, trust.temperature or 1.0).max(axis=1))
+        test_probs = calibration.scale(learner.raw_test_probs, trust.temperature or 1.0)
+        metrics["novelty"] = trust.novelty_record(test_probs.max(axis=1))
+        unknown = (None if trust.rule is None or trust.test_scores is None
+                   else trust.rule.unknown(trust.test_scores, test_probs.max(axis=1)))
+        metrics.update(update.recorded(cfg, data, test_probs, unknown, split_record(data), runs_dir))
         learner.save_model()
         trust.save(run.path)
     run.write_json("metrics.json", metrics)

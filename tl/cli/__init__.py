@@ -3,9 +3,10 @@
 The package face: :func:`main` and the top-level parser, which wires in the subcommands of
 the modules beside it (:mod:`.train`: train and the hidden worker; :mod:`.runs`: runs,
 predict, list, download, export; :mod:`.compare`; :mod:`.data`: ``tl data ...``;
-:mod:`.check`: ``tl check``), and the ``--verbose`` switch of :mod:`.stderr`'s filter. The
-handlers call the same functions the app calls (:func:`tl.training.prepare` and
-:func:`tl.training.execute`). Errors a user can cause print one sentence and exit 2.
+:mod:`.check`: ``tl check``; :mod:`.suggest`: ``tl suggest``), and the ``--verbose`` switch
+of :mod:`.stderr`'s filter. The handlers call the same functions the app calls
+(:func:`tl.training.prepare` and :func:`tl.training.execute`). Errors a user can cause print
+one sentence and exit 2.
 """
 
 import argparse
@@ -13,7 +14,7 @@ import json
 import os
 import sys
 
-from tl.cli import check, compare, data, runs, train
+from tl.cli import check, compare, data, runs, suggest, train
 from tl.cli.common import EXIT_USAGE, RUNS_DIR_HELP
 from tl.cli.stderr import own_lines_on_stderr
 from tl.errors import UserError
@@ -69,6 +70,7 @@ def _parser():
     runs.add_export_parser(sub)
     data.add_parser(sub, RUNS_DIR_HELP)
     check.add_parser(sub, RUNS_DIR_HELP)
+    suggest.add_parser(sub, RUNS_DIR_HELP)
     sub.metavar = "{" + ",".join(name for name in sub.choices if name not in HIDDEN) + "}"
     _verbose_after_commands(sub)
     return parser

@@ -229,7 +229,8 @@ def format_event(event) -> str:
             return f"Features: reused from the cache ({event['images']} images)"
         if event["cache"] == "stored":
             engine = f" ({event['engine']}, {event['engine_precision']})" if event.get("engine") else ""
-            return f"Features: extracted {event['images']} images in {event['seconds']:.1f} s{engine}"
+            reused = f", {event['reused']} reused from the cache" if event.get("reused") else ""
+            return f"Features: extracted {event['images']} images in {event['seconds']:.1f} s{engine}{reused}"
         return f"Features: {event.get('done', 0)}/{event['images']} images"
     if kind == "batch":
         return (f"  epoch {event['epoch']} step {event['step']}/{event['steps']} "

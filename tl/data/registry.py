@@ -43,7 +43,8 @@ def spec_of(name: str) -> DatasetSpec:
 
 
 def load(cfg, runs_dir=None) -> Data:
-    """Load the dataset a config names, cap it per class and split it (seeded, stratified).
+    """Load the dataset a config names, cap it per class and split it (seeded, stratified;
+    a made dataset's split stays put as photos are added: :func:`stratified_split`).
     ``runs_dir``: the runs folder in use, under which a folder's scan is cached.
 
     Raises:
@@ -51,7 +52,8 @@ def load(cfg, runs_dir=None) -> Data:
         DownloadError: a download is needed and failed.
     """
     data = spec_of(cfg.dataset).load(cfg, runs_dir)
-    data = cap(data, cfg.samples_per_class, cfg.seed)
-    data.splits = stratified_split(data.labels, data.class_names, cfg.val_fraction,
-                                   cfg.test_fraction, cfg.seed)
+    grows = (data.origin or {}).get("kind") == "made"  # its photos keep their split as it grows
+    data = cap(data, cfg.samples_per_class, cfg.seed, by_hash=grows)
+    data.splits = stratified_split(data.labels, data.class_names, cfg.val_fraction, cfg.test_fraction,
+                                   cfg.seed, hashes=data.content_hashes if grows else None)
     return data
