@@ -430,3 +430,17 @@ def test_few_folds_still_judge_every_item_by_a_head_that_knew_every_class():
     found = findings.analyse(features, labels, 3, on_event=lambda e: seen.append(e))
     assert [(e["fold"], e["folds"]) for e in seen if e["type"] == "fold"] == [(1, 3), (2, 3), (3, 3)]
     assert np.allclose(found.probs.sum(axis=1), 1) and found.probs.argmax(axis=1).tolist() == labels.tolist()
+
+
+def test_the_map_of_fewer_images_than_features_is_the_covariance_map():
+    """Fewer images than feature dimensions (a run's test split) take the SVD of the data,
+    not the eigenvectors of the dim x dim covariance: the same picture, far cheaper."""
+    from tl.findings import pca_map
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(30, 64)) * np.linspace(4, 0.1, 64)).astype(np.float32)
+    many = np.concatenate([x] * 3)  # 90 rows > 64: the covariance path, same directions
+    small, small_explained = pca_map(x)
+    large, large_explained = pca_map(many)
+    np.testing.assert_allclose(small, large[:30], atol=1e-4)
+    np.testing.assert_allclose(small_explained, large_explained, atol=1e-6)

@@ -287,6 +287,17 @@ def pca_map(features) -> tuple:
         is fixed (its largest loading positive), so the same features give one picture.
     """
     dim, n = features.shape[1], len(features)
+    if n < dim:  # fewer images than features (a run's test split): the SVD of the n x dim data is far cheaper
+        x = np.concatenate([rows for _, rows in _blocks(features)]).astype(np.float64)  # unit rows, as below
+        centred = x - x.mean(axis=0)
+        _, singular, rows = np.linalg.svd(centred, full_matrices=False)
+        variances = singular ** 2 / max(n, 1)
+        axes = rows[:2].T.copy()
+        if axes.shape[1] < 2:  # one image or one direction: a zero second axis
+            axes = np.pad(axes, ((0, 0), (0, 2 - axes.shape[1])))
+            variances = np.pad(variances, (0, 2 - len(variances)))
+        axes *= np.where(axes[np.abs(axes).argmax(axis=0), [0, 1]] < 0, -1.0, 1.0)
+        return (centred @ axes).astype(np.float32), variances[:2] / max(float(variances.sum()), 1e-12)
     total, products = np.zeros(dim), np.zeros((dim, dim))
     for _, x in _blocks(features):
         total += x.sum(axis=0, dtype=np.float64)

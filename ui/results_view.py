@@ -193,7 +193,6 @@ def _test_map(run, metrics) -> None:
     """The run's test images on the first two principal components of the backbone
     features it was trained on (from the feature cache), coloured right or wrong."""
     from tl import features
-    from tl.findings import pca_map
     from tl.paths import cache_root
 
     events, _ = run.events()
@@ -219,7 +218,7 @@ def _test_map(run, metrics) -> None:
         st.caption("No map: too few test images.")
         return
     wrong = {m["key"]: m for m in metrics.get("misclassified", [])}
-    coordinates, explained = pca_map(store.read([index[k] for k in keys]))
+    coordinates, explained = _pca(run.id, key, tuple(keys), store, [index[k] for k in keys])
     names = run.labels
     images = [{"file": k, "x": float(x), "y": float(y), "likely": wrong[k]["predicted"] if k in wrong else None,
                "label": "wrong" if k in wrong else "right",
@@ -229,6 +228,15 @@ def _test_map(run, metrics) -> None:
                     key=f"test_map_{run.id}", config=PLOTLY_CONFIG)
     st.caption(f"{len(keys)} test images: {sum(k in wrong for k in keys)} wrong. Points near another class's "
                "cloud are the confusable ones; the Check my data expander below the settings maps every image.")
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _pca(run_id: str, key: str, keys: tuple, _store, _rows):
+    """The test map's coordinates, once per run (a finished run's features do not change):
+    every session watching a run that has just finished draws it at the same moment."""
+    from tl.findings import pca_map
+
+    return pca_map(_store.read(_rows))
 
 
 def _item_reader(run):
