@@ -463,7 +463,8 @@ def print_report(report: dict) -> None:
           f"{training['first_worker_after_s']} s; samples with a worker alive {training['with_worker']} of "
           f"{training['samples']}, longest gap {training['longest_gap_s']} s; longest step between samples "
           f"{training['longest_sample_step_s']} s; from one run's end to the next one's start (status.json): "
-          f"{training['handovers_s']} s")
+          f"{training['handovers_s']} s" + (f"; the queue ran out {training['queue_ran_out_after_s']} s in (gaps "
+                                            "measured until then)" if training.get("queue_ran_out_after_s") else ""))
     print(f"server log 'tl cache' lines: {report['cache_lines'] or 'none'}")
     own = report["load_generator"]
     print(f"photos classified (both heads drawn): {report['photos_classified']}, "
@@ -526,7 +527,7 @@ def main(argv=None) -> int:
     root.mkdir()
     try:
         print(f"Preparing {root} (a finished Lite0 run, a queue of training runs, a made dataset)...", flush=True)
-        queued = math.ceil(seconds / 30) + 2  # each run takes longer than 30 s here, so the queue outlasts the test
+        queued = math.ceil(seconds / 12) + 2  # more than the test can train (a run takes 20 s or more here)
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             setup = pool.submit(_prepare, str(root), queued, args.budget_mb).result()
         process, url = start_server(root, log, ttl, args.budget_mb)
@@ -584,8 +585,11 @@ def _drive(args, url, root, setup, process, sampler, seconds, ttl, log) -> dict:
     first = record.first_classify
     finished = sum(1 for run_id in setup["queued"]
                    if json.loads((root / run_id / "status.json").read_text()).get("status") == "done")
-    gaps = worker_gaps(sampler.samples, start, closed)
+    ends = [json.loads((root / run_id / "status.json").read_text()).get("finished") for run_id in setup["queued"]]
+    dry = None if None in ends else max(ends)  # the queue ran out before the sessions closed: gaps until then
+    gaps = worker_gaps(sampler.samples, start, min(closed, dry or closed))
     gaps["handovers_s"] = handovers(root, setup["queued"])
+    gaps["queue_ran_out_after_s"] = None if dry is None else round(dry - start, 1)
     return {
         "machine": machine(),
         "config": {"sessions": args.sessions, "minutes": args.minutes, "budget_mb": args.budget_mb,
