@@ -36,11 +36,11 @@ MODULE_GROUP = {module: group for group, modules in GROUPS.items() for module in
 # Seconds per module in a full run (junit, 2-core AMD EPYC with AVX-512, 2026-12-06). They only
 # order the work: a stale figure costs balance at the end of the run, never a wrong result.
 SECONDS = {
-    "test_training": 229, "test_predict": 129, "test_app_classify": 70, "test_hostile_inputs": 49,
-    "test_jobs": 45, "test_lite_run": 43, "test_cli_data": 39, "test_convergence": 38, "test_backbones": 33,
-    "test_app_train": 32, "test_distributed": 31, "test_trust": 30, "test_efficientnet_lite": 29,
-    "test_export": 24, "test_app_compare": 22, "test_engine": 22, "test_check": 19, "test_memory": 19,
-    "test_cli": 19, "test_app_batch": 16, "test_hostile_made": 15, "test_batch": 14, "test_sweep": 12,
+    "test_training": 136, "test_predict": 76, "test_jobs": 58, "test_distributed": 50, "test_hostile_inputs": 47,
+    "test_app_classify": 44, "test_convergence": 35, "test_lite_run": 33, "test_backbones": 32, "test_export": 28,
+    "test_trust": 27, "test_efficientnet_lite": 27, "test_cli_data": 26, "test_app_train": 23, "test_engine": 17,
+    "test_cli": 16, "test_app_compare": 16, "test_memory": 16, "test_hostile_made": 14, "test_app_batch": 14,
+    "test_check": 13, "test_batch": 12, "test_variants": 12, "test_cli_quiet": 10,
 }
 SECONDS_PER_TEST = 0.3  # a module not in the table
 

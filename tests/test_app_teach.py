@@ -150,3 +150,20 @@ def test_the_pool_mode_is_offered_only_for_a_run_on_a_made_dataset(tmp_path, mon
     at = AppTest.from_file(APP, default_timeout=120).run()
     at.switch_page("app_pages/classify.py").run()
     assert at.segmented_control(key="classify_mode").options == ["Photos one by one", "A zip or a folder of photos"]
+
+
+def test_a_photo_of_the_folder_table_goes_into_a_class(root):
+    from test_app_batch import open_batch, upload, zip_of
+
+    before = made.find("Pets", root)
+    at = open_batch()
+    upload(at, [("pool.zip", zip_of([(f"new/p{i}.png", photo(2000 + i)) for i in range(3)]), "application/zip")])
+    assert len(at.dataframe[0].value) == 3
+    at.selectbox(key="classify_table_pick").set_value("new/p1.png").run()
+    guess = at.selectbox(key="teach_class_table").value
+    assert guess == at.dataframe[0].value.set_index("File").loc["new/p1.png", "Class"]  # the run's answer first
+    at.button(key="teach_go_table").click().run()
+    assert not at.exception, at.exception
+    after = made.find("Pets", root)
+    assert after.version == before.version + 1 and after.counts()[guess] == before.counts()[guess] + 1
+    assert f"Added to '{guess}'" in messages(at)

@@ -52,6 +52,7 @@ def batch_section(root: str, run, pass_rate: float | None) -> None:
         return
     if status["status"] == "done" and job.rows() is not None:
         results(job, run)
+        _teach(root, run, job, source)
         return
     if status["status"] in ("failed", "cancelled", "done"):
         st.warning(status.get("reason") or "The result cannot be read; classify again.", icon=":material/warning:")
@@ -140,6 +141,48 @@ def results(job, run) -> None:
         st.markdown(f"**Could not be read** ({len(bad)})")
         for row in bad:
             st.caption(_literal(f"{shown(row['file'], 120)}: {shown(row['error'], 300)}"))
+
+
+def _teach(root: str, run, job, source) -> None:
+    """For a run on a made dataset: any photo of the table into a class ("Add to class", the
+    run's answer chosen first), read again from the upload still in the page."""
+    from ui.teach_view import add_to_class, made_dataset, show_flash
+
+    dataset = made_dataset(run, root)
+    good = [row for row in job.rows() if not row.get("error")]
+    if dataset is None or not good:
+        return
+    with st.expander("Add a photo of this table to the dataset", icon=":material/add_photo_alternate:",
+                     expanded=st.session_state.get("teach_flash") is not None):
+        show_flash()
+        names = [row["file"] for row in good]
+        name = st.selectbox("Photo", names, key="classify_table_pick",
+                            format_func=lambda n: f"{shown(n, 80)} ({next(r['class'] for r in good if r['file'] == n)})")
+        row = good[names.index(name)]
+        data = _photo_bytes(source, name)
+        if data is None:
+            st.caption("This photo cannot be read from the upload any more; upload it on its own to add it.")
+            return
+        st.image(data, width=160)
+        add_to_class(dataset, row["class"], "table", name, data)
+
+
+def _photo_bytes(source, name: str) -> bytes | None:
+    """The bytes of the photo called ``name`` (as in the table) in the upload: one of the
+    files, or an entry of the zip (read directly, not extracted)."""
+    import io
+    import zipfile
+
+    from tl.data import made
+
+    if isinstance(source, list):
+        return next((data for file, data in source if file == name), None)
+    try:
+        with zipfile.ZipFile(io.BytesIO(source)) as archive:
+            info = archive.getinfo(name)
+            return archive.read(info) if info.file_size <= made.LIMITS.max_photo_bytes else None
+    except (KeyError, zipfile.BadZipFile, OSError, ValueError):
+        return None
 
 
 def _literal(text: str) -> str:
