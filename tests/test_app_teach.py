@@ -81,6 +81,13 @@ def test_an_answer_goes_into_the_dataset_and_the_update_opens_train(root, traine
     assert made.find("Pets", root).version == after.version
     assert "already" in messages(at)
 
+    data_page = AppTest.from_file(APP, default_timeout=120)
+    data_page.query_params["data"] = after.id
+    data_page.run()
+    data_page.switch_page("app_pages/data.py").run()
+    assert not data_page.exception, data_page.exception
+    assert not data_page.button(key="teach_update_data").disabled  # Data offers the same update
+
     at.button(key="teach_update_classify").click().run()
     assert not at.exception, at.exception
     newer = [r for r in runs.list_runs(root) if r.id != run.id]

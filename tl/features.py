@@ -65,7 +65,20 @@ def item_keys(data) -> list:
     return [f"{data.fingerprint}:{index}" for index in range(len(data))]
 
 
-class FeatureStore:
+class _Rows:
+    """What both row stores answer: ``shape`` ``(rows, dim)``, ``len`` and ``dim``."""
+
+    shape: tuple
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.shape[1]
+
+
+class FeatureStore(_Rows):
     """Rows of one feature file (a part), read through a memory map."""
 
     def __init__(self, path):
@@ -81,13 +94,6 @@ class FeatureStore:
         self.shape = shape
         self.row_bytes = shape[1] * 4
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.shape[1]
-
     def read(self, rows) -> np.ndarray:
         """Return rows ``rows`` (any order, repeats allowed) as one float32 ``(len, dim)``
         array: a single fancy index into the memory map, which the OS serves page by page."""
@@ -101,20 +107,13 @@ class FeatureStore:
             del matrix  # unmap now, not at garbage collection
 
 
-class CachedRows:
+class CachedRows(_Rows):
     """One dataset version's features, item by item, gathered from the parts that hold them;
     reads like a :class:`FeatureStore` (``read``, ``shape``, ``dim``, ``len``)."""
 
     def __init__(self, parts: list, where: np.ndarray, dim: int):
         self.parts, self.where = parts, where  # where: (n, 2) part index, row in that part
         self.shape = (len(where), dim)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.shape[1]
 
     def read(self, rows) -> np.ndarray:
         """Rows ``rows`` (any order, repeats allowed) as one float32 ``(len, dim)`` array."""

@@ -13,6 +13,7 @@ from tl import background, batch_jobs
 from tl.errors import UserError
 from tl.images import IMAGE_EXTENSIONS
 from tl.text import shown
+from ui.classify_view import _literal
 from ui.state import compute_lock, live_progress, load_predictor
 
 BATCH_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS] + ["zip"]
@@ -183,8 +184,3 @@ def _photo_bytes(source, name: str) -> bytes | None:
             return archive.read(info) if info.file_size <= made.LIMITS.max_photo_bytes else None
     except (KeyError, zipfile.BadZipFile, OSError, ValueError):
         return None
-
-
-def _literal(text: str) -> str:
-    """``text`` shown literally in markdown."""
-    return "".join("\\" + c if c in "\\`*_{}[]()<>#+-.!|~$" else c for c in text)

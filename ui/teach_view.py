@@ -25,9 +25,12 @@ FLASH = "teach_flash"
 def made_dataset(run, root: str):
     """The made dataset ``run`` trained on, as it is now, or ``None`` (other data, or deleted)."""
     origin = run.data_origin or {}
-    if origin.get("kind") != "made":
+    if origin.get("kind") != "made" or not origin.get("id"):
         return None
-    return next((d for d in made.list_datasets(root) if d.id == origin.get("id")), None)
+    try:
+        return made.find(origin["id"], root)
+    except UserError:  # deleted since
+        return None
 
 
 def show_flash() -> None:
@@ -160,9 +163,14 @@ def update_from_data(dataset, root: str) -> None:
     version of ``dataset`` (nothing when no run trained on it)."""
     from tl import runs
 
-    trained = [run for run in runs.list_runs(root)
-               if (run.data_origin or {}).get("kind") == "made" and (run.data_origin or {}).get("id") == dataset.id
-               and run.status().get("status") == "done"]
+    trained = []
+    for run_id in made.runs_using(dataset):  # the dataset's refs: no scan of every run folder
+        try:
+            run = runs.get(run_id, root)
+        except UserError:
+            continue
+        if run.status().get("status") == "done":
+            trained.append(run)
     if not trained:
         return
     newest = max(trained, key=lambda run: run.id)  # ids start with their creation time
