@@ -7,7 +7,8 @@ from tl.errors import UserError
 from ui.batch_view import batch_section
 from ui.classify_view import inputs, remember_choice, run_label, show_answers, strictness
 from ui.state import load_predictor, runs_dir
-from ui.teach_view import adder, made_dataset, pool_section, show_flash, update_button
+from ui.pool_view import pool_section
+from ui.teach_view import adder, made_dataset, show_flash, update_button
 
 MODES = {"photos": "Photos one by one", "batch": "A zip or a folder of photos", "suggest": "Photos to add next"}
 
@@ -41,9 +42,9 @@ if mode == "batch":
     st.stop()
 if mode == "suggest":
     try:
-        pool_section(listed[run_id], root, dataset, load_predictor(root, run_id), pass_rate)
+        pool_section(listed[run_id], root, dataset, pass_rate)
     except UserError as exc:
-        st.error(str(exc))
+        st.error(str(exc), icon=":material/error:")
     st.stop()
 left, right = st.columns(2)
 k = left.slider("Classes to show per head (top-k)", 1, 10, 5, key="classify_k")

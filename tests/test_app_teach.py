@@ -9,10 +9,11 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tl import predict, runs
-from tl.data import made
+from tl import background, batch_jobs, pool_jobs, predict, runs
+from tl.data import made, quota
+from tl.paths import data_root
 
-from conftest import REPO, tiny_config, train_run
+from conftest import REPO, tiny_config, train_run, wait_for
 from test_app_data import photo
 from test_app_export import open_run
 
@@ -132,9 +133,7 @@ def test_on_a_shared_app_a_dataset_not_ones_own_shows_the_controls_disabled_with
 def test_a_pool_is_ranked_and_one_tap_adds_a_suggested_photo(root, trained):
     _, run = trained
     before = made.find("Pets", root)
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    at.switch_page("app_pages/classify.py").run()
-    at.segmented_control(key="classify_mode").set_value("suggest").run()
+    at = open_suggest()
     pool = [(f"pool{i}.png", photo(1000 + i), "image/png") for i in range(5)] + [("bad.png", b"not a photo", "image/png")]
     at.file_uploader(key="teach_pool_files").set_value(pool).run()
     assert not at.exception, at.exception
@@ -147,6 +146,43 @@ def test_a_pool_is_ranked_and_one_tap_adds_a_suggested_photo(root, trained):
     assert "1 added, 4 left" in messages(at)
     assert not any(m.value == first for m in at.markdown)  # the added photo left the list
     assert not at.button(key="teach_update_pool").disabled
+
+    # The pool is stored under the data root (where the disk cap counts it) and a reload,
+    # with nothing uploaded, finds it as it was left.
+    job = pool_jobs.latest(run, root)
+    assert job.path.parent == data_root(root) / "pools" and len(list(job.photos.iterdir())) == 6
+    assert [e["kind"] for e in quota.entries(data_root(root), root)].count("pool") == 1
+    later = open_suggest()
+    assert "The last pool uploaded for this run:" in messages(later) and "1 added, 4 left" in messages(later)
+    later.button(key="teach_pool_forget").click().run()
+    assert not job.path.exists() and pool_jobs.latest(run, root) is None
+    assert "photo(s) ranked" not in messages(later)
+
+
+def open_suggest():
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("app_pages/classify.py").run()
+    at.segmented_control(key="classify_mode").set_value("suggest").run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.mark.slow
+def test_a_large_pool_is_ranked_in_the_background_and_found_after_a_reload(root, trained, monkeypatch):
+    _, run = trained
+    monkeypatch.setattr(batch_jobs, "INLINE_MAX", 3)
+    at = open_suggest()
+    at.file_uploader(key="teach_pool_files").set_value(
+        [(f"pool{i}.png", photo(3000 + i), "image/png") for i in range(6)]).run()
+    assert not at.exception, at.exception
+    job = pool_jobs.latest(run, root)
+    assert job.status()["status"] in background.ACTIVE
+    assert at.get("progress") and "Ranking in the background" in at.get("progress")[0].proto.text
+    assert at.button(key="teach_pool_stop")
+    wait_for(lambda: job.status()["status"] == "done", "the background ranking", 240)
+    later = open_suggest()  # a reload: a new session, nothing uploaded
+    assert "6 photo(s) ranked" in messages(later), messages(later)
+    assert later.button(key="teach_pool_add_0_0")
 
 
 def test_the_pool_mode_is_offered_only_for_a_run_on_a_made_dataset(tmp_path, monkeypatch):

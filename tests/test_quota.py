@@ -10,7 +10,7 @@ import pytest
 
 from tl import cli, ingest, runs
 from tl.data import made, quota
-from tl.errors import DataError
+from tl.errors import DataError, UserError
 from tl.paths import data_root
 
 from conftest import photos, tiny_config, write_image_folder
@@ -148,3 +148,38 @@ def test_cli_data_commands_keep_what_the_runs_of_their_runs_dir_use(tmp_path, mo
     assert cli.main(["data", "import", "Zipped", str(archive), "--runs-dir", str(runs_dir)]) != 0
     assert "does not fit" in capsys.readouterr().err
     assert used.path.exists() and runs.list_runs(runs_dir)
+
+
+def test_pools_count_under_the_cap_and_go_oldest_first_unless_being_ranked(tmp_path, monkeypatch):
+    from tl import background, pool_jobs
+
+    runs_dir = tmp_path / "runs"
+    monkeypatch.setenv("TL_RUNS_DIR", str(runs_dir))
+    run = runs.create(tiny_config(), runs_dir)
+    run.set_status("done")
+    root = data_root(runs_dir)
+    upload(tmp_path, root, "kept")
+    pools = {}
+    for name, days in (("idle", 4), ("ranking", 9), ("new", 0)):
+        job, total = pool_jobs.prepare(run, name, [(f"{name}{i}.jpg", data) for i, (_, data) in enumerate(photos(3))],
+                                       runs_dir)
+        assert total == 3 and job.path.parent == root / "pools"
+        background.write_status(job.path, "done")
+        age(job.path, days)
+        pools[name] = job
+    # Being ranked now: a live process holds it (this test's own), so the cap leaves it alone.
+    background.write_status(pools["ranking"].path, "running", pid=os.getpid(), started=time.time() - 1)
+    held = {e["path"].name: e for e in quota.entries(root, runs_dir)}
+    assert sorted(e["kind"] for e in held.values()) == ["pool", "pool", "pool", "upload"]
+    assert held[pools["ranking"].path.name]["in_use"] and not held[pools["idle"].path.name]["in_use"]
+    total = sum(e["bytes"] for e in held.values())
+    monkeypatch.setenv(quota.DISK_ENV, str(total / MB))
+    one = held[pools["idle"].path.name]["bytes"]
+    # The idle pool (4 days unused) goes before the newer upload; the one being ranked stays
+    # though it is the oldest.
+    assert quota.make_room(root, one // 2, runs_dir) == [pools["idle"].path]
+    assert pools["ranking"].path.exists() and pools["new"].path.exists()
+    with pytest.raises(UserError, match="holds at most|rank at most"):
+        monkeypatch.setattr(pool_jobs, "LIMIT", 2)
+        pool_jobs.prepare(run, "big", [(f"b{i}.jpg", data) for i, (_, data) in enumerate(photos(3))], runs_dir)
+    assert not (root / "pools" / f"{run.id}-big").exists()

@@ -126,3 +126,16 @@ def test_the_openvino_pass_is_counted_where_features_are_extracted(monkeypatch):
     monkeypatch.delenv("TL_ENGINE")
     scratch = RunConfig(backbone="small_cnn", weights="none", strategy="scratch", image_size=32)
     assert run_cost.estimate(scratch, 400).parts["engine"] == 0  # no frozen pass at all
+
+
+def test_cached_photos_are_not_counted_as_extracted_again():
+    cfg = RunConfig(strategy="feature_extraction", backbone="efficientnet_lite0")
+    fresh, update = run_cost.estimate(cfg, 610), run_cost.estimate(cfg, 610, cached=600)
+    assert update.seconds < fresh.seconds and update.memory_mb == fresh.memory_mb
+    # 600 of 610 cached: the pass over the photos is 10/610 of the fresh one's.
+    base = run_cost.estimate(cfg, 610, cached=610).seconds
+    assert update.seconds - base == pytest.approx((fresh.seconds - base) * 10 / 610)
+    tuned = RunConfig(strategy="full_fine_tune", backbone="efficientnet_lite0")  # its head phase reads the cache
+    assert run_cost.estimate(tuned, 610, cached=600).seconds < run_cost.estimate(tuned, 610).seconds
+    scratch = RunConfig(strategy="scratch", backbone="efficientnet_lite0", weights="none")  # images only
+    assert run_cost.estimate(scratch, 610, cached=600).seconds == run_cost.estimate(scratch, 610).seconds

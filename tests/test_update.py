@@ -118,8 +118,12 @@ def test_an_update_trains_the_same_settings_on_the_new_version_and_compares(pets
     made.add_photos("Pets", "cat", photos(4, "chelsea", start=6))
     made.add_photos("Pets", "coffee", photos(2, "coffee", start=6))
     queued = []
-    new = update.start(run, lambda cfg, data: queued.append(cfg) or training.prepare(cfg, root / "runs", data=data),
+    new = update.start(run, lambda cfg, data: queued.append((cfg, data)) or training.prepare(cfg, root / "runs", data=data),
                        root / "runs")
+    # The time estimate knows the 12 earlier photos are cached: only the 6 new ones are extracted.
+    (cfg, data), = queued
+    assert training._cached_photos(cfg, data, root / "runs") == 12 and len(data) == 18
+    assert training._cached_photos(cfg.replace(image_size=cfg.image_size + 8), data, root / "runs") == 0
     training.execute(new, root / "runs")
     assert new.status()["status"] == "done", new.status().get("reason")
     cfg = new.config

@@ -87,20 +87,12 @@ def prepare(run, key: str, source) -> tuple:
         UserError: the run is not finished, the zip is refused (no images, odd paths, a bomb,
             over a limit; the ingest's sentence), or the folder cannot be written.
     """
-    from tl.batch import folder_photos
-    from tl.ingest import extract_images
-
     if run.status().get("status") != "done":
         raise UserError(f"Run {run.id} has not finished training; classify with it once it is done.")
     job = find(run, key)
     try:
         shutil.rmtree(job.path, ignore_errors=True)
-        job.photos.mkdir(parents=True)
-        if isinstance(source, (bytes, bytearray)):
-            extract_images(bytes(source), job.photos)
-        else:
-            _write_files(source, job.photos)
-        total = len(folder_photos(job.photos))
+        total = store_photos(source, job.photos)
         atomic_write_json(job.path / "request.json", {"run_id": run.id, "runs_dir": str(Path(run.path).parent)})
     except OSError as exc:
         shutil.rmtree(job.path, ignore_errors=True)
@@ -109,6 +101,24 @@ def prepare(run, key: str, source) -> tuple:
         discard(job)
         raise
     return job, total
+
+
+def store_photos(source, folder: Path) -> int:
+    """Write ``source`` (a zip's bytes, checked and extracted by :func:`tl.ingest.extract_images`,
+    or ``(name, bytes)`` pairs) into the new folder ``folder``; returns how many photos it holds.
+
+    Raises:
+        UserError: the zip is refused or no file is an image; OSError: it cannot be written.
+    """
+    from tl.batch import folder_photos
+    from tl.ingest import extract_images
+
+    folder.mkdir(parents=True)
+    if isinstance(source, (bytes, bytearray)):
+        extract_images(bytes(source), folder)
+    else:
+        _write_files(source, folder)
+    return len(folder_photos(folder))
 
 
 def discard(job: BatchJob) -> None:

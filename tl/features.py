@@ -131,6 +131,23 @@ class CachedRows(_Rows):
         return out
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")  # what engine_precision can be (tl.engine.Choice)
+
+
+def cached_count(data, *, root, backbone: str, weights: str, cut: str | None, image_size: int) -> int:
+    """How many of ``data``'s photos the cache already holds for this setting (in the
+    precision holding the most: which one the run will use is not known before it starts),
+    for the time estimate. Reads the parts' records only: no TensorFlow."""
+    items = set(item_keys(data))
+    best = 0
+    for precision in PRECISIONS:
+        folder = Path(root) / "features" / config_key(backbone=backbone, weights=weights, cut=cut,
+                                                      image_size=image_size, engine_precision=precision)
+        if folder.is_dir():
+            best = max(best, len(items & _index(folder)[0].keys()))
+    return best
+
+
 def _index(folder: Path) -> tuple:
     """``(photo key -> (part name, row), part name -> its record)`` of a setting's folder;
     a photo in several parts (two extractions at once) is read from the oldest."""

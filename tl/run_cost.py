@@ -127,12 +127,15 @@ class Estimate:
         return f"Estimated peak memory ~{self.memory_mb:,.0f} MB, time ~{when} on a CPU"
 
 
-def estimate(cfg, num_images: int) -> Estimate:
+def estimate(cfg, num_images: int, cached: int = 0) -> Estimate:
     """Estimate the peak memory and CPU time of training ``cfg`` on ``num_images`` images.
 
     Args:
         cfg: a :class:`tl.config.RunConfig`.
         num_images: images in the dataset after the per-class cap (all splits).
+        cached: of those, the images whose pooled features the cache already holds for this
+            backbone setting (:func:`tl.features.cached_count`): a strategy that trains on
+            cached features does not pass them through the backbone again.
     """
     from tl.backbones import BACKBONES
     from tl.strategies import head_on_features
@@ -159,7 +162,7 @@ def estimate(cfg, num_images: int) -> Estimate:
         "data": IN_MEMORY_DATA_MB.get(cfg.dataset, 0.0),
         "engine": ENGINE_MB if features and _openvino_runs(cfg) else 0.0,
     }
-    return Estimate(sum(parts.values()), _seconds(cfg, num_images), parts)
+    return Estimate(sum(parts.values()), _seconds(cfg, num_images, cached), parts)
 
 
 # A run's two heads held by the app for Classify (tl.predict.Predictor), in MB: measured as
@@ -198,7 +201,7 @@ def _openvino_runs(cfg) -> bool:
     return chosen != "tensorflow" and importlib.util.find_spec("openvino") is not None
 
 
-def _seconds(cfg, num_images: int) -> float:
+def _seconds(cfg, num_images: int, cached: int = 0) -> float:
     from tl.backbones import BACKBONES
     from tl.strategies import head_on_features
 
@@ -207,9 +210,10 @@ def _seconds(cfg, num_images: int) -> float:
     # The head phase: one pass to cache pooled features (the fit itself costs next to
     # nothing), or for a Flatten head its epochs on images.
     pooled = head_on_features(cfg.strategy, cfg.head)
-    head = num_images if pooled else cfg.epochs * (train + val)
+    extract = max(num_images - max(cached, 0), 0)  # the cached photos are read, not passed again
+    head = extract if pooled else cfg.epochs * (train + val)
     if cfg.strategy in ("feature_extraction", "earlier_layer"):
-        forwards = num_images
+        forwards = extract
     elif cfg.strategy == "frozen":
         forwards = head + cfg.epochs * (train + val) + test
     elif cfg.strategy == "fine_tune":
@@ -266,15 +270,16 @@ def budget_mb() -> float | None:
     return value if value > 0 else None
 
 
-def check(cfg, num_images: int, budget: float | None = None, in_use_mb: float = 0.0) -> Estimate:
+def check(cfg, num_images: int, budget: float | None = None, in_use_mb: float = 0.0, cached: int = 0) -> Estimate:
     """Return the estimate, or raise :class:`BudgetError` with a smaller setting that fits.
 
     Args:
+        cached: images whose features are cached already (:func:`estimate`).
         budget: MB; default :func:`budget_mb` (no limit when unset).
         in_use_mb: MB the budget also covers and the run cannot have: the app's server
             when the app starts the run (:mod:`tl.memory`); 0 for the command line.
     """
-    found = estimate(cfg, num_images)
+    found = estimate(cfg, num_images, cached)
     budget = budget_mb() if budget is None else budget
     if budget is None or found.memory_mb + in_use_mb <= budget:
         return found

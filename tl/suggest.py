@@ -109,6 +109,12 @@ class Suggestion:
             return "looks like none of the classes"
         return f"unsure: {self.confidence:.0%} {self.guess}"
 
+    @classmethod
+    def from_json(cls, record: dict) -> "Suggestion":
+        """The suggestion :meth:`as_json` wrote."""
+        return cls(str(record["file"]), int(record["rank"]), float(record["value"]), str(record["guess"]),
+                   float(record["confidence"]), record.get("unknown"), record.get("novelty"))
+
     def as_json(self) -> dict:
         return {"file": self.file, "rank": self.rank, "value": round(self.value, 6), "guess": self.guess,
                 "confidence": round(self.confidence, 6), "unknown": self.unknown,
@@ -131,13 +137,26 @@ class Ranking:
                 "unreadable": [{"file": name, "error": reason} for name, reason in self.unreadable],
                 "seconds": round(self.seconds, 3), "suggestions": [s.as_json() for s in self.suggestions]}
 
+    @classmethod
+    def from_json(cls, record: dict) -> "Ranking":
+        """The ranking :meth:`as_json` wrote (a pool ranked in the background reads it back)."""
+        return cls(str(record["run_id"]), [Suggestion.from_json(s) for s in record["suggestions"]],
+                   int(record["total"]), [(u["file"], u["error"]) for u in record.get("unreadable", [])],
+                   float(record.get("seconds", 0.0)))
 
-def pool_outputs(predictor, photos, *, pass_rate: float | None = None, on_progress=None) -> tuple:
+
+def pool_outputs(predictor, photos, *, pass_rate: float | None = None, on_progress=None,
+                 should_stop=None) -> tuple:
     """The pool through the run's own path, as :func:`tl.batch.iter_batches` classifies a
     folder (decoding overlapped with the model, one backbone pass per batch): ``(names, top
     probabilities, top classes, pooled features (n, dim), unknown or None, novelty or None,
-    unreadable (name, reason) pairs)`` of its readable photos."""
+    unreadable (name, reason) pairs)`` of its readable photos.
+
+    Raises:
+        Cancelled: ``should_stop()`` returned true between two batches.
+    """
     from tl.batch import iter_batches
+    from tl.errors import Cancelled
 
     photos = list(photos)
     rows, done = [], 0
@@ -146,6 +165,8 @@ def pool_outputs(predictor, photos, *, pass_rate: float | None = None, on_progre
         done += len(batch)
         if on_progress:
             on_progress(done, len(photos))
+        if should_stop and done < len(photos) and should_stop():
+            raise Cancelled("Ranking was stopped.")
     good = [row for row in rows if row.prediction is not None]
     unreadable = [(row.file, row.error) for row in rows if row.prediction is None]
     judged = predictor.rule is not None
@@ -157,13 +178,14 @@ def pool_outputs(predictor, photos, *, pass_rate: float | None = None, on_progre
 
 
 def suggest(predictor, photos, *, top: int | None = DEFAULT_TOP, pass_rate: float | None = None,
-            on_progress=None) -> Ranking:
+            on_progress=None, should_stop=None) -> Ranking:
     """Rank ``photos`` (``(name, bytes or path)`` pairs) for the run behind ``predictor``.
 
     Args:
         top: how many suggestions to keep (``None``: all), at least 1.
         pass_rate: the strictness of "none of my classes" (:meth:`tl.predict.Predictor.judge`).
         on_progress: called with ``(done, total)`` after each batch.
+        should_stop: checked between batches; a :class:`tl.errors.Cancelled` when true.
 
     Raises:
         UserError: ``top`` below 1, or not one photo of the pool could be read.
@@ -172,7 +194,7 @@ def suggest(predictor, photos, *, top: int | None = DEFAULT_TOP, pass_rate: floa
         raise UserError(f"Expected `top` to be a whole number of at least 1. Received: top={top!r}.")
     started = time.perf_counter()
     names, confidence, guesses, features, unknown, novelty, unreadable = pool_outputs(
-        predictor, photos, pass_rate=pass_rate, on_progress=on_progress)
+        predictor, photos, pass_rate=pass_rate, on_progress=on_progress, should_stop=should_stop)
     if not names:
         raise UserError(f"None of the {len(unreadable)} photos could be read, so there is nothing to rank.")
     value = values(confidence, len(predictor.class_names), unknown)

@@ -42,12 +42,32 @@ def prepare(cfg: RunConfig, runs_dir=None, run_id: str | None = None, data=None,
         source_run(cfg, runs_dir)
     if cfg.weights == "imagenet" and STRATEGIES[cfg.strategy].pretrained:
         check_installed_weights(cfg.backbone)
-    found = run_cost.check(cfg, len(data), in_use_mb=in_use_mb)  # $TL_MEMORY_BUDGET_MB, e.g. on Community Cloud
+    found = run_cost.check(cfg, len(data), in_use_mb=in_use_mb,  # $TL_MEMORY_BUDGET_MB, e.g. on Community Cloud
+                           cached=_cached_photos(cfg, data, runs_dir))
     run = runs.create(cfg, runs_dir, run_id)
     run.set_status("queued", estimate_mb=round(found.memory_mb), estimate_seconds=round(found.seconds))
     if data.skipped:
         run.event("log", message=datasets.skipped_message(data.skipped))
     return run
+
+
+def _cached_photos(cfg, data, runs_dir) -> int:
+    """How many of the photos a strategy on cached features will read from the cache rather
+    than pass through the backbone (0 for the others, or when the cache cannot be read)."""
+    from tl.backbones import cut_layer
+    from tl.features import cached_count
+    from tl.paths import cache_root
+    from tl.strategies import head_on_features
+    from tl.weights import initial_weights
+
+    if not head_on_features(cfg.strategy, cfg.head):
+        return 0
+    try:
+        _, weights = initial_weights(cfg, runs_dir)
+        return cached_count(data, root=cache_root(runs_dir), backbone=cfg.backbone, weights=weights,
+                            cut=cut_layer(cfg.backbone, STRATEGIES[cfg.strategy].cut), image_size=cfg.image_size)
+    except (OSError, UserError):
+        return 0
 
 
 def execute(run: "runs.Run", runs_dir=None, on_event=None) -> dict:

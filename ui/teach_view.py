@@ -15,7 +15,6 @@ from tl.errors import UserError
 from tl.owners import dataset_owner
 from tl.text import shown
 from ui import owner
-from ui.classify_view import _literal
 from ui.state import job_manager
 
 NEW_CLASS = "A new class..."
@@ -176,91 +175,3 @@ def update_from_data(dataset, root: str) -> None:
     newest = max(trained, key=lambda run: run.id)  # ids start with their creation time
     st.caption(f"Run `{newest.id}` trained on version {(newest.data_origin or {}).get('version')} of it.")
     update_button(newest, root, dataset, "teach_update_data")
-
-
-# -- which photos to add next -------------------------------------------------------------
-
-POOL_LIMIT = 200  # photos ranked in the page at a time (`python -m tl suggest` takes any number)
-POOL_SHOWN = 12
-
-
-def _pool_photos(files) -> list:
-    """``(name, bytes)`` of the uploaded pool: a zip's images (through the upload's checks)
-    or the photos themselves; names made unique."""
-    from tl.batch import zip_photos
-
-    zips = [f for f in files if f.name.lower().endswith(".zip")]
-    if zips and len(files) > 1:
-        raise UserError("Upload one zip, or photos, not both; remove the other files and try again.")
-    if zips:
-        with zip_photos(zips[0].getvalue(), name=shown(zips[0].name, 60)) as found:
-            if len(found) > POOL_LIMIT:
-                raise UserError(f"The zip holds {len(found)} photos; rank at most {POOL_LIMIT} at a time here "
-                                "(`python -m tl suggest RUN --zip FILE` takes any number).")
-            return [(name, path.read_bytes()) for name, path in found]
-    if len(files) > POOL_LIMIT:
-        raise UserError(f"{len(files)} photos were picked; rank at most {POOL_LIMIT} at a time here "
-                        "(`python -m tl suggest RUN --folder DIR` takes any number).")
-    seen, photos = set(), []
-    for f in files:
-        name = f.name if f.name not in seen else f"{len(photos) + 1}-{f.name}"
-        seen.add(name)
-        photos.append((name, f.getvalue()))
-    return photos
-
-
-def pool_section(run, root: str, dataset, predictor, pass_rate: float | None) -> None:
-    """Upload unlabeled photos; the ones the run would learn most from come first (least
-    sure, "none of my classes", spread out: :mod:`tl.suggest`), each with one button per
-    class that adds it to the dataset."""
-    import hashlib
-
-    from tl.images import IMAGE_EXTENSIONS
-    from tl.suggest import suggest
-
-    show_flash()
-    st.caption(f"Photos the model has not seen, not yet labelled (up to {POOL_LIMIT}, or a zip of them): the ones it "
-               "is least sure of, or that look like none of its classes, come first, and near-copies are spread out. "
-               f"One tap adds a photo to '{shown(dataset.name, 40)}'; then update the model.")
-    files = st.file_uploader("Unlabeled photos", type=[e.lstrip(".") for e in IMAGE_EXTENSIONS] + ["zip"],
-                             accept_multiple_files=True, key="teach_pool_files")
-    if not files:
-        update_button(run, root, dataset, "teach_update_pool")
-        return
-    key = hashlib.sha256("|".join(f"{f.name}:{f.size}:{f.file_id}" for f in files).encode()).hexdigest()[:16]
-    found = st.session_state.get("teach_pool")
-    if not found or found["key"] != (key, run.id, pass_rate):
-        try:
-            photos = _pool_photos(files)
-            bar = st.progress(0.0, text="Ranking the photos...")
-            ranking = suggest(predictor, photos, top=None, pass_rate=pass_rate,
-                              on_progress=lambda done, total: bar.progress(done / total, text=f"Ranking: {done} of {total}"))
-            bar.empty()
-        except UserError as exc:
-            st.error(str(exc))
-            return
-        found = {"key": (key, run.id, pass_rate), "ranking": ranking, "photos": dict(photos), "added": []}
-        st.session_state["teach_pool"] = found
-    ranking = found["ranking"]
-    for name, reason in ranking.unreadable:
-        st.caption(f"Not ranked: {reason}")
-    left = [s for s in ranking.suggestions if s.file not in found["added"]]
-    st.caption(f"{len(ranking.suggestions)} photo(s) ranked in {ranking.seconds:.1f} s; {len(found['added'])} added, "
-               f"{len(left)} left. The first {min(POOL_SHOWN, len(left))}:")
-    refused = owner.refusal(dataset_owner(dataset), "change")
-    classes = list(dataset.counts())
-    for place, item in enumerate(left[:POOL_SHOWN]):
-        with st.container(border=True, key=f"teach_pool_{place}"):
-            picture, text = st.columns([1, 3])
-            picture.image(found["photos"][item.file], width="stretch")
-            text.markdown(f"**{item.rank}. {_literal(shown(item.file, 60))}**: {_literal(item.why())}")
-            buttons = text.columns(min(len(classes), 4))
-            for c, class_name in enumerate(classes):
-                if buttons[c % len(buttons)].button(shown(class_name, 30), key=f"teach_pool_add_{place}_{c}",
-                                                    type="primary" if class_name == item.guess else "secondary",
-                                                    disabled=refused is not None, help=refused, width="stretch"):
-                    if _add(dataset, class_name, False, item.file, found["photos"][item.file]):
-                        found["added"].append(item.file)
-                    st.rerun()
-    update_button(run, root, dataset, "teach_update_pool")
-

@@ -1,11 +1,12 @@
-"""One cap on what the data root stores: uploads (zips and folders) and made datasets.
+"""One cap on what the data root stores: uploads (zips and folders), pools of unlabeled photos
+(:mod:`tl.pool_jobs`) and made datasets.
 
 A small server's disk (Streamlit Community Cloud's included) fills up as a class uploads.
-``$TL_DISK_BUDGET_MB`` (default 5,000) caps the data root's uploads and made datasets
+``$TL_DISK_BUDGET_MB`` (default 5,000) caps the data root's uploads, pools and made datasets
 together. Before something new is stored, :func:`make_room` frees space, oldest first:
 
-1. uploads no run was trained on, by when they were last used (an upload used again is
-   touched, so it counts as new);
+1. uploads no run was trained on and pools not being ranked, by when they were last used (an
+   upload or pool used again is touched, so it counts as new);
 2. only when ``$TL_DISK_BUDGET_MB`` is set explicitly: made datasets no run was trained on
    and nobody has changed for ``IDLE_DAYS`` days.
 
@@ -60,7 +61,7 @@ def size_of(path: Path) -> int:
 
 
 def entries(root: Path, runs_dir=None, which_in_use: bool = True) -> list:
-    """What the store holds: dicts ``{"path", "kind" ("upload" or "made"), "bytes",
+    """What the store holds: dicts ``{"path", "kind" ("upload", "pool" or "made"), "bytes",
     "used" (last use, a time), "in_use" (a run refers to it)}``. Without
     ``which_in_use`` the runs are not read and ``in_use`` is ``None``."""
     root = Path(root)
@@ -81,6 +82,11 @@ def entries(root: Path, runs_dir=None, which_in_use: bool = True) -> list:
                               "in_use": None if used_by_runs is None else path.resolve() in used_by_runs})
         except OSError:
             continue
+    pools = root / "pools"  # tl.pool_jobs: removable like uploads, unless it is being ranked now
+    if pools.is_dir():
+        for path in sorted(p for p in pools.iterdir() if p.is_dir()):
+            found.append({"path": path, "kind": "pool", "bytes": size_of(path), "used": _last_use(path),
+                          "in_use": _ranking_now(path)})
     made = root / "made"
     if made.is_dir():
         for path in sorted(p for p in made.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -91,7 +97,7 @@ def entries(root: Path, runs_dir=None, which_in_use: bool = True) -> list:
 
 def make_room(root: Path, needed_bytes: int, runs_dir=None, what: str = "This upload") -> list:
     """Free space under the cap for ``needed_bytes`` more, removing the oldest unreferenced
-    uploads (and, with the cap set explicitly, made datasets idle for ``IDLE_DAYS``).
+    uploads and idle pools (and, with the cap set explicitly, made datasets idle for ``IDLE_DAYS``).
 
     Returns:
         The paths removed.
@@ -108,9 +114,9 @@ def make_room(root: Path, needed_bytes: int, runs_dir=None, what: str = "This up
     held = entries(root, runs_dir)
     total = sum(entry["bytes"] for entry in held)
     idle = time.time() - IDLE_DAYS * 86400
-    removable = [e for e in held if not e["in_use"] and (e["kind"] == "upload" or (explicit and e["used"] < idle))]
+    removable = [e for e in held if not e["in_use"] and (e["kind"] != "made" or (explicit and e["used"] < idle))]
     removed = []
-    for entry in sorted(removable, key=lambda e: (e["kind"] != "upload", e["used"])):
+    for entry in sorted(removable, key=lambda e: (e["kind"] == "made", e["used"])):
         if total + needed_bytes <= cap * MB:
             break
         shutil.rmtree(entry["path"], ignore_errors=True)
@@ -130,6 +136,12 @@ def touch(path: Path) -> None:
         os.utime(path)
     except OSError:
         pass
+
+
+def _ranking_now(path: Path) -> bool:
+    from tl.pool_jobs import PoolJob, active
+
+    return active(PoolJob(path))
 
 
 def _last_use(path: Path) -> float:
