@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from tl.background import ACTIVE, Job, serve, start as start_process, write_status
+from tl.background import Job, serve, start as start_process, write_status
 from tl.errors import UserError
 from tl.files import append_jsonl, atomic_write_json, os_error_sentence, read_json
 from tl.paths import data_root
@@ -222,10 +222,6 @@ def work(path) -> int:
                                                                   {"done": n, "total": total}))
 
     return serve(job.path, rank, "Ranking", "pool.log", on_failure=lambda: shutil.rmtree(job.photos, ignore_errors=True))
-
-
-def active(job: PoolJob) -> bool:
-    return job.status().get("status") in ACTIVE
 
 
 if __name__ == "__main__":

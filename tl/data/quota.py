@@ -139,9 +139,18 @@ def touch(path: Path) -> None:
 
 
 def _ranking_now(path: Path) -> bool:
-    from tl.pool_jobs import PoolJob, active
+    """Whether a pool's process (:mod:`tl.pool_jobs`) is ranking it now: queued or running by
+    its status file, the process still alive."""
+    from tl.processes import same_process
 
-    return active(PoolJob(path))
+    try:
+        record = read_json(path / "status.json", {})
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("status") not in ("queued", "running"):
+        return False
+    return not record.get("pid") or same_process(record["pid"], record.get("pid_start"),
+                                                 running_since=record.get("started"))
 
 
 def _last_use(path: Path) -> float:
