@@ -118,6 +118,29 @@ def _not_shared(monkeypatch):
     monkeypatch.delenv("TL_SHARED", raising=False)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With ``TL_TEST_CPU=FILE``: one JSON line per test appended to FILE, the CPU seconds of
+    this process and of the child processes it waited for (servers, workers, commands) during
+    the test and its fixtures' setup, and its wall seconds (where the suite's time goes)."""
+    target = os.environ.get("TL_TEST_CPU")
+    if not target:
+        yield
+        return
+    import resource
+
+    def cpu(who):
+        usage = resource.getrusage(who)
+        return usage.ru_utime + usage.ru_stime
+
+    own, children, started = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN), time.time()
+    yield
+    record = {"test": item.nodeid, "own": round(cpu(resource.RUSAGE_SELF) - own, 2),
+              "children": round(cpu(resource.RUSAGE_CHILDREN) - children, 2), "wall": round(time.time() - started, 2)}
+    with open(target, "a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
 def pytest_xdist_make_scheduler(config, log):
     """Whole modules (and the browser group) per worker, longest first (``suite_plan``).
     ``TL_TEST_SCHEDULER=xdist`` leaves xdist's own scheduler in force (to see the canaries fail)."""
