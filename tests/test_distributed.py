@@ -18,9 +18,9 @@ from tl.paths import cache_root
 from conftest import REPO
 
 PROCESS_SECONDS = 300  # each worker's limit: one whose peer died would otherwise wait for it for ever
-SMALL_FINE_TUNE = ["--strategy", "fine_tune", "--backbone", "efficientnet_lite0", "--weights", "imagenet",
+SMALL_FINE_TUNE = ["--strategy", "fine_tune", "--backbone", "small_cnn", "--weights", "none",
                    "--dataset", "synthetic", "--samples-per-class", "10", "--synthetic-classes", "4",
-                   "--image-size", "64", "--epochs", "1", "--fine-tune-epochs", "1", "--fine-tune-layers", "2",
+                   "--image-size", "32", "--epochs", "1", "--fine-tune-epochs", "1", "--fine-tune-layers", "2",
                    "--min-steps", "0", "--early-stopping", "0", "--json"]
 
 
