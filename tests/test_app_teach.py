@@ -157,6 +157,13 @@ def test_a_pool_is_ranked_and_one_tap_adds_a_suggested_photo(root, trained):
     later.button(key="teach_pool_forget").click().run()
     assert not job.path.exists() and pool_jobs.latest(run, root) is None
     assert "photo(s) ranked" not in messages(later)
+    # Forgotten with its files still in the uploader: not stored again until asked.
+    at.run()  # the first session still has the pool uploaded: it is stored and ranked again
+    assert "5 photo(s) ranked" in messages(at) and pool_jobs.latest(run, root) is not None
+    at.button(key="teach_pool_forget").click().run()
+    assert "This pool was forgotten" in messages(at) and pool_jobs.latest(run, root) is None
+    at.button(key="teach_pool_again").click().run()
+    assert "5 photo(s) ranked" in messages(at) and pool_jobs.latest(run, root) is not None
 
 
 def open_suggest():

@@ -187,7 +187,7 @@ def test_saved_model_reloads_safely_and_reproduces_the_test_metrics(runs_dir, st
 @pytest.mark.slow
 def test_small_cnn_from_scratch_learns_synthetic_shapes(runs_dir):
     cfg = tiny_config(strategy="scratch", head="gap_dropout_dense", synthetic_classes=4,
-                      samples_per_class=200, image_size=32, batch_size=32, epochs=8,
+                      samples_per_class=300, image_size=32, batch_size=32, epochs=8,
                       learning_rate=0.003)
     run = train_run(runs_dir, cfg)
     assert run.status()["status"] == "done"

@@ -21,6 +21,7 @@ from ui.state import compute_lock, live_progress, load_predictor
 from ui.teach_view import _add, show_flash, update_button
 
 SHOWN = 12  # suggestions shown at a time
+FORGOTTEN = "teach_pool_forgotten"  # the pool this session forgot (its files may still be in the uploader)
 
 
 def _upload():
@@ -56,6 +57,12 @@ def pool_section(run, root: str, dataset, pass_rate: float | None) -> None:
     else:
         key = batch_jobs.upload_key(batch_jobs.digest_of(source), pass_rate)
         job = pool_jobs.find(run, key, root)
+        if st.session_state.get(FORGOTTEN) == job.path.name:  # still in the uploader after "Forget"
+            st.caption("This pool was forgotten. Remove its files above to upload another, or rank it again.")
+            if not st.button("Rank again", key="teach_pool_again", icon=":material/replay:"):
+                update_button(run, root, dataset, "teach_update_pool")
+                return
+            st.session_state.pop(FORGOTTEN)
     status = job.status()
     if status["status"] in ACTIVE:
         live_progress(job, ACTIVE, "Ranking in the background", "teach_pool_stop")
@@ -75,6 +82,7 @@ def pool_section(run, root: str, dataset, pass_rate: float | None) -> None:
     if st.button("Forget this pool", key="teach_pool_forget", icon=":material/delete:",
                  help="Removes the pool's photos from the server; photos already added stay in the dataset."):
         pool_jobs.discard(job)
+        st.session_state[FORGOTTEN] = job.path.name
         st.rerun()
     update_button(run, root, dataset, "teach_update_pool")
 
