@@ -36,11 +36,11 @@ MODULE_GROUP = {module: group for group, modules in GROUPS.items() for module in
 # Seconds per module in a full run (junit, 2-core AMD EPYC with AVX-512, 2026-12-06). They only
 # order the work: a stale figure costs balance at the end of the run, never a wrong result.
 SECONDS = {
-    "test_training": 136, "test_predict": 76, "test_jobs": 58, "test_distributed": 50, "test_hostile_inputs": 47,
-    "test_app_classify": 44, "test_convergence": 35, "test_lite_run": 33, "test_backbones": 32, "test_export": 28,
-    "test_trust": 27, "test_efficientnet_lite": 27, "test_cli_data": 26, "test_app_train": 23, "test_engine": 17,
-    "test_cli": 16, "test_app_compare": 16, "test_memory": 16, "test_hostile_made": 14, "test_app_batch": 14,
-    "test_check": 13, "test_batch": 12, "test_variants": 12, "test_cli_quiet": 10,
+    "test_training": 116, "test_predict": 67, "test_hostile_inputs": 55, "test_convergence": 54, "test_app_classify": 53,
+    "test_jobs": 46, "test_app_compare": 31, "test_distributed": 30, "test_cli_data": 28, "test_lite_run": 27,
+    "test_app_train": 27, "test_export": 27, "test_app_teach": 25, "test_backbones": 24, "test_trust": 23,
+    "test_memory": 22, "test_efficientnet_lite": 22, "test_cli": 20, "test_app_batch": 20, "test_engine": 19,
+    "test_check": 14, "test_hostile_made": 13, "test_variants": 12, "test_cli_quiet": 12, "test_batch": 11, "test_sweep": 11,
 }
 SECONDS_PER_TEST = 0.3  # a module not in the table
 
