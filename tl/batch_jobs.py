@@ -42,12 +42,11 @@ def upload_key(digest: str, pass_rate: float | None) -> str:
     return f"{digest[:20]}-{'none' if pass_rate is None else f'{pass_rate:g}'}"
 
 
-class BatchJob(Job):
-    """One classification's folder, read fresh on every call (another session may run it)."""
+class PhotosJob(Job):
+    """A piece of background work over a folder of uploaded photos (``photos/``), read fresh on
+    every call (another session may run it); its progress events count photos ``verb``."""
 
-    died = DIED
-    damaged = DAMAGED
-    unknown_status = None
+    verb = "classified"
 
     @property
     def photos(self) -> Path:
@@ -59,7 +58,18 @@ class BatchJob(Job):
         if not events:
             return 0.0, "Starting (loading TensorFlow and the run's model)..."
         done, total = events[-1]["done"], max(events[-1]["total"], 1)
-        return min(done / total, 1.0), f"{done} of {total} photos classified."
+        return min(done / total, 1.0), f"{done} of {total} photos {self.verb}."
+
+    def stopped(self) -> None:
+        shutil.rmtree(self.photos, ignore_errors=True)
+
+
+class BatchJob(PhotosJob):
+    """One classification's folder."""
+
+    died = DIED
+    damaged = DAMAGED
+    unknown_status = None
 
     def rows(self) -> list | None:
         """The finished rows (plain records), or ``None``."""
@@ -68,9 +78,6 @@ class BatchJob(Job):
         except (OSError, ValueError):
             return None
         return rows if isinstance(rows, list) else None
-
-    def stopped(self) -> None:
-        shutil.rmtree(self.photos, ignore_errors=True)
 
 
 def find(run, key: str) -> BatchJob:

@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from tl.background import Job, serve, start as start_process, write_status
+from tl.background import serve, start as start_process, write_status
+from tl.batch_jobs import PhotosJob
 from tl.errors import UserError
 from tl.files import append_jsonl, atomic_write_json, os_error_sentence, read_json
 from tl.paths import data_root
@@ -41,24 +42,13 @@ def pools_root(runs_dir=None) -> Path:
     return data_root(runs_dir) / FOLDER
 
 
-class PoolJob(Job):
-    """One pool's folder, read fresh on every call (another session may rank it or add from it)."""
+class PoolJob(PhotosJob):
+    """One pool's folder (another session may rank it or add from it)."""
 
     died = DIED
     damaged = DAMAGED
     unknown_status = None
-
-    @property
-    def photos(self) -> Path:
-        return self.path / "photos"
-
-    def progress(self) -> tuple:
-        """``(share done 0..1, one line saying what is happening)``."""
-        events = self.events()
-        if not events:
-            return 0.0, "Starting (loading TensorFlow and the run's model)..."
-        done, total = events[-1]["done"], max(events[-1]["total"], 1)
-        return min(done / total, 1.0), f"{done} of {total} photos ranked."
+    verb = "ranked"
 
     def ranking(self):
         """The finished :class:`tl.suggest.Ranking`, or ``None``."""
@@ -100,9 +90,6 @@ class PoolJob(Job):
         from tl.data.quota import touch
 
         touch(self.path)
-
-    def stopped(self) -> None:
-        shutil.rmtree(self.photos, ignore_errors=True)
 
 
 def find(run, key: str, runs_dir=None) -> PoolJob:

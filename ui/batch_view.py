@@ -20,13 +20,12 @@ BATCH_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS] + ["zip"]
 ALL_CLASSES = "All classes"
 
 
-def upload():
+def upload(label: str = "A zip or a folder of photos", key: str = "classify_batch_files",
+           help: str = "One .zip of photos (any folders inside), or select every photo of a folder at once. Each "
+                       "photo gets one row; the table, a CSV and a zip sorted into class folders come out."):
     """The zip's bytes, or the ``(name, bytes)`` of the photos, or ``None``; a sentence
     (shown by the caller) when a zip comes with other files."""
-    files = st.file_uploader(
-        "A zip or a folder of photos", type=BATCH_TYPES, accept_multiple_files=True, key="classify_batch_files",
-        help="One .zip of photos (any folders inside), or select every photo of a folder at once. Each photo gets "
-             "one row; the table, a CSV and a zip sorted into class folders come out.")
+    files = st.file_uploader(label, type=BATCH_TYPES, accept_multiple_files=True, key=key, help=help)
     if not files:
         return None
     zips = [f for f in files if f.name.lower().endswith(".zip")]

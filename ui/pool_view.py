@@ -12,30 +12,16 @@ import streamlit as st
 from tl import batch_jobs, pool_jobs
 from tl.background import ACTIVE
 from tl.errors import UserError
-from tl.images import IMAGE_EXTENSIONS
 from tl.owners import dataset_owner
 from tl.text import shown
 from ui import owner
+from ui.batch_view import upload
 from ui.classify_view import _literal
 from ui.state import compute_lock, live_progress, load_predictor
 from ui.teach_view import _add, show_flash, update_button
 
 SHOWN = 12  # suggestions shown at a time
 FORGOTTEN = "teach_pool_forgotten"  # the pool this session forgot (its files may still be in the uploader)
-
-
-def _upload():
-    """The zip's bytes, the ``(name, bytes)`` of the photos, or ``None``."""
-    files = st.file_uploader(
-        "Unlabeled photos", type=[e.lstrip(".") for e in IMAGE_EXTENSIONS] + ["zip"], accept_multiple_files=True,
-        key="teach_pool_files", help=f"Up to {pool_jobs.LIMIT:,} photos, or one zip of them. They are kept on the "
-                                     "server (within its storage limit) until you forget them or room is needed.")
-    if not files:
-        return None
-    zips = [f for f in files if f.name.lower().endswith(".zip")]
-    if zips and len(files) > 1:
-        raise UserError("Upload one zip, or photos, not both; remove the other files and try again.")
-    return zips[0].getvalue() if zips else [(f.name, f.getvalue()) for f in files]
 
 
 def pool_section(run, root: str, dataset, pass_rate: float | None) -> None:
@@ -45,7 +31,9 @@ def pool_section(run, root: str, dataset, pass_rate: float | None) -> None:
     st.caption("Photos the model has not seen, not yet labelled: the ones it is least sure of, or that look like "
                "none of its classes, come first, and near-copies are spread out. One tap adds a photo to "
                f"'{shown(dataset.name, 40)}'; then update the model.")
-    source = _upload()
+    source = upload("Unlabeled photos", "teach_pool_files",
+                    f"Up to {pool_jobs.LIMIT:,} photos, or one zip of them. They are kept on the server (within its "
+                    "storage limit) until you forget them or room is needed.")
     if source is None:
         job = pool_jobs.latest(run, root)
         if job is None:
