@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tl import datasets, features, runs
+from tl import datasets, features, runs, training
 from tl.config import RunConfig
 from tl.head_fit import Matrix, fit_softmax
 from tl.paths import cache_root
@@ -155,8 +155,9 @@ def test_defaults_are_per_strategy_and_recorded_in_the_run(runs_dir):
         resolved = RunConfig(strategy=name, weights="none" if name == "scratch" else "imagenet").resolved()
         assert resolved.epochs == spec.defaults["epochs"] and resolved.learning_rate == spec.defaults["learning_rate"]
     assert RunConfig(strategy="scratch", epochs=7).resolved().epochs == 7  # a value given is kept
-    run = train_run(runs_dir, tiny_config(strategy="scratch", epochs=None, min_steps=None, early_stopping=None,
-                                          learning_rate=None, samples_per_class=4))
+    # Recorded when the run is made (training reads them from there); no need to train its 30+ epochs.
+    run = training.prepare(tiny_config(strategy="scratch", epochs=None, min_steps=None, early_stopping=None,
+                                       learning_rate=None, samples_per_class=4), runs_dir)
     saved = json.loads((run.path / "config.json").read_text())
     assert saved["epochs"] == STRATEGIES["scratch"].defaults["epochs"]
     assert saved["learning_rate"] == STRATEGIES["scratch"].defaults["learning_rate"]
