@@ -63,6 +63,28 @@ class PhotosJob(Job):
     def stopped(self) -> None:
         shutil.rmtree(self.photos, ignore_errors=True)
 
+    def serve(self, body, what: str, log_name: str, doing: str) -> int:
+        """The process's side (:func:`tl.background.serve`): the request's run, which must be
+        finished (``doing`` says for what), its :class:`tl.predict.Predictor`, then
+        ``body(predictor, pass_rate, should_stop, on_progress)``; progress is appended to
+        ``events.jsonl``, and the photos are removed if it fails."""
+        def run_body(request, should_stop) -> bool:
+            from tl import runs
+            from tl.predict import Predictor
+
+            run = runs.get(request["run_id"], request.get("runs_dir"))
+            require_finished(run, doing)
+            return body(Predictor(run), request.get("pass_rate"), should_stop,
+                        lambda n, total: append_jsonl(self.path / "events.jsonl", {"done": n, "total": total}))
+
+        return serve(self.path, run_body, what, log_name, on_failure=self.stopped)
+
+
+def require_finished(run, doing: str) -> None:
+    """Raises a UserError unless ``run`` has finished training (``doing``: "classify with it")."""
+    if run.status().get("status") != "done":
+        raise UserError(f"Run {run.id} has not finished training; {doing} once it is done.")
+
 
 class BatchJob(PhotosJob):
     """One classification's folder."""
@@ -94,8 +116,7 @@ def prepare(run, key: str, source) -> tuple:
         UserError: the run is not finished, the zip is refused (no images, odd paths, a bomb,
             over a limit; the ingest's sentence), or the folder cannot be written.
     """
-    if run.status().get("status") != "done":
-        raise UserError(f"Run {run.id} has not finished training; classify with it once it is done.")
+    require_finished(run, "classify with it")
     job = find(run, key)
     try:
         shutil.rmtree(job.path, ignore_errors=True)
@@ -255,20 +276,9 @@ def digest_of(source) -> str:
 def work(path) -> int:
     """The process: classify the photos of the job in ``path`` and record how it ended."""
     job = BatchJob(path)
-
-    def classify(request, should_stop) -> bool:
-        from tl import runs
-        from tl.predict import Predictor
-
-        run = runs.get(request["run_id"], request.get("runs_dir"))
-        if run.status().get("status") != "done":
-            raise UserError(f"Run {run.id} has not finished training; classify with it once it is done.")
-        return classify_job(job, Predictor(run), request.get("pass_rate"), should_stop=should_stop,
-                            on_progress=lambda n, total: append_jsonl(job.path / "events.jsonl",
-                                                                      {"done": n, "total": total}))
-
-    return serve(job.path, classify, "Classifying", "batch.log",
-                 on_failure=lambda: shutil.rmtree(job.photos, ignore_errors=True))
+    return job.serve(lambda predictor, pass_rate, should_stop, on_progress: classify_job(
+        job, predictor, pass_rate, on_progress=on_progress, should_stop=should_stop),
+        "Classifying", "batch.log", "classify with it")
 
 
 if __name__ == "__main__":

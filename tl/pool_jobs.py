@@ -25,10 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-from tl.background import serve, start as start_process, write_status
-from tl.batch_jobs import PhotosJob
+from tl.background import start as start_process, write_status
+from tl.batch_jobs import PhotosJob, require_finished
 from tl.errors import UserError
-from tl.files import append_jsonl, atomic_write_json, os_error_sentence, read_json
+from tl.files import atomic_write_json, os_error_sentence, read_json
 from tl.paths import data_root
 
 LIMIT = 2000  # photos in one pool
@@ -120,8 +120,7 @@ def prepare(run, key: str, source, runs_dir=None) -> tuple:
     from tl.batch_jobs import store_photos
     from tl.data.quota import make_room
 
-    if run.status().get("status") != "done":
-        raise UserError(f"Run {run.id} has not finished training; rank photos for it once it is done.")
+    require_finished(run, "rank photos for it")
     needed = len(source) if isinstance(source, (bytes, bytearray)) else sum(len(data) for _, data in source)
     make_room(data_root(runs_dir), needed, runs_dir, what="This pool of photos")
     job = find(run, key, runs_dir)
@@ -196,19 +195,9 @@ def start(job: PoolJob, pass_rate: float | None, total: int, estimate_mb: float 
 def work(path) -> int:
     """The process: rank the pool in ``path`` and record how it ended."""
     job = PoolJob(path)
-
-    def rank(request, should_stop) -> bool:
-        from tl import runs
-        from tl.predict import Predictor
-
-        run = runs.get(request["run_id"], request.get("runs_dir"))
-        if run.status().get("status") != "done":
-            raise UserError(f"Run {run.id} has not finished training; rank photos for it once it is done.")
-        return rank_job(job, Predictor(run), request.get("pass_rate"), should_stop=should_stop,
-                        on_progress=lambda n, total: append_jsonl(job.path / "events.jsonl",
-                                                                  {"done": n, "total": total}))
-
-    return serve(job.path, rank, "Ranking", "pool.log", on_failure=lambda: shutil.rmtree(job.photos, ignore_errors=True))
+    return job.serve(lambda predictor, pass_rate, should_stop, on_progress: rank_job(
+        job, predictor, pass_rate, on_progress=on_progress, should_stop=should_stop),
+        "Ranking", "pool.log", "rank photos for it")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,10 @@ def pool_section(run, root: str, dataset, pass_rate: float | None) -> None:
             return
         _rank(root, run, key, source, pass_rate)
         st.rerun()
-    job.touch()
+    touched = st.session_state.setdefault("teach_pool_touched", set())
+    if job.path.name not in touched:  # used now, for the disk cap's oldest-first: once a session, not every rerun
+        job.touch()
+        touched.add(job.path.name)
     _suggestions(job, ranking, dataset)
     if st.button("Forget this pool", key="teach_pool_forget", icon=":material/delete:",
                  help="Removes the pool's photos from the server; photos already added stay in the dataset."):
